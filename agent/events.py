@@ -1,0 +1,197 @@
+"""The closed set of events a task emits.
+
+Events are append-only and numbered per task by the store (``seq``). They are stored before they are
+sent anywhere (SSE readers, the OpenClaw outbox), so a reader that reconnects with ``Last-Event-ID``
+misses nothing. Every event is a pydantic model; ``Event`` is their discriminated union, so
+``EventAdapter.validate_json(raw)`` parses any of them.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class TerminationReason(StrEnum):
+    """Why an attempt (or a task) ended. ``REASONS`` maps each to retry policy and a user sentence."""
+
+    completed = "completed"
+    node_lost = "node_lost"
+    preempted = "preempted"
+    rejected = "rejected"
+    budget = "budget"
+    check_failed = "check_failed"
+    error = "error"
+    cancelled = "cancelled"
+
+
+class ReasonInfo(BaseModel):
+    retry: bool
+    sentence: str
+
+
+REASONS: dict[TerminationReason, ReasonInfo] = {
+    TerminationReason.completed: ReasonInfo(retry=False, sentence="All steps passed their checks."),
+    TerminationReason.node_lost: ReasonInfo(
+        retry=True, sentence="The node running this task was lost; the task restarts from step 0."
+    ),
+    TerminationReason.preempted: ReasonInfo(
+        retry=True, sentence="Paused at a checkpoint to make room for a higher-priority task."
+    ),
+    TerminationReason.rejected: ReasonInfo(retry=False, sentence="A reviewer rejected the work."),
+    TerminationReason.budget: ReasonInfo(
+        retry=False, sentence="A step ran out of its turn or time budget before its check passed."
+    ),
+    TerminationReason.check_failed: ReasonInfo(
+        retry=False, sentence="The project's check command kept failing for a step."
+    ),
+    TerminationReason.error: ReasonInfo(retry=True, sentence="The attempt crashed with an error."),
+    TerminationReason.cancelled: ReasonInfo(retry=False, sentence="The task was cancelled."),
+}
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task_id: str
+    attempt_id: str | None = None
+    at: float = Field(default_factory=time.time)
+    seq: int | None = None
+    """Assigned by the store when the event is journaled; None before."""
+
+
+class TaskSubmitted(_Event):
+    kind: Literal["task_submitted"] = "task_submitted"
+    name: str
+    steps: list[str]
+    priority: int
+
+
+class TaskPlaced(_Event):
+    kind: Literal["task_placed"] = "task_placed"
+    node_id: str
+    attempt_no: int
+
+
+class StepStarted(_Event):
+    kind: Literal["step_started"] = "step_started"
+    step_id: str
+    title: str
+    index: int
+    total: int
+
+
+class AgentAction(_Event):
+    """One tool call the model made (for progress display; the full transcript is saved on disk)."""
+
+    kind: Literal["agent_action"] = "agent_action"
+    step_id: str
+    turn: int
+    tool: str
+    summary: str
+
+
+class CheckRan(_Event):
+    kind: Literal["check_ran"] = "check_ran"
+    step_id: str
+    passed: bool
+    output_tail: str
+
+
+class CheckpointReady(_Event):
+    kind: Literal["checkpoint_ready"] = "checkpoint_ready"
+    step_id: str
+    commit: str
+    snapshot_id: str
+    diff_stat: str
+    files_changed: list[str]
+    check_summary: str
+    needs_approval: bool = False
+
+
+class ClarificationRequested(_Event):
+    kind: Literal["clarification_requested"] = "clarification_requested"
+    step_id: str
+    question: str
+
+
+class AnswerReceived(_Event):
+    kind: Literal["answer_received"] = "answer_received"
+    step_id: str
+    answer: str
+    who: str
+
+
+class DecisionMade(_Event):
+    kind: Literal["decision_made"] = "decision_made"
+    step_id: str
+    approve: bool
+    reason: str = ""
+    who: str
+
+
+class StepCompleted(_Event):
+    kind: Literal["step_completed"] = "step_completed"
+    step_id: str
+    commit: str
+    turns: int
+    duration_s: float
+
+
+class AttemptEnded(_Event):
+    kind: Literal["attempt_ended"] = "attempt_ended"
+    reason: TerminationReason
+    message: str = ""
+
+
+class TaskRequeued(_Event):
+    kind: Literal["task_requeued"] = "task_requeued"
+    reason: TerminationReason
+    from_step: int
+
+
+class TaskCompleted(_Event):
+    kind: Literal["task_completed"] = "task_completed"
+    branch: str
+    commits: list[str]
+
+
+class TaskFailed(_Event):
+    kind: Literal["task_failed"] = "task_failed"
+    reason: TerminationReason
+    message: str
+
+
+class TaskCancelled(_Event):
+    kind: Literal["task_cancelled"] = "task_cancelled"
+    who: str = "user"
+
+
+class PriorityChanged(_Event):
+    kind: Literal["priority_changed"] = "priority_changed"
+    priority: int
+
+
+Event = Annotated[
+    TaskSubmitted
+    | TaskPlaced
+    | StepStarted
+    | AgentAction
+    | CheckRan
+    | CheckpointReady
+    | ClarificationRequested
+    | AnswerReceived
+    | DecisionMade
+    | StepCompleted
+    | AttemptEnded
+    | TaskRequeued
+    | TaskCompleted
+    | TaskFailed
+    | TaskCancelled
+    | PriorityChanged,
+    Field(discriminator="kind"),
+]
+EventAdapter: TypeAdapter[Event] = TypeAdapter(Event)

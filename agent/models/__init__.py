@@ -1,0 +1,61 @@
+"""Model runtimes and chat clients; ``chat_model_for(spec)`` resolves a model spec string."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.models.base import (
+    ChatModel,
+    ChatReply,
+    LoadedModel,
+    ModelEndpoint,
+    ModelError,
+    ModelReplyError,
+    ModelRuntime,
+    ModelUnavailable,
+    ToolCall,
+)
+
+__all__ = [
+    "ChatModel",
+    "ChatReply",
+    "LoadedModel",
+    "ModelEndpoint",
+    "ModelError",
+    "ModelReplyError",
+    "ModelRuntime",
+    "ModelUnavailable",
+    "ToolCall",
+    "chat_model_for",
+    "split_spec",
+]
+
+RUNTIMES = ("embedded", "scripted", "openai", "docker")
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    runtime, sep, name = spec.partition(":")
+    if not sep or runtime not in RUNTIMES or not name:
+        raise ModelUnavailable(
+            f"model spec {spec!r} is not '<runtime>:<name>' with runtime one of {', '.join(RUNTIMES)}"
+        )
+    return runtime, name
+
+
+def chat_model_for(spec: str, *, state_dir: Path | None = None) -> ChatModel:
+    """A chat client for ``spec``, starting the model's server on this node if needed."""
+    runtime, name = split_spec(spec)
+    if runtime == "scripted":
+        from agent.models.scripted import scripted_model
+
+        return scripted_model(name)
+    from agent.models.openai_chat import OpenAIChat
+
+    if runtime == "openai":
+        base_url, _, model = name.partition("#")
+        return OpenAIChat(ModelEndpoint(base_url=base_url, model=model or "default"))
+    if runtime == "embedded":
+        from agent.models.embedded import EmbeddedRuntime
+
+        return OpenAIChat(EmbeddedRuntime(state_dir).ensure(name))
+    raise ModelUnavailable(f"model runtime {runtime!r} is not available on this node yet")
