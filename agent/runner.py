@@ -1,0 +1,255 @@
+"""``TaskRunner``: drives one attempt of one task through its steps on this node.
+
+For each step: run the agent loop in the sandbox, then checkpoint (commit with trailers, push the
+task branch, sandbox snapshot, ``CheckpointReady``). Where the project wants approval, wait for a
+decision: Approve continues, Reject rolls the sandbox and branch back to the previous checkpoint
+and redoes the step with the reason as feedback. At every checkpoint boundary the runner asks its
+controller whether to continue, yield (pre-emption: resume later from this checkpoint) or stop.
+
+The controller is the only way out of the runner: the Ray task actor implements it by calling the
+scheduler; tests implement it in-process.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, Protocol
+
+import git
+from pydantic import BaseModel
+
+from agent.config import ProjectConfig
+from agent.events import (
+    AgentAction,
+    CheckpointReady,
+    CheckRan,
+    ClarificationRequested,
+    Event,
+    StepCompleted,
+    StepStarted,
+    TaskCompleted,
+    TerminationReason,
+)
+from agent.loop import StepContext, answer_message, run_step
+from agent.models.base import ChatModel
+from agent.prd import TaskPlan, mark_story_passed
+from agent.project import (
+    checkpoint_commit,
+    diff_summary,
+    prepare_workspace,
+    publish_branch,
+    reset_workspace,
+    task_branch,
+)
+from agent.sandbox import Sandbox, SandboxConfig, open_sandbox
+
+
+class TaskSpec(BaseModel):
+    """Everything a node needs to run a task (sent to the task actor)."""
+
+    task_id: str
+    project_path: str
+    plan: TaskPlan
+    prd_relpath: str | None = None
+    """Where the Ralph prd.json lives inside the project, for writing ``passes`` back; None otherwise."""
+    model: str
+    base_commit: str
+    config: ProjectConfig
+
+
+class Decision(BaseModel):
+    approve: bool
+    reason: str = ""
+    who: str = "user"
+
+
+class Answer(BaseModel):
+    text: str
+    who: str
+
+
+Verdict = Literal["continue", "yield", "cancel"]
+
+
+class Controller(Protocol):
+    def emit(self, event: Event) -> None: ...
+
+    def at_checkpoint(self, step_id: str) -> Verdict: ...
+
+    def await_decision(self, step_id: str) -> Decision: ...
+
+    def await_answer(self, step_id: str, question: str) -> Answer: ...
+
+
+class RunResult(BaseModel):
+    reason: TerminationReason
+    message: str = ""
+    next_step: int = 0
+    """Index of the first step not yet checkpointed (where a resumed attempt starts)."""
+    resume_commit: str | None = None
+
+
+SandboxFactory = Callable[[str, Path, SandboxConfig, str], Sandbox]
+
+
+def _default_sandbox(kind: str, workspace: Path, config: SandboxConfig, name: str) -> Sandbox:
+    return open_sandbox(kind, workspace, config, name=name)
+
+
+class TaskRunner:
+    def __init__(
+        self,
+        spec: TaskSpec,
+        *,
+        attempt_id: str,
+        attempt_no: int,
+        controller: Controller,
+        model: ChatModel,
+        workdir: Path,
+        start_step: int = 0,
+        resume_commit: str | None = None,
+        sandbox_factory: SandboxFactory = _default_sandbox,
+    ) -> None:
+        self.spec = spec
+        self.attempt_id = attempt_id
+        self.attempt_no = attempt_no
+        self.controller = controller
+        self.model = model
+        self.workdir = workdir
+        self.start_step = start_step
+        self.resume_commit = resume_commit
+        self.sandbox_factory = sandbox_factory
+        self.transcripts = workdir.parent.parent / "tasks" / spec.task_id / "transcripts"
+
+    def _emit(self, event_type: type[Event], **fields: object) -> None:  # type: ignore[valid-type]
+        self.controller.emit(event_type(task_id=self.spec.task_id, attempt_id=self.attempt_id, **fields))
+
+    def _workspace(self) -> tuple[git.Repo, int]:
+        """The clone to work in and the step to start from (0 unless resuming at a checkpoint here)."""
+        if self.start_step and self.resume_commit and (self.workdir / ".git").exists():
+            repo = git.Repo(self.workdir)
+            try:
+                repo.commit(self.resume_commit)
+                reset_workspace(repo, self.resume_commit)
+                return repo, self.start_step
+            except (git.BadName, ValueError, git.GitCommandError):
+                pass
+        return prepare_workspace(Path(self.spec.project_path), self.spec.task_id, self.spec.base_commit,
+                                 self.workdir), 0
+
+    def run(self) -> RunResult:
+        sandbox: Sandbox | None = None
+        next_step = self.start_step
+        try:
+            repo, next_step = self._workspace()
+            cfg = self.spec.config
+            sandbox = self.sandbox_factory(cfg.sandbox, self.workdir, cfg.limits,
+                                           f"{self.spec.task_id}-{self.attempt_no}")
+            steps = self.spec.plan.steps
+            previous = (repo.head.commit.hexsha, sandbox.snapshot())
+            for index in range(next_step, len(steps)):
+                previous = self._run_step(index, repo, sandbox, previous)
+                if previous[0] == "":
+                    return RunResult(reason=TerminationReason.budget, message=previous[1], next_step=index)
+                next_step = index + 1
+                if next_step < len(steps):
+                    verdict = self.controller.at_checkpoint(steps[index].id)
+                    if verdict == "yield":
+                        return RunResult(reason=TerminationReason.preempted, next_step=next_step,
+                                         resume_commit=previous[0])
+                    if verdict == "cancel":
+                        return RunResult(reason=TerminationReason.cancelled, next_step=next_step)
+            commits = [c.hexsha for c in repo.iter_commits(f"{self.spec.base_commit}..HEAD")]
+            self._emit(TaskCompleted, branch=task_branch(self.spec.task_id), commits=commits[::-1])
+            return RunResult(reason=TerminationReason.completed, next_step=len(steps))
+        except Exception as exc:
+            detail = "".join(traceback.format_exception_only(exc)).strip()
+            return RunResult(reason=TerminationReason.error, message=detail, next_step=next_step)
+        finally:
+            if sandbox is not None:
+                sandbox.destroy()
+
+    def _run_step(
+        self, index: int, repo: git.Repo, sandbox: Sandbox, previous: tuple[str, str]
+    ) -> tuple[str, str]:
+        """Run, checkpoint and (if wanted) get approval for one step.
+
+        Returns the new (commit, snapshot id), or ("", reason) when the step ran out of budget.
+        """
+        spec, step = self.spec, self.spec.plan.steps[index]
+        total = len(spec.plan.steps)
+        self._emit(StepStarted, step_id=step.id, title=step.title, index=index, total=total)
+        feedback, started, turns = "", time.monotonic(), 0
+        while True:
+            ctx = StepContext(
+                task_id=spec.task_id,
+                step=step,
+                sandbox=sandbox,
+                check_command=spec.config.check,
+                budget=spec.config.budget,
+                transcript_path=self.transcripts / f"{step.id}.attempt-{self.attempt_no}.json",
+                on_action=lambda turn, tool, summary: self._emit(
+                    AgentAction, step_id=step.id, turn=turn, tool=tool, summary=summary
+                ),
+                on_check=lambda passed, output: self._emit(
+                    CheckRan, step_id=step.id, passed=passed, output_tail=output[-1500:]
+                ),
+                on_checkpoint=lambda summary: checkpoint_commit(
+                    repo, task_id=spec.task_id, step_id=step.id, attempt_id=self.attempt_id,
+                    message=f"{step.id} (work in progress): {summary}"[:200],
+                ),
+                feedback=feedback,
+            )
+            result = run_step(ctx, self.model)
+            turns += result.turns
+            while result.outcome == "needs_input":
+                self._emit(ClarificationRequested, step_id=step.id, question=result.question)
+                answer = self.controller.await_answer(step.id, result.question)
+                ctx.messages = [*result.messages, answer_message(result.call_id, answer.text, answer.who)]
+                result = run_step(ctx, self.model)
+                turns += result.turns
+            if result.outcome == "budget":
+                return "", f"step {step.id}: {result.summary}"
+            commit, snapshot = self._checkpoint(index, repo, sandbox, result.summary, result.check_output,
+                                                previous[0])
+            if self._needs_approval(index, total):
+                decision = self.controller.await_decision(step.id)
+                if not decision.approve:
+                    sandbox.restore(previous[1])
+                    reset_workspace(repo, previous[0])
+                    publish_branch(repo, spec.task_id)
+                    feedback = decision.reason or "no reason given"
+                    continue
+            self._emit(StepCompleted, step_id=step.id, commit=commit, turns=turns,
+                       duration_s=round(time.monotonic() - started, 3))
+            return commit, snapshot
+
+    def _needs_approval(self, index: int, total: int) -> bool:
+        mode = self.spec.config.approval
+        return mode == "each-step" or (mode == "final" and index == total - 1)
+
+    def _checkpoint(
+        self, index: int, repo: git.Repo, sandbox: Sandbox, summary: str, check_output: str, parent: str
+    ) -> tuple[str, str]:
+        spec, step = self.spec, self.spec.plan.steps[index]
+        if spec.prd_relpath and spec.plan.format == "prd-json":
+            mark_story_passed(self.workdir / spec.prd_relpath, step.id, f"Completed by Hearth: {summary}"[:500])
+        commit = checkpoint_commit(repo, task_id=spec.task_id, step_id=step.id, attempt_id=self.attempt_id,
+                                   message=f"{step.id}: {step.title}")
+        publish_branch(repo, spec.task_id)
+        snapshot = sandbox.snapshot()
+        stat, files = diff_summary(repo, parent, commit)
+        self._emit(
+            CheckpointReady,
+            step_id=step.id,
+            commit=commit,
+            snapshot_id=snapshot,
+            diff_stat=stat,
+            files_changed=files,
+            check_summary=check_output[-500:],
+            needs_approval=self._needs_approval(index, len(spec.plan.steps)),
+        )
+        return commit, snapshot

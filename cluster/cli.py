@@ -1,0 +1,295 @@
+"""The ``hearth`` command (typer + rich). A thin client of the sidecar, plus local set-up commands.
+
+Exit codes: 0 success, 1 a task ended failed/cancelled (``submit --follow``), 2 bad input
+(a bad PRD, an unknown key in hearth.toml, an unknown task), 3 the cluster is not reachable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import git
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agent.config import ConfigError, parse_priority
+from agent.events import EventAdapter
+from agent.prd import PrdError, load_prd
+from agent.project import ProjectError, checkpoint_commits, init_project, task_branch
+from cluster import local
+
+app = typer.Typer(help="Hearth: turn PRDs into finished work on your own boxes.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+class Client:
+    """The sidecar, reached with the token ``hearth up`` wrote."""
+
+    def __init__(self) -> None:
+        info = local.read_up()
+        if info is None:
+            fail("Hearth is not running here; start it with `hearth up`", 3)
+        assert info is not None
+        self.base = info.api_url
+        self.headers = {"Authorization": f"Bearer {local.ensure_token(local.state_dir())}"}
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            reply = httpx.request(method, self.base + path, headers=self.headers, timeout=120, **kwargs)
+        except httpx.HTTPError as exc:
+            fail(f"cannot reach the sidecar at {self.base}: {exc}", 3)
+            raise
+        if reply.status_code >= 400:
+            detail = reply.json().get("detail", reply.text) if reply.headers.get("content-type", "").startswith(
+                "application/json") else reply.text
+            fail(str(detail), 2 if reply.status_code in (404, 409, 422) else 3)
+        return reply.json()
+
+    def stream_events(self, task_id: str, follow: bool = True) -> Any:
+        params = {"follow": str(follow).lower()}
+        with httpx.stream("GET", f"{self.base}/v1/tasks/{task_id}/events", headers=self.headers,
+                          params=params, timeout=None) as reply:
+            if reply.status_code >= 400:
+                fail(reply.read().decode(errors="replace"), 2)
+            for line in reply.iter_lines():
+                if line.startswith("data:"):
+                    yield EventAdapter.validate_json(line[5:].strip())
+
+
+@app.command()
+def init(path: Annotated[Path, typer.Argument()] = Path("."),
+         name: Annotated[str | None, typer.Option(help="Project name (default: directory name)")] = None,
+         check: Annotated[str | None, typer.Option(help="Check command that accepts a step")] = None,
+         sandbox: Annotated[str | None, typer.Option(help="bwrap | qemu | docker")] = None,
+         model: Annotated[str | None, typer.Option(help="Default model spec")] = None,
+         approval: Annotated[str | None, typer.Option(help="each-step | final | none")] = None) -> None:
+    """Make or adopt a git repo as a Hearth project (writes hearth.toml, Ralph TUI config, .gitignore)."""
+    overrides = {k: v for k, v in
+                 {"check": check, "sandbox": sandbox, "model": model, "approval": approval}.items() if v}
+    try:
+        project = init_project(path, name=name, config=overrides)
+    except (ConfigError, ProjectError, ValueError) as exc:
+        fail(str(exc))
+        return
+    console.print(f"project [bold]{project.config.name}[/bold] ready at {project.path}")
+
+
+@app.command()
+def plan(prd: Path, as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
+    """Print the steps a PRD would run, in order, without running anything."""
+    try:
+        task_plan = load_prd(prd)
+    except PrdError as exc:
+        fail(str(exc))
+        return
+    if as_json:
+        typer.echo(json.dumps(task_plan.plan_json(), indent=2))
+        return
+    table = Table(title=f"{task_plan.name} ({task_plan.format})")
+    for column in ("#", "id", "title", "depends on"):
+        table.add_column(column)
+    for number, step in enumerate(task_plan.steps, 1):
+        table.add_row(str(number), step.id, step.title, ", ".join(step.depends_on))
+    console.print(table)
+    if task_plan.skipped:
+        console.print(f"already passing (skipped): {', '.join(task_plan.skipped)}")
+
+
+@app.command()
+def up(port: int = 8765, slots: Annotated[int | None, typer.Option(help="Tasks this node runs at once")] = None,
+       ) -> None:
+    """Start a local head: Ray, the scheduler and the sidecar (or find the running one)."""
+    try:
+        info = local.up(api_port=port, slots=slots, progress=lambda m: console.print(f"· {m}"))
+    except RuntimeError as exc:
+        fail(str(exc), 3)
+        return
+    console.print(f"Hearth is up: sidecar {info.api_url}, Ray {info.ray_address}")
+
+
+@app.command()
+def down() -> None:
+    """Stop what `hearth up` started (by PID), and this node's embedded model server."""
+    local.down(progress=lambda m: console.print(f"· {m}"))
+
+
+def _project_for(prd: Path) -> Path:
+    try:
+        return Path(git.Repo(prd.resolve().parent, search_parent_directories=True).working_tree_dir or ".")
+    except git.InvalidGitRepositoryError:
+        fail(f"{prd}: not inside a git repository; pass --project or run `hearth init`")
+        raise
+
+
+@app.command()
+def submit(prd: Path,
+           project: Annotated[Path | None, typer.Option(help="Project repo (default: the PRD's repo)")] = None,
+           priority: Annotated[str | None, typer.Option(help="0-100 or low|normal|high|urgent")] = None,
+           model: Annotated[str | None, typer.Option(help="Model spec, e.g. embedded:smollm2-135m")] = None,
+           follow: Annotated[bool, typer.Option("--follow/--no-follow", "-f")] = False) -> None:
+    """Submit a PRD (Ralph prd.json, Ralph markdown or beads JSONL) as a task."""
+    if not prd.exists():
+        fail(f"{prd}: no such file")
+    if priority is not None:
+        try:
+            parse_priority(priority)
+        except ValueError as exc:
+            fail(str(exc))
+    project_path = project or _project_for(prd)
+    task = Client().request("POST", "/v1/tasks", json={
+        "project_path": str(project_path.resolve()), "prd_path": str(prd.resolve()),
+        "priority": priority, "model": model})
+    console.print(f"submitted [bold]{task['id']}[/bold]: {task['name']} "
+                  f"({len(task['spec']['plan']['steps'])} steps, priority {task['priority']})")
+    if follow:
+        raise typer.Exit(_follow(task["id"]))
+
+
+def _describe(event: Any) -> str:
+    kind = event.kind
+    if kind == "step_started":
+        return f"[bold cyan]▶ step {event.index + 1}/{event.total} {event.step_id}[/]: {event.title}"
+    if kind == "agent_action":
+        return f"   · turn {event.turn}: {event.tool} {event.summary}"
+    if kind == "check_ran":
+        return f"   {'[green]✔ check passed' if event.passed else '[yellow]✘ check failed'}[/]"
+    if kind == "checkpoint_ready":
+        note = " — [magenta]awaiting approval[/]" if event.needs_approval else ""
+        return f"   [green]● checkpoint[/] {event.commit[:10]} ({', '.join(event.files_changed) or 'no files'}){note}"
+    if kind == "clarification_requested":
+        return f"   [magenta]? question:[/] {event.question}  (answer: hearth answer {event.task_id} \"…\")"
+    if kind == "task_placed":
+        return f"[dim]placed on node {event.node_id[:12]} (attempt {event.attempt_no})[/]"
+    if kind == "task_completed":
+        return f"[bold green]✔ completed[/] on branch {event.branch}"
+    if kind == "task_failed":
+        return f"[bold red]✘ failed[/] ({event.reason}): {event.message}"
+    if kind == "attempt_ended" and event.reason != "completed":
+        return f"[yellow]attempt ended: {event.reason}[/] {event.message}"
+    if kind == "task_requeued":
+        return f"[yellow]re-queued ({event.reason}), from step {event.from_step}[/]"
+    return f"[dim]{kind}[/]"
+
+
+def _follow(task_id: str) -> int:
+    client = Client()
+    for event in client.stream_events(task_id):
+        console.print(_describe(event), highlight=False)
+    task = client.request("GET", f"/v1/tasks/{task_id}")
+    if task["state"] == "completed":
+        _print_result(task)
+        return 0
+    console.print(f"{task_id} ended {task['state']}: {task['message']}")
+    return 1
+
+
+def _print_result(task: dict[str, Any]) -> None:
+    spec = task["spec"]
+    branch = task_branch(task["id"])
+    console.print(f"\n[bold]branch[/bold] {branch} in {spec['project_path']}")
+    for commit, subject in checkpoint_commits(Path(spec["project_path"]), task["id"], spec["base_commit"]):
+        console.print(f"  {commit[:10]} {subject}")
+    if spec.get("prd_relpath") and spec["plan"]["format"] == "prd-json":
+        repo = git.Repo(spec["project_path"])
+        prd = json.loads(repo.git.show(f"{branch}:{spec['prd_relpath']}"))
+        console.print(f"[bold]{spec['prd_relpath']}[/bold] on {branch}:")
+        for story in prd["userStories"]:
+            mark = "[green]passes: true[/]" if story.get("passes") else "[red]passes: false[/]"
+            console.print(f"  {story['id']} {story['title']}: {mark}")
+
+
+@app.command()
+def tasks(state: Annotated[str | None, typer.Option(help="Only tasks in this state")] = None) -> None:
+    """List tasks with their state, priority and placement."""
+    rows = Client().request("GET", "/v1/tasks", params={"state": state} if state else None)
+    table = Table()
+    for column in ("id", "name", "project", "state", "priority", "step", "node", "attempts"):
+        table.add_column(column)
+    for t in rows:
+        table.add_row(t["id"], t["name"], t["project"], t["state"], str(t["priority"]), str(t["next_step"]),
+                      (t["node_id"] or "")[:12], str(t["attempts"]))
+    console.print(table)
+
+
+@app.command()
+def show(task_id: str) -> None:
+    """Show one task: state, steps and, once completed, its branch and checkpoints."""
+    task = Client().request("GET", f"/v1/tasks/{task_id}")
+    console.print(f"[bold]{task['id']}[/bold] {task['name']} — {task['state']} (priority {task['priority']})")
+    if task["message"]:
+        console.print(task["message"])
+    for number, step in enumerate(task["spec"]["plan"]["steps"], 1):
+        done = "✔" if number <= task["next_step"] else " "
+        console.print(f"  {done} {step['id']} {step['title']}")
+    if task["state"] == "completed":
+        _print_result(task)
+
+
+@app.command()
+def logs(task_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = False) -> None:
+    """Print a task's events; with -f keep following until it ends."""
+    for event in Client().stream_events(task_id, follow=follow):
+        console.print(_describe(event), highlight=False)
+
+
+@app.command()
+def cancel(task_id: str) -> None:
+    """Cancel a task (its running attempt is stopped)."""
+    console.print(f"{Client().request('POST', f'/v1/tasks/{task_id}/cancel')['id']} cancelled")
+
+
+@app.command()
+def restart(task_id: str) -> None:
+    """Re-queue a failed or cancelled task from step 0."""
+    console.print(f"{Client().request('POST', f'/v1/tasks/{task_id}/restart')['id']} re-queued")
+
+
+@app.command()
+def priority(task_id: str, value: str) -> None:
+    """Change a task's priority (clipped to its project's cap)."""
+    task = Client().request("POST", f"/v1/tasks/{task_id}/priority", json={"priority": value})
+    console.print(f"{task['id']} priority {task['priority']}")
+
+
+@app.command()
+def answer(task_id: str, text: str, who: str = "cli") -> None:
+    """Answer a task's question; it resumes with your words."""
+    Client().request("POST", f"/v1/tasks/{task_id}/answer", json={"text": text, "who": who})
+    console.print(f"answered {task_id}")
+
+
+@app.command()
+def approve(task_id: str, who: str = "cli") -> None:
+    """Approve a task's checkpoint."""
+    Client().request("POST", f"/v1/tasks/{task_id}/decision", json={"decision": "approve", "who": who})
+    console.print(f"approved {task_id}")
+
+
+@app.command()
+def reject(task_id: str, reason: str, who: str = "cli") -> None:
+    """Reject a checkpoint: roll back and redo the step with your reason as feedback."""
+    Client().request("POST", f"/v1/tasks/{task_id}/decision",
+                     json={"decision": "reject", "reason": reason, "who": who})
+    console.print(f"rejected {task_id}")
+
+
+@app.command()
+def inbox() -> None:
+    """Tasks waiting for a person (an answer or an approval)."""
+    for t in Client().request("GET", "/v1/approvals"):
+        console.print(f"{t['id']} {t['state']}: {t['waiting_for'] or ''}")
+
+
+if __name__ == "__main__":
+    app()

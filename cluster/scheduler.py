@@ -1,0 +1,425 @@
+"""The ``Scheduler`` actor: detached, named, async; the only writer of the store.
+
+Each cycle it gathers a picture (queued tasks, running attempts, alive nodes), decides where
+queued tasks go, creates ``TaskActor``s with hard node affinity, and reaps finished attempts.
+Reports from attempts arrive through ``report``/``at_checkpoint``/``await_*``; a report from an
+attempt that is not the task's current one is dropped (a late reply from a dead attempt).
+
+Ray restarts the actor if it dies (``max_restarts=-1``); the new instance rebuilds from the
+store and re-attaches to the still-running attempt actors by name, or restarts their tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from agent.config import ProjectConfig, parse_priority
+from agent.events import (
+    AnswerReceived,
+    AttemptEnded,
+    CheckpointReady,
+    ClarificationRequested,
+    DecisionMade,
+    EventAdapter,
+    PriorityChanged,
+    StepStarted,
+    TaskCancelled,
+    TaskFailed,
+    TaskPlaced,
+    TaskRequeued,
+    TaskSubmitted,
+    TerminationReason,
+)
+from agent.models import ModelError, split_spec
+from agent.models.scripted import scripted_model
+from agent.prd import PrdError, load_prd, parse_prd_text
+from agent.project import ProjectError, open_project
+from agent.runner import TaskSpec
+from cluster.states import TERMINAL, TaskState
+from cluster.store import Store, TaskRow, UnknownTask
+from cluster.task_actor import NAMESPACE, SCHEDULER_NAME, TaskActor, attempt_actor_name
+
+log = logging.getLogger("hearth.scheduler")
+S = TaskState
+ACTIVE = {S.placed, S.running, S.waiting_input, S.awaiting_approval, S.yielding}
+
+
+class SubmitError(ValueError):
+    """A submission that cannot be accepted (bad PRD, unknown project, infeasible model…)."""
+
+
+class Conflict(ValueError):
+    """The request does not fit the task's current state (e.g. an answer to a task that waits for none)."""
+
+
+class Scheduler:
+    def __init__(self, state_dir: str, cycle_s: float = 0.2) -> None:
+        self.state_dir = Path(state_dir)
+        self.store = Store(self.state_dir / "hearth.db")
+        self.cycle_s = cycle_s
+        self.running: dict[str, tuple[str, Any, Any]] = {}
+        """attempt id → (task id, actor handle, ref of actor.result())."""
+        self.answers: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.decisions: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> str:
+        """Idempotent: rebuild from the store, re-attach attempts, start the scheduling loop.
+
+        Every public method calls it too, because Ray re-runs only ``__init__`` after a restart.
+        """
+        self._ensure_started()
+        return str(self.state_dir)
+
+    def _ensure_started(self) -> None:
+        if self._loop_task is None:
+            self._reattach()
+            self._loop_task = asyncio.get_running_loop().create_task(self._cycle_forever())
+
+    def _reattach(self) -> None:
+        for task in self.store.tasks(ACTIVE):
+            if task.attempt_id is None:
+                continue
+            try:
+                actor = ray.get_actor(attempt_actor_name(task.attempt_id), namespace=NAMESPACE)
+                self.running[task.attempt_id] = (task.id, actor, actor.result.remote())
+            except ValueError:
+                self._attempt_lost(task, "the attempt's actor is gone (found on scheduler restart)")
+
+    async def _cycle_forever(self) -> None:
+        while True:
+            try:
+                self._reap()
+                self._place()
+            except Exception:
+                log.exception("scheduling cycle failed")
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=self.cycle_s)
+            except TimeoutError:
+                pass
+
+    # submission ---------------------------------------------------------------------------------
+    async def submit(self, project_path: str, prd_path: str | None = None, prd_text: str | None = None,
+                     priority: str | int | None = None, model: str | None = None) -> dict[str, Any]:
+        self._ensure_started()
+        try:
+            project = open_project(Path(project_path))
+        except (ProjectError, ValueError) as exc:
+            raise SubmitError(str(exc)) from None
+        config = project.config
+        prd_relpath = None
+        try:
+            if prd_text is not None:
+                plan = parse_prd_text(prd_text, source="<request>", filename_hint=prd_path or "")
+            elif prd_path is not None:
+                path = Path(prd_path)
+                path = path if path.is_absolute() else project.path / path
+                plan = load_prd(path)
+                if path.resolve().is_relative_to(project.path):
+                    prd_relpath = str(path.resolve().relative_to(project.path))
+            else:
+                raise SubmitError("give a PRD: a path (prd_path) or its text (prd_text)")
+        except PrdError as exc:
+            raise SubmitError(str(exc)) from None
+        try:
+            wanted = config.clip_priority(None if priority is None else parse_priority(priority))
+        except ValueError as exc:
+            raise SubmitError(str(exc)) from None
+        model = model or config.model
+        try:
+            runtime, name = split_spec(model)
+            if runtime == "scripted":
+                scripted_model(name)
+        except ModelError as exc:
+            raise SubmitError(str(exc)) from None
+        if not plan.steps:
+            raise SubmitError(f"{plan.source}: every story already passes; nothing to do")
+        self.store.put_project(config.name, str(project.path), config.model_dump(mode="json"))
+        spec = TaskSpec(task_id="pending", project_path=str(project.path), plan=plan, prd_relpath=prd_relpath,
+                        model=model, base_commit=project.head_commit(), config=config)
+        submitted = TaskSubmitted(task_id="pending", name=plan.name, steps=[s.id for s in plan.steps],
+                                  priority=wanted)
+        row = self.store.create_task(project=config.name, name=plan.name, priority=wanted, model=model,
+                                     spec=spec.model_dump(mode="json"), submitted=submitted)
+        self.wake.set()
+        return row.model_dump(mode="json")
+
+    # placement ----------------------------------------------------------------------------------
+    def _alive_nodes(self) -> dict[str, dict[str, Any]]:
+        return {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
+
+    def _place(self) -> None:
+        queued = self.store.tasks({S.queued})
+        if not queued:
+            return
+        nodes = self._alive_nodes()
+        active = self.store.tasks(ACTIVE)
+        load = {node: 0 for node in nodes}
+        per_project: dict[str, int] = {}
+        for task in active:
+            if task.node_id in load:
+                load[task.node_id] += 1
+            per_project[task.project] = per_project.get(task.project, 0) + 1
+        capacity = {node: int(info["Resources"].get("hearth_slots", info["Resources"].get("CPU", 1)))
+                    for node, info in nodes.items()}
+        for task in sorted(queued, key=lambda t: (-t.priority, t.queued_since, t.number)):
+            config = ProjectConfig.model_validate(task.spec["config"])
+            if per_project.get(task.project, 0) >= config.concurrency:
+                continue
+            allowed = [n for n in nodes if not config.allowed_nodes or n in config.allowed_nodes]
+            free = [n for n in allowed if load[n] < capacity[n]]
+            if not free:
+                continue
+            node = task.resume_node if task.resume_node in free else min(free, key=lambda n: load[n])
+            self._launch(task, node)
+            load[node] += 1
+            per_project[task.project] = per_project.get(task.project, 0) + 1
+
+    def _launch(self, task: TaskRow, node: str) -> None:
+        attempt_no = task.attempts + 1
+        attempt_id = f"{task.id}.{attempt_no}-{uuid.uuid4().hex[:6]}"
+        resume = task.resume_node == node and task.next_step > 0
+        start_step = task.next_step if resume else 0
+        actor = TaskActor.options(  # type: ignore[attr-defined]
+            name=attempt_actor_name(attempt_id), namespace=NAMESPACE, lifetime="detached",
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
+        ).remote(task.spec, attempt_id, attempt_no, start_step, task.resume_commit if resume else None)
+        self.store.start_attempt(task.id, attempt_id, attempt_no, node)
+        self.store.set_state(task.id, S.placed,
+                             TaskPlaced(task_id=task.id, attempt_id=attempt_id, node_id=node,
+                                        attempt_no=attempt_no),
+                             attempts=attempt_no, attempt_id=attempt_id, node_id=node,
+                             next_step=start_step)
+        actor.start.remote()
+        self.running[attempt_id] = (task.id, actor, actor.result.remote())
+
+    # reaping ------------------------------------------------------------------------------------
+    def _reap(self) -> None:
+        if not self.running:
+            return
+        refs = {entry[2]: attempt for attempt, entry in self.running.items()}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+        for ref in ready:
+            attempt_id = refs[ref]
+            task_id, actor, _ = self.running.pop(attempt_id)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                self._attempt_lost(self.store.task(task_id), f"{type(exc).__name__}", attempt_id)
+                continue
+            ray.kill(actor)
+            self._finish(task_id, attempt_id, result)
+
+    def _finish(self, task_id: str, attempt_id: str, result: dict[str, Any]) -> None:
+        task = self.store.task(task_id)
+        if task.attempt_id != attempt_id or task.state in TERMINAL:
+            return
+        reason = TerminationReason(result["reason"])
+        message = result.get("message", "")
+        self.store.end_attempt(attempt_id, reason.value)
+        ended = AttemptEnded(task_id=task_id, attempt_id=attempt_id, reason=reason, message=message)
+        if reason == TerminationReason.completed:
+            self.store.set_state(task_id, S.completed, ended, attempt_id=None, next_step=result["next_step"])
+        elif reason == TerminationReason.preempted:
+            self.store.set_state(task_id, S.queued, ended, attempt_id=None, resume_node=task.node_id,
+                                 next_step=result["next_step"], resume_commit=result.get("resume_commit"))
+            self.store.append_event(TaskRequeued(task_id=task_id, reason=reason, from_step=result["next_step"]))
+        elif reason == TerminationReason.cancelled:
+            self.store.set_state(task_id, S.cancelled, ended, attempt_id=None)
+        elif reason == TerminationReason.error and task.attempts < self._max_attempts(task):
+            self._requeue_from_zero(task, ended, reason)
+        else:
+            self.store.set_state(task_id, S.failed, ended, attempt_id=None, message=message)
+            self.store.append_event(TaskFailed(task_id=task_id, reason=reason, message=message))
+        self.wake.set()
+
+    def _max_attempts(self, task: TaskRow) -> int:
+        return int(task.spec["config"].get("max_attempts", 3))
+
+    def _attempt_lost(self, task: TaskRow, detail: str, attempt_id: str | None = None) -> None:
+        attempt_id = attempt_id or task.attempt_id
+        if attempt_id is None or task.attempt_id != attempt_id or task.state in TERMINAL:
+            return
+        alive = self._alive_nodes()
+        reason = TerminationReason.node_lost if task.node_id not in alive else TerminationReason.error
+        self.store.end_attempt(attempt_id, reason.value)
+        ended = AttemptEnded(task_id=task.id, attempt_id=attempt_id, reason=reason, message=detail)
+        if task.attempts < self._max_attempts(task):
+            self._requeue_from_zero(task, ended, reason)
+        else:
+            message = f"gave up after {task.attempts} attempts: {detail}"
+            self.store.set_state(task.id, S.failed, ended, attempt_id=None, message=message)
+            self.store.append_event(TaskFailed(task_id=task.id, reason=reason, message=message))
+
+    def _requeue_from_zero(self, task: TaskRow, ended: AttemptEnded, reason: TerminationReason) -> None:
+        self.store.set_state(task.id, S.queued, ended, attempt_id=None, next_step=0, resume_commit=None,
+                             resume_node=None)
+        self.store.append_event(TaskRequeued(task_id=task.id, reason=reason, from_step=0))
+        for table in (self.answers, self.decisions):
+            future = table.pop(task.id, None)
+            if future is not None:
+                future.cancel()
+
+    # reports from attempts ----------------------------------------------------------------------
+    def _current(self, attempt_id: str) -> TaskRow | None:
+        task_id = attempt_id.split(".", 1)[0]
+        try:
+            task = self.store.task(task_id)
+        except UnknownTask:
+            return None
+        return task if task.attempt_id == attempt_id and task.state not in TERMINAL else None
+
+    async def report(self, attempt_id: str, raw_event: dict[str, Any]) -> bool:
+        """Journal an attempt's event; False (and nothing stored) if the attempt is stale."""
+        self._ensure_started()
+        task = self._current(attempt_id)
+        if task is None:
+            return False
+        event = EventAdapter.validate_python(raw_event)
+        if isinstance(event, StepStarted) and task.state in {S.placed, S.waiting_input, S.awaiting_approval}:
+            self.store.set_state(task.id, S.running, event)
+        elif isinstance(event, ClarificationRequested):
+            self.store.set_state(task.id, S.waiting_input, event, waiting_for=event.question)
+        elif isinstance(event, CheckpointReady) and event.needs_approval:
+            self.store.set_state(task.id, S.awaiting_approval, event, waiting_for=event.step_id)
+        else:
+            self.store.append_event(event)
+        return True
+
+    async def at_checkpoint(self, attempt_id: str, step_id: str) -> str:
+        self._ensure_started()
+        task = self._current(attempt_id)
+        if task is None:
+            return "cancel"
+        return "yield" if task.state == S.yielding else "continue"
+
+    async def await_answer(self, attempt_id: str, step_id: str, question: str) -> dict[str, Any]:
+        self._ensure_started()
+        task = self._current(attempt_id)
+        if task is None:
+            raise Conflict("stale attempt")
+        future = self.answers.setdefault(task.id, asyncio.get_running_loop().create_future())
+        return await future
+
+    async def await_decision(self, attempt_id: str, step_id: str) -> dict[str, Any]:
+        self._ensure_started()
+        task = self._current(attempt_id)
+        if task is None:
+            raise Conflict("stale attempt")
+        future = self.decisions.setdefault(task.id, asyncio.get_running_loop().create_future())
+        return await future
+
+    # people ------------------------------------------------------------------------------------
+    async def answer(self, task_id: str, text: str, who: str) -> dict[str, Any]:
+        self._ensure_started()
+        task = self.store.task(task_id)
+        if task.state != S.waiting_input:
+            raise Conflict(f"{task_id} is {task.state.value}, not waiting for an answer")
+        step = self.store.events(task_id)[-1]
+        step_id = getattr(step, "step_id", "")
+        self.store.set_state(task_id, S.running,
+                             AnswerReceived(task_id=task_id, attempt_id=task.attempt_id, step_id=step_id,
+                                            answer=text, who=who), waiting_for=None)
+        future = self.answers.setdefault(task_id, asyncio.get_running_loop().create_future())
+        if not future.done():
+            future.set_result({"text": text, "who": who})
+        self.answers.pop(task_id, None)
+        return self.store.task(task_id).model_dump(mode="json")
+
+    async def decide(self, task_id: str, approve: bool, reason: str, who: str) -> dict[str, Any]:
+        self._ensure_started()
+        task = self.store.task(task_id)
+        if task.state != S.awaiting_approval:
+            raise Conflict(f"{task_id} is {task.state.value}, not awaiting approval")
+        self.store.set_state(task_id, S.running,
+                             DecisionMade(task_id=task_id, attempt_id=task.attempt_id,
+                                          step_id=task.waiting_for or "", approve=approve, reason=reason,
+                                          who=who), waiting_for=None)
+        future = self.decisions.setdefault(task_id, asyncio.get_running_loop().create_future())
+        if not future.done():
+            future.set_result({"approve": approve, "reason": reason, "who": who})
+        self.decisions.pop(task_id, None)
+        return self.store.task(task_id).model_dump(mode="json")
+
+    # user commands ------------------------------------------------------------------------------
+    async def cancel(self, task_id: str, who: str = "user") -> dict[str, Any]:
+        self._ensure_started()
+        task = self.store.task(task_id)
+        if task.state in TERMINAL:
+            raise Conflict(f"{task_id} is already {task.state.value}")
+        if task.attempt_id and task.attempt_id in self.running:
+            _, actor, _ = self.running.pop(task.attempt_id)
+            ray.kill(actor)
+            self.store.end_attempt(task.attempt_id, TerminationReason.cancelled.value)
+        self.store.set_state(task_id, S.cancelled, TaskCancelled(task_id=task_id, who=who), attempt_id=None)
+        return self.store.task(task_id).model_dump(mode="json")
+
+    async def restart(self, task_id: str) -> dict[str, Any]:
+        self._ensure_started()
+        task = self.store.task(task_id)
+        if task.state not in {S.failed, S.cancelled}:
+            raise Conflict(f"{task_id} is {task.state.value}; only failed or cancelled tasks restart")
+        self.store.set_state(task_id, S.queued,
+                             TaskRequeued(task_id=task_id, reason=TerminationReason.cancelled, from_step=0),
+                             attempts=0, next_step=0, resume_commit=None, resume_node=None, message="")
+        self.wake.set()
+        return self.store.task(task_id).model_dump(mode="json")
+
+    async def set_priority(self, task_id: str, priority: str | int) -> dict[str, Any]:
+        self._ensure_started()
+        task = self.store.task(task_id)
+        try:
+            value = ProjectConfig.model_validate(task.spec["config"]).clip_priority(parse_priority(priority))
+        except ValueError as exc:
+            raise SubmitError(str(exc)) from None
+        self.store.update_task(task_id, priority=value)
+        self.store.append_event(PriorityChanged(task_id=task_id, priority=value))
+        self.wake.set()
+        return self.store.task(task_id).model_dump(mode="json")
+
+    async def preempt(self, task_id: str) -> dict[str, Any]:
+        """Ask a running task to yield at its next checkpoint (never mid-step)."""
+        self._ensure_started()
+        task = self.store.task(task_id)
+        if task.state != S.running:
+            raise Conflict(f"{task_id} is {task.state.value}; only running tasks can be pre-empted")
+        self.store.set_state(task_id, S.yielding)
+        return self.store.task(task_id).model_dump(mode="json")
+
+    async def ping(self) -> str:
+        self._ensure_started()
+        return "ok"
+
+
+SchedulerActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Scheduler)
+
+
+def get_or_create_scheduler(state_dir: str) -> Any:
+    """The cluster's scheduler handle, creating the detached actor on the head if needed."""
+    handle = SchedulerActor.options(  # type: ignore[attr-defined]
+        name=SCHEDULER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        max_concurrency=1000,
+    ).remote(state_dir)
+    ray.get(handle.start.remote())
+    return handle
+
+
+def wait_for(predicate: Any, timeout_s: float, interval_s: float = 0.1) -> bool:
+    """Poll ``predicate`` until it is truthy or ``timeout_s`` passes (for CLIs and tests)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return bool(predicate())

@@ -1,0 +1,216 @@
+"""Durable state on the head: SQLite in WAL mode.
+
+The scheduler actor is the only writer; the sidecar and the CLI open it read-only. A restarted
+scheduler rebuilds its whole picture from here (queued and running tasks, attempts, events).
+Every state change goes through ``set_state`` (which enforces the lifecycle table) in the same
+transaction as the event that explains it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from agent.events import Event, EventAdapter
+from cluster.states import TaskState, transition
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS projects (
+  name TEXT PRIMARY KEY, path TEXT NOT NULL, config TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+  id TEXT PRIMARY KEY, number INTEGER UNIQUE NOT NULL, project TEXT NOT NULL, name TEXT NOT NULL,
+  state TEXT NOT NULL, priority INTEGER NOT NULL, model TEXT NOT NULL, spec TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0, next_step INTEGER NOT NULL DEFAULT 0, resume_commit TEXT,
+  resume_node TEXT, node_id TEXT, attempt_id TEXT, waiting_for TEXT, message TEXT NOT NULL DEFAULT '',
+  created_at REAL NOT NULL, updated_at REAL NOT NULL, queued_since REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS attempts (
+  id TEXT PRIMARY KEY, task_id TEXT NOT NULL, no INTEGER NOT NULL, node_id TEXT NOT NULL,
+  started_at REAL NOT NULL, ended_at REAL, reason TEXT);
+CREATE TABLE IF NOT EXISTS events (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL, seq INTEGER NOT NULL,
+  kind TEXT NOT NULL, body TEXT NOT NULL, at REAL NOT NULL, UNIQUE (task_id, seq));
+CREATE TABLE IF NOT EXISTS outbox (
+  event_id INTEGER PRIMARY KEY, task_id TEXT NOT NULL, tries INTEGER NOT NULL DEFAULT 0,
+  next_try_at REAL NOT NULL, acked_at REAL, last_error TEXT);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(acked_at, next_try_at);
+"""
+
+
+class TaskRow(BaseModel):
+    id: str
+    number: int
+    project: str
+    name: str
+    state: TaskState
+    priority: int
+    model: str
+    spec: dict[str, Any]
+    attempts: int
+    next_step: int
+    resume_commit: str | None
+    resume_node: str | None
+    node_id: str | None
+    attempt_id: str | None
+    waiting_for: str | None
+    message: str
+    created_at: float
+    updated_at: float
+    queued_since: float
+
+
+class AttemptRow(BaseModel):
+    id: str
+    task_id: str
+    no: int
+    node_id: str
+    started_at: float
+    ended_at: float | None
+    reason: str | None
+
+
+class UnknownTask(KeyError):
+    def __str__(self) -> str:
+        return f"no task {self.args[0]!r}"
+
+
+class Store:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        if readonly:
+            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA busy_timeout=5000")
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # projects -----------------------------------------------------------------------------------
+    def put_project(self, name: str, path: str, config: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO projects VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE SET path=excluded.path,"
+            " config=excluded.config, updated_at=excluded.updated_at",
+            (name, path, json.dumps(config), time.time()),
+        )
+
+    def projects(self) -> dict[str, dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM projects").fetchall()
+        return {r["name"]: {"path": r["path"], "config": json.loads(r["config"])} for r in rows}
+
+    # tasks --------------------------------------------------------------------------------------
+    def create_task(self, *, project: str, name: str, priority: int, model: str, spec: dict[str, Any],
+                    submitted: Event) -> TaskRow:
+        now = time.time()
+        with self.tx() as db:
+            number = db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM tasks").fetchone()[0]
+            task_id = f"T-{number}"
+            spec = {**spec, "task_id": task_id}
+            db.execute(
+                "INSERT INTO tasks (id, number, project, name, state, priority, model, spec, created_at,"
+                " updated_at, queued_since) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (task_id, number, project, name, TaskState.queued, priority, model, json.dumps(spec),
+                 now, now, now),
+            )
+            self._append(db, submitted.model_copy(update={"task_id": task_id}))
+        return self.task(task_id)
+
+    def task(self, task_id: str) -> TaskRow:
+        row = self.db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise UnknownTask(task_id)
+        return _task_row(row)
+
+    def tasks(self, states: set[TaskState] | None = None) -> list[TaskRow]:
+        rows = self.db.execute("SELECT * FROM tasks ORDER BY number").fetchall()
+        result = [_task_row(r) for r in rows]
+        return [t for t in result if states is None or t.state in states]
+
+    def update_task(self, task_id: str, **fields: Any) -> None:
+        if not fields:
+            return
+        fields["updated_at"] = time.time()
+        assignments = ", ".join(f"{key} = ?" for key in fields)
+        values = [json.dumps(v) if key == "spec" else v for key, v in fields.items()]
+        self.db.execute(f"UPDATE tasks SET {assignments} WHERE id = ?", (*values, task_id))
+
+    def set_state(self, task_id: str, new: TaskState, event: Event | None = None, **fields: Any) -> TaskRow:
+        """Move a task to ``new`` (checked against the lifecycle), with an event, atomically."""
+        with self.tx() as db:
+            row = db.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                raise UnknownTask(task_id)
+            current = TaskState(row["state"])
+            if current != new:
+                transition(current, new)
+            fields = {"state": new.value, "updated_at": time.time(), **fields}
+            if new == TaskState.queued and current != TaskState.queued:
+                fields.setdefault("queued_since", time.time())
+            assignments = ", ".join(f"{key} = ?" for key in fields)
+            db.execute(f"UPDATE tasks SET {assignments} WHERE id = ?", (*fields.values(), task_id))
+            if event is not None:
+                self._append(db, event)
+        return self.task(task_id)
+
+    # attempts -----------------------------------------------------------------------------------
+    def start_attempt(self, task_id: str, attempt_id: str, no: int, node_id: str) -> None:
+        self.db.execute("INSERT INTO attempts VALUES (?,?,?,?,?,NULL,NULL)",
+                        (attempt_id, task_id, no, node_id, time.time()))
+
+    def end_attempt(self, attempt_id: str, reason: str) -> None:
+        self.db.execute("UPDATE attempts SET ended_at = ?, reason = ? WHERE id = ? AND ended_at IS NULL",
+                        (time.time(), reason, attempt_id))
+
+    def attempts(self, task_id: str) -> list[AttemptRow]:
+        rows = self.db.execute("SELECT * FROM attempts WHERE task_id = ? ORDER BY no", (task_id,))
+        return [AttemptRow(**dict(r)) for r in rows.fetchall()]
+
+    # events -------------------------------------------------------------------------------------
+    def append_event(self, event: Event) -> Event:
+        with self.tx() as db:
+            return self._append(db, event)
+
+    def _append(self, db: sqlite3.Connection, event: Event) -> Event:
+        seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE task_id = ?",
+                         (event.task_id,)).fetchone()[0]
+        stored = event.model_copy(update={"seq": seq})
+        cursor = db.execute("INSERT INTO events (task_id, seq, kind, body, at) VALUES (?,?,?,?,?)",
+                            (event.task_id, seq, event.kind, stored.model_dump_json(), event.at))
+        db.execute("INSERT INTO outbox (event_id, task_id, next_try_at) VALUES (?,?,?)",
+                   (cursor.lastrowid, event.task_id, event.at))
+        return stored
+
+    def events(self, task_id: str, after_seq: int = 0, limit: int = 1000) -> list[Event]:
+        rows = self.db.execute(
+            "SELECT body FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (task_id, after_seq, limit),
+        ).fetchall()
+        return [EventAdapter.validate_json(r["body"]) for r in rows]
+
+
+def _task_row(row: sqlite3.Row) -> TaskRow:
+    data = dict(row)
+    data["spec"] = json.loads(data["spec"])
+    return TaskRow.model_validate(data)

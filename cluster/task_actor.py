@@ -1,0 +1,117 @@
+"""The Ray actor that hosts one ``TaskRunner`` attempt on a worker node.
+
+The actor is detached and named after its attempt, so a restarted scheduler can find it again
+and keep waiting for its result. The runner runs in a thread; ``result()`` waits for it. Every
+call back to the scheduler goes through ``SchedulerLink``, which re-resolves the named scheduler
+and retries while it is being restarted, so a scheduler crash loses no report.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from agent.events import Event
+from agent.models import chat_model_for
+from agent.runner import Answer, Decision, RunResult, TaskRunner, TaskSpec, Verdict
+
+SCHEDULER_NAME = "hearth-scheduler"
+NAMESPACE = "hearth"
+
+
+def attempt_actor_name(attempt_id: str) -> str:
+    return f"hearth-attempt-{attempt_id}"
+
+
+class SchedulerLink:
+    """Calls the scheduler, surviving its restarts (retries until ``deadline_s``)."""
+
+    def __init__(self, attempt_id: str, deadline_s: float = 120.0) -> None:
+        self.attempt_id = attempt_id
+        self.deadline_s = deadline_s
+        self._handle: Any = None
+
+    def call(self, method: str, *args: Any) -> Any:
+        give_up = time.monotonic() + self.deadline_s
+        while True:
+            try:
+                if self._handle is None:
+                    self._handle = ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE)
+                return ray.get(getattr(self._handle, method).remote(self.attempt_id, *args))
+            except (ray.exceptions.RayActorError, ValueError):
+                self._handle = None
+                if time.monotonic() > give_up:
+                    raise
+                time.sleep(0.5)
+
+
+class RayController:
+    """The runner's controller, backed by the scheduler actor."""
+
+    def __init__(self, link: SchedulerLink) -> None:
+        self.link = link
+
+    def emit(self, event: Event) -> None:
+        self.link.call("report", event.model_dump(mode="json"))
+
+    def at_checkpoint(self, step_id: str) -> Verdict:
+        verdict: Verdict = self.link.call("at_checkpoint", step_id)
+        return verdict
+
+    def await_decision(self, step_id: str) -> Decision:
+        return Decision.model_validate(self.link.call("await_decision", step_id))
+
+    def await_answer(self, step_id: str, question: str) -> Answer:
+        return Answer.model_validate(self.link.call("await_answer", step_id, question))
+
+
+@ray.remote(num_cpus=0, max_concurrency=4)
+class TaskActor:
+    def __init__(self, spec: dict[str, Any], attempt_id: str, attempt_no: int, start_step: int,
+                 resume_commit: str | None) -> None:
+        self.spec = TaskSpec.model_validate(spec)
+        self.attempt_id = attempt_id
+        self.attempt_no = attempt_no
+        self.start_step = start_step
+        self.resume_commit = resume_commit
+        self._done = threading.Event()
+        self._result: RunResult | None = None
+        self._thread: threading.Thread | None = None
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"runner-{self.attempt_id}", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            project = Path(self.spec.project_path)
+            model = chat_model_for(self.spec.model)
+            runner = TaskRunner(
+                self.spec,
+                attempt_id=self.attempt_id,
+                attempt_no=self.attempt_no,
+                controller=RayController(SchedulerLink(self.attempt_id)),
+                model=model,
+                workdir=project / ".hearth" / "work" / self.spec.task_id,
+                start_step=self.start_step,
+                resume_commit=self.resume_commit,
+            )
+            self._result = runner.run()
+        except Exception as exc:  # the runner catches its own errors; this is set-up failing
+            self._result = RunResult(reason="error", message=f"{type(exc).__name__}: {exc}",
+                                     next_step=self.start_step)
+        finally:
+            self._done.set()
+
+    def result(self) -> dict[str, Any]:
+        self._done.wait()
+        assert self._result is not None
+        return self._result.model_dump(mode="json")

@@ -1,0 +1,17 @@
+"""Docs that must stay true: every hearth.toml key is documented."""
+
+from pathlib import Path
+
+from agent.config import BudgetConfig, NotifyConfig, ProjectConfig
+from agent.sandbox.base import SandboxConfig
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_configuration_reference_lists_every_key() -> None:
+    text = (DOCS / "configuration.md").read_text()
+    for prefix, model in (("", ProjectConfig), ("limits.", SandboxConfig), ("budget.", BudgetConfig),
+                          ("notify.", NotifyConfig)):
+        for name in model.model_fields:
+            if name not in {"limits", "budget", "notify"}:
+                assert f"`{prefix}{name}`" in text, f"docs/configuration.md lacks {prefix}{name}"

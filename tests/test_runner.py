@@ -1,0 +1,112 @@
+"""TaskRunner end to end on one node: real git, real bwrap, scripted models, in-process controller."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import git
+
+from agent.events import CheckpointReady, Event, StepStarted, TaskCompleted, TerminationReason
+from agent.models.scripted import ScriptedChat, scripted_model
+from agent.prd import load_prd
+from agent.project import open_project, task_branch
+from agent.runner import Answer, Decision, TaskRunner, TaskSpec
+
+
+class RecordingController:
+    def __init__(self, decisions: list[Decision] | None = None, verdicts: list[str] | None = None) -> None:
+        self.events: list[Event] = []
+        self.decisions = list(decisions or [])
+        self.verdicts = list(verdicts or [])
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def at_checkpoint(self, step_id: str) -> str:
+        return self.verdicts.pop(0) if self.verdicts else "continue"
+
+    def await_decision(self, step_id: str) -> Decision:
+        return self.decisions.pop(0)
+
+    def await_answer(self, step_id: str, question: str) -> Answer:
+        return Answer(text="42", who="bob")
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.events]
+
+
+def spec_for(project_path: Path, **config: object) -> TaskSpec:
+    project = open_project(project_path)
+    return TaskSpec(
+        task_id="T-7", project_path=str(project_path), plan=load_prd(project_path / "tasks" / "prd.json"),
+        prd_relpath="tasks/prd.json", model="scripted:demo", base_commit=project.head_commit(),
+        config=project.config.model_copy(update=config),
+    )
+
+
+def runner_for(spec: TaskSpec, controller: RecordingController, model: object = None, **kw: object) -> TaskRunner:
+    return TaskRunner(spec, attempt_id="T-7.1-aaaaaa", attempt_no=1, controller=controller,
+                      model=model or scripted_model("demo"),  # type: ignore[arg-type]
+                      workdir=Path(spec.project_path) / ".hearth" / "work" / spec.task_id, **kw)  # type: ignore[arg-type]
+
+
+def branch_prd(project_path: Path, task_id: str = "T-7") -> dict[str, object]:
+    return json.loads(git.Repo(project_path).git.show(f"{task_branch(task_id)}:tasks/prd.json"))
+
+
+def test_demo_prd_runs_to_completion(greeting_project: Path) -> None:
+    controller = RecordingController()
+    result = runner_for(spec_for(greeting_project), controller).run()
+    assert result.reason == TerminationReason.completed, result.message
+    repo = git.Repo(greeting_project)
+    subjects = [c.summary for c in repo.iter_commits(task_branch("T-7"), max_count=2)]
+    assert subjects == ["US-002: Create goodbye file", "US-001: Create hello file"]
+    stories = branch_prd(greeting_project)["userStories"]
+    assert [s["passes"] for s in stories] == [True, True]  # type: ignore[index]
+    assert repo.git.show(f"{task_branch('T-7')}:hello.txt").strip() == "hello"
+    assert [e.step_id for e in controller.events if isinstance(e, StepStarted)] == ["US-001", "US-002"]
+    completed = [e for e in controller.events if isinstance(e, TaskCompleted)]
+    assert completed and len(completed[0].commits) == 2
+    # The user's own checkout never changed.
+    assert repo.active_branch.name == "main" and not (greeting_project / "hello.txt").exists()
+
+
+def test_reject_rolls_back_and_redoes_the_step_with_the_reason(greeting_project: Path) -> None:
+    controller = RecordingController(decisions=[
+        Decision(approve=False, reason="say it louder", who="carol"),
+        Decision(approve=True), Decision(approve=True)])
+    model = scripted_model("demo")
+    spec = spec_for(greeting_project, approval="each-step")
+    result = runner_for(spec, controller, model).run()
+    assert result.reason == TerminationReason.completed
+    checkpoints = [e for e in controller.events if isinstance(e, CheckpointReady)]
+    assert [c.step_id for c in checkpoints] == ["US-001", "US-001", "US-002"]
+    assert all(c.needs_approval for c in checkpoints)
+    # The rejected commit is gone from the branch: US-001 appears once.
+    subjects = [c.summary for c in git.Repo(greeting_project).iter_commits(task_branch("T-7"), max_count=3)]
+    assert subjects[:2] == ["US-002: Create goodbye file", "US-001: Create hello file"]
+    assert subjects[2] != "US-001: Create hello file"
+    transcript = json.loads((greeting_project / ".hearth/tasks/T-7/transcripts/US-001.attempt-1.json").read_text())
+    assert "say it louder" in transcript[1]["content"]
+
+
+def test_yield_at_a_checkpoint_then_resume_from_it(greeting_project: Path) -> None:
+    spec = spec_for(greeting_project)
+    first = runner_for(spec, RecordingController(verdicts=["yield"])).run()
+    assert first.reason == TerminationReason.preempted and first.next_step == 1 and first.resume_commit
+    controller = RecordingController()
+    second = TaskRunner(spec, attempt_id="T-7.2-bbbbbb", attempt_no=2, controller=controller,
+                        model=scripted_model("demo"), workdir=greeting_project / ".hearth/work/T-7",
+                        start_step=1, resume_commit=first.resume_commit).run()
+    assert second.reason == TerminationReason.completed
+    assert [e.step_id for e in controller.events if isinstance(e, StepStarted)] == ["US-002"]
+    assert [s["passes"] for s in branch_prd(greeting_project)["userStories"]] == [True, True]  # type: ignore[index]
+
+
+def test_a_step_that_never_passes_ends_on_budget(greeting_project: Path) -> None:
+    spec = spec_for(greeting_project)
+    spec.config.budget.max_turns = 3
+    model = ScriptedChat([{"name": "shell", "arguments": {"command": "ls"}}] * 10)
+    result = runner_for(spec, RecordingController(), model).run()
+    assert result.reason == TerminationReason.budget and "US-001" in result.message
