@@ -22,6 +22,7 @@ from agent.config import ProjectConfig, load_config
 RUNTIME_IGNORES = [
     "# Hearth runtime files",
     ".hearth/",
+    "*.json.lock",
     "# Ralph TUI runtime files",
     ".ralph-tui/session.json",
     ".ralph-tui/session-meta.json",
