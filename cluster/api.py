@@ -164,6 +164,10 @@ def create_app(scheduler: Callable[[], Any], store_path: Path, token: str) -> Fa
         read_task(task_id)
         return dict(await call("decide", task_id, body.decision == "approve", body.reason, body.who))
 
+    @app.get("/v1/nodes", dependencies=auth)
+    async def nodes() -> list[dict[str, Any]]:
+        return list(await call("nodes"))
+
     @app.get("/v1/approvals", dependencies=auth)
     async def approvals() -> list[dict[str, Any]]:
         db = store()

@@ -7,6 +7,8 @@ Exit codes: 0 success, 1 a task ended failed/cancelled (``submit --follow``), 2 
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +23,7 @@ from agent.events import EventAdapter
 from agent.prd import PrdError, load_prd
 from agent.project import ProjectError, checkpoint_commits, init_project, task_branch
 from cluster import local
+from cluster.nodes import inventory, ray_start_args
 
 app = typer.Typer(help="Hearth: turn PRDs into finished work on your own boxes.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -207,6 +210,46 @@ def _print_result(task: dict[str, Any]) -> None:
         for story in prd["userStories"]:
             mark = "[green]passes: true[/]" if story.get("passes") else "[red]passes: false[/]"
             console.print(f"  {story['id']} {story['title']}: {mark}")
+
+
+node_app = typer.Typer(help="This machine as a Ray node.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+
+
+@node_app.command("inventory")
+def node_inventory() -> None:
+    """Print what NVML sees here (GPUs, VRAM) as JSON; a CPU-only node where NVML is absent."""
+    typer.echo(inventory().model_dump_json(indent=2))
+
+
+@node_app.command("start")
+def node_start(head: Annotated[bool, typer.Option("--head", help="Start a head node")] = False,
+               address: Annotated[str | None, typer.Option(help="HOST:PORT of the head to join")] = None,
+               port: int = 6379, slots: Annotated[int | None, typer.Option(help="Tasks at once")] = None,
+               dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command only")] = False,
+               ) -> None:
+    """`ray start` with this node's GPUs, VRAM and labels (same command on every box)."""
+    if head == bool(address):
+        fail("give exactly one of --head or --address HOST:PORT")
+    command = ["ray", "start", *ray_start_args(inventory(), slots=slots), "--disable-usage-stats"]
+    command += ["--head", f"--port={port}", "--include-dashboard=false"] if head else [f"--address={address}"]
+    typer.echo(" ".join(shlex.quote(part) for part in command))
+    if not dry_run:
+        raise typer.Exit(subprocess.call(command))
+
+
+@app.command()
+def nodes() -> None:
+    """Nodes: GPUs, VRAM used/free, loaded models, running tasks."""
+    table = Table()
+    for column in ("node", "alive", "address", "gpus", "vram free/total MiB", "slots", "running"):
+        table.add_column(column)
+    for n in Client().request("GET", "/v1/nodes"):
+        gpus = ", ".join(g["name"] for g in n["gpus"]) or "cpu only"
+        vram = f"{n['vram_free_mib']}/{n['vram_total_mib']}" if n["gpus"] else "-"
+        table.add_row(n["node_id"][:12], "yes" if n["alive"] else "no", n["address"], gpus, vram,
+                      str(n["slots"]), ", ".join(n["running"]))
+    console.print(table)
 
 
 @app.command()

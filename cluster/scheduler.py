@@ -397,9 +397,43 @@ class Scheduler:
         self.store.set_state(task_id, S.yielding)
         return self.store.task(task_id).model_dump(mode="json")
 
+    async def nodes(self) -> list[dict[str, Any]]:
+        """Every node Ray knows, with its inventory (GPUs, VRAM) and the tasks running there."""
+        self._ensure_started()
+        running: dict[str, list[str]] = {}
+        for task in self.store.tasks(ACTIVE):
+            running.setdefault(task.node_id or "", []).append(task.id)
+        result = []
+        for node in ray.nodes():
+            node_id = node["NodeID"]
+            inv: dict[str, Any] = {"gpus": []}
+            if node.get("Alive"):
+                try:
+                    ref = node_inventory.options(  # type: ignore[attr-defined]
+                        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)).remote()
+                    inv = await asyncio.wait_for(ref, timeout=10)
+                except (TimeoutError, ray.exceptions.RayError):
+                    pass
+            gpus = inv.get("gpus", [])
+            result.append({
+                "node_id": node_id, "alive": bool(node.get("Alive")), "address": node.get("NodeManagerAddress", ""),
+                "gpus": gpus, "vram_total_mib": sum(g["total_vram_mib"] for g in gpus),
+                "vram_free_mib": sum(g["free_vram_mib"] for g in gpus), "nvml": inv.get("nvml", "unknown"),
+                "slots": int(node.get("Resources", {}).get("hearth_slots", node.get("Resources", {}).get("CPU", 0))),
+                "labels": node.get("Labels", {}), "running": running.get(node_id, []),
+            })
+        return result
+
     async def ping(self) -> str:
         self._ensure_started()
         return "ok"
+
+
+@ray.remote(num_cpus=0)
+def node_inventory() -> dict[str, Any]:
+    from cluster.nodes import inventory
+
+    return inventory().model_dump(mode="json")
 
 
 SchedulerActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Scheduler)

@@ -1,0 +1,105 @@
+"""Node inventory: GPUs and VRAM through NVML, CPUs and memory; what a node advertises to Ray.
+
+``inventory()`` never fails for want of a GPU: where NVML is absent (no driver, no library) the
+node is CPU-only. ``ray_start_args()`` turns an inventory into the ``ray start`` flags that make
+the same command right on every box: ``--resources`` carries ``vram_mib`` (total over GPUs) and
+``hearth_slots``; ``--labels`` carries the GPU model, so placement can ask for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class GpuInfo(BaseModel):
+    index: int
+    uuid: str
+    name: str
+    total_vram_mib: int
+    free_vram_mib: int
+    used_vram_mib: int
+    processes: dict[int, int] = {}
+    """pid → VRAM MiB, where NVML reports it."""
+
+
+class NodeInventory(BaseModel):
+    hostname: str
+    cpus: int
+    memory_mib: int
+    gpus: list[GpuInfo] = []
+    nvml: str = "absent"
+    """'ok', or why NVML could not be used ('absent: …')."""
+
+    @property
+    def total_vram_mib(self) -> int:
+        return sum(g.total_vram_mib for g in self.gpus)
+
+
+def _mib(value: int) -> int:
+    return int(value // (1024 * 1024))
+
+
+def gpu_inventory() -> tuple[list[GpuInfo], str]:
+    """GPUs seen by NVML, or ([], reason) where NVML is not usable here."""
+    try:
+        import pynvml
+    except ImportError:
+        return [], "absent: nvidia-ml-py is not installed"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return [], f"absent: {exc}"
+    try:
+        gpus = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            name = pynvml.nvmlDeviceGetName(handle)
+            uuid = pynvml.nvmlDeviceGetUUID(handle)
+            processes: dict[int, int] = {}
+            try:
+                for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                    if proc.usedGpuMemory is not None:
+                        processes[int(proc.pid)] = _mib(proc.usedGpuMemory)
+            except pynvml.NVMLError:
+                pass
+            gpus.append(GpuInfo(
+                index=index, uuid=uuid if isinstance(uuid, str) else uuid.decode(),
+                name=name if isinstance(name, str) else name.decode(),
+                total_vram_mib=_mib(memory.total), free_vram_mib=_mib(memory.free),
+                used_vram_mib=_mib(memory.used), processes=processes))
+        return gpus, "ok"
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def inventory() -> NodeInventory:
+    gpus, status = gpu_inventory()
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return NodeInventory(hostname=os.uname().nodename, cpus=os.cpu_count() or 1, memory_mib=_mib(pages),
+                         gpus=gpus, nvml=status)
+
+
+def gpu_label(name: str) -> str:
+    """'NVIDIA GeForce RTX 4090' → 'rtx-4090' (Ray label values: alphanumerics, '-', '_', '.')."""
+    short = re.sub(r"^(nvidia\s+)?(geforce\s+)?", "", name.strip().lower())
+    return re.sub(r"[^a-z0-9._-]+", "-", short).strip("-") or "unknown"
+
+
+def ray_start_args(inv: NodeInventory, *, slots: int | None = None) -> list[str]:
+    """The ``ray start`` flags this node should advertise."""
+    resources: dict[str, Any] = {"hearth_slots": slots or inv.cpus}
+    if inv.gpus:
+        resources["vram_mib"] = inv.total_vram_mib
+    labels = {"hearth-node": "1"}
+    if inv.gpus:
+        labels["gpu-model"] = gpu_label(inv.gpus[0].name)
+        labels["gpu-count"] = str(len(inv.gpus))
+    args = [f"--num-gpus={len(inv.gpus)}", f"--resources={json.dumps(resources)}",
+            "--labels=" + ",".join(f"{k}={v}" for k, v in labels.items())]
+    return args
