@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from pathlib import Path
@@ -177,7 +178,7 @@ class Scheduler:
             config = ProjectConfig.model_validate(task.spec["config"])
             if per_project.get(task.project, 0) >= config.concurrency:
                 continue
-            allowed = [n for n in nodes if not config.allowed_nodes or n in config.allowed_nodes]
+            allowed = [n for n in nodes if node_allowed(n, nodes[n], config.allowed_nodes)]
             free = [n for n in allowed if load[n] < capacity[n]]
             if not free:
                 continue
@@ -424,9 +425,21 @@ class Scheduler:
             })
         return result
 
+    async def pid(self) -> int:
+        return os.getpid()
+
     async def ping(self) -> str:
         self._ensure_started()
         return "ok"
+
+
+def node_allowed(node_id: str, info: dict[str, Any], allowed: list[str]) -> bool:
+    """``allowed`` entries are node ids or ``key=value`` labels; empty allows every node."""
+    if not allowed:
+        return True
+    labels = info.get("Labels") or {}
+    return any(entry == node_id or labels.get(entry.partition("=")[0]) == entry.partition("=")[2]
+               for entry in allowed)
 
 
 @ray.remote(num_cpus=0)
