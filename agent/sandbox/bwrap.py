@@ -1,0 +1,805 @@
+"""Bubblewrap backend: each command runs in fresh Linux namespaces with the workspace at /workspace.
+
+What a command sees (built per ``exec``; nothing survives between calls except the workspace):
+
+* ``/usr``, ``/etc`` and the ``/bin``, ``/sbin``, ``/lib*`` entries, read-only, mirrored from the
+  host (symlinks stay symlinks). ``/etc/shadow``-style files are masked and ``/etc/ssh`` is empty.
+  Nothing else of the host: no ``/root``, ``/home``, ``/work``, ``/run``, ``/var``, ``/sys`` and no
+  host ``/tmp`` — a sibling task's workspace is not there to be named.
+* ``/workspace``: the host workspace, read-write — the only host path a command can change.
+* A private ``/tmp`` (tmpfs, also ``HOME`` and ``/var/tmp``), fresh ``/proc``, minimal ``/dev``;
+  the root itself is read-only, so ``echo x > ../escape`` fails.
+* New user, pid, ipc, uts, cgroup and (unless ``network="nat"``) network namespaces; all
+  capabilities dropped; nested user namespaces disabled; a new session (no TIOCSTI). When the
+  command's shell exits, the pid namespace dies with every process it left behind.
+* A clean environment: ``PATH``, ``HOME=/tmp``, ``LANG`` plus what the caller passes (given to the
+  command through bwrap, never to the host-side bwrap process).
+
+Limits (``SandboxConfig``) are enforced by a cgroup per sandbox that every ``exec`` joins before
+bwrap starts: ``pids.max``, memory (``memory.max`` / ``memory.limit_in_bytes``, swap included) and
+CPU quota, through cgroup v2 where its controllers can be delegated and cgroup v1 otherwise. Where
+no cgroup is writable, ``prlimit`` sets RLIMIT_NPROC (ignored for root) and RLIMIT_AS (per
+process). ``enforcement`` says which mechanism holds each limit on this host.
+
+Snapshots are full, immutable copies of the workspace (``.git`` included) under
+``$HEARTH_SNAPSHOT_DIR/<name>/<id>``, default ``<workspace>/../.hearth-snapshots/<name>/<id>``. The
+first is ``cp -a --reflink=auto`` (copy-on-write where the filesystem allows); later ones hard-link
+files unchanged since the previous snapshot and copy the rest. ``restore`` makes the workspace match
+the snapshot in place — its directory inode survives, so a registered git worktree stays valid —
+removing what is new or changed and copying back what is missing. "Unchanged" is judged by inode
+and ctime, which no process can set, never by mtime; the workspace never shares an inode with a
+snapshot. Snapshot and restore must not run while a command is running in the same sandbox.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import functools
+import json
+import math
+import os
+import select
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import IO, Any
+
+from agent.sandbox.base import (
+    GUEST_WORKSPACE,
+    ExecResult,
+    OutputCallback,
+    SandboxConfig,
+    SandboxCrashed,
+    SandboxError,
+    SandboxUnavailable,
+    resolve_inside,
+)
+
+SNAPSHOT_DIR_ENV = "HEARTH_SNAPSHOT_DIR"
+CGROUP_PARENT_ENV = "HEARTH_CGROUP_PARENT"
+"""A delegated cgroup v2 directory to create sandbox cgroups in (pure-v2 hosts, where the
+process's own cgroup holds processes and so cannot hand controllers to children)."""
+OUTPUT_CAP_CHARS = 1_000_000
+"""Characters of stdout and of stderr kept per command; the tail is kept."""
+TIMEOUT_EXIT_CODE = 124
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_ROOT_ENTRIES = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc")
+_MASKED_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-")
+_MASKED_DIRS = ("/etc/ssh",)
+_NAMESPACES = ("--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup")
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Joins the cgroups named before "--" and becomes the rest: no preexec_fn, which is unsafe in a
+# threaded host such as a Ray worker, and no window in which bwrap could fork outside the cgroup.
+_JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+
+
+@functools.cache
+def _probe(bwrap: str) -> str | None:
+    """Why bwrap cannot sandbox on this host, or None. Run once per binary per process."""
+    argv = [bwrap, *_NAMESPACES, "--unshare-net", "--disable-userns", "--ro-bind", "/", "/", "true"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{bwrap} could not run: {exc}"
+    if done.returncode != 0:
+        return f"{bwrap} cannot create namespaces here (exit {done.returncode}): {done.stderr.strip()}"
+    return None
+
+
+class BwrapSandbox:
+    kind = "bwrap"
+
+    def __init__(
+        self, workspace: Path, config: SandboxConfig, *, name: str = "", extra_ro_binds: tuple[Path, ...] = ()
+    ) -> None:
+        """``extra_ro_binds``: more host paths (toolchains) to expose read-only at the same place."""
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            raise SandboxUnavailable("bwrap (bubblewrap) is not installed: install it or use another backend")
+        if (why := _probe(bwrap)) is not None:
+            raise SandboxUnavailable(why)
+        if not workspace.is_dir():
+            raise SandboxError(f"workspace {workspace} is not a directory")
+        self.workspace = workspace.resolve()
+        self.config = config
+        self.name = name or self.workspace.name
+        self._bwrap = bwrap
+        self._shell = ["bash", "-lc"] if shutil.which("bash") else ["sh", "-c"]
+        self._extra_ro_binds = tuple(p.resolve() for p in extra_ro_binds)
+        root = os.environ.get(SNAPSHOT_DIR_ENV)
+        self.snapshot_root = (Path(root) if root else self.workspace.parent / ".hearth-snapshots") / self.name
+        if self.snapshot_root.resolve().is_relative_to(self.workspace):
+            raise SandboxError(f"snapshot directory {self.snapshot_root} is inside the workspace")
+        self._snapshots: set[str] = set()
+        """Snapshots this instance made (and removes on destroy)."""
+        self._manifests: dict[str, _Manifest] = {}
+        """Per snapshot: the workspace as it matched it, so restore copies back only what changed."""
+        self._latest: str | None = None
+        """The snapshot the workspace last matched: the next snapshot hard-links what is unchanged."""
+        label = f"hearth-{_safe(self.name)}-{_pid_namespace()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._cgroup = _Cgroup.create(label, config)
+        self.enforcement = self._enforcement()
+        """Per limit ("pids", "memory", "cpu"): how it is enforced — cgroup-v1, cgroup-v2, rlimit, none."""
+        self._destroyed = False
+
+    # -- commands --------------------------------------------------------------------------------
+
+    def exec(
+        self,
+        command: str,
+        *,
+        timeout_s: float | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str = ".",
+        on_output: OutputCallback | None = None,
+    ) -> ExecResult:
+        self._check_alive()
+        guest_cwd = self._guest_cwd(cwd)
+        timeout = self.config.exec_timeout_s if timeout_s is None else timeout_s
+        status_r, status_w = os.pipe()
+        if env and "PATH" in env and self._shell[0] == "bash":  # -l sources /etc/profile, which resets PATH
+            command = f"export PATH={shlex.quote(env['PATH'])}; {command}"
+        argv = [*self._wrapper(), *self._bwrap_argv(guest_cwd, env or {}, status_w), *self._shell, command]
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env={"PATH": GUEST_PATH, "LANG": "C.UTF-8"}, pass_fds=(status_w,), start_new_session=True,
+            )
+        except BaseException:
+            os.close(status_r)
+            raise
+        finally:
+            os.close(status_w)
+        emit = _Emitter(on_output)
+        assert proc.stdout is not None and proc.stderr is not None
+        captures = [_Capture("stdout", proc.stdout, emit), _Capture("stderr", proc.stderr, emit)]
+        timed_out = False
+        ooms_before = self._cgroup.oom_kills() if self._cgroup is not None else 0
+        try:
+            if not _wait(proc, timeout):
+                timed_out = True
+                self._kill(proc)
+            for capture in captures:
+                capture.thread.join(timeout=10)
+            if any(c.thread.is_alive() for c in captures) and self._cgroup is not None:
+                self._cgroup.kill()  # cannot happen while pid namespaces hold; last resort if they don't
+            status = _read_status(status_r)
+        except BaseException:
+            self._kill(proc)
+            raise
+        finally:
+            os.close(status_r)
+        if self._cgroup is not None and self._cgroup.oom_kills() > ooms_before:
+            note = f"[hearth] out of memory: a process was killed at the {self.config.memory_mib} MiB limit\n"
+            emit("stderr", note)
+            captures[1].note(note)
+        stdout, stderr = captures[0].text(), captures[1].text()
+        duration_ms = (time.monotonic() - started) * 1000
+        emit.reraise()
+        if timed_out:
+            code = TIMEOUT_EXIT_CODE
+        elif "exit-code" in status:
+            code = int(status["exit-code"])
+        else:
+            # bwrap itself failed (a mount it could not make) or was killed from outside.
+            last = stderr.strip().splitlines()[-1:] or ["no message"]
+            message = f"bwrap sandbox ended without an exit status (bwrap exit {proc.returncode}): {last[0]}"
+            raise SandboxCrashed(message, (stdout + stderr)[-4000:])
+        return ExecResult(exit_code=code, stdout=stdout, stderr=stderr, timed_out=timed_out,
+                          duration_ms=duration_ms)
+
+    def _wrapper(self) -> list[str]:
+        argv = []
+        if self._cgroup is not None:
+            procs = [str(f) for f in self._cgroup.procs_files()]
+            argv += ["/bin/sh", "-c", _JOIN_CGROUPS, "hearth-sandbox", *procs, "--"]
+        rlimits = [f"--nproc={self.config.pids}"] if self.enforcement["pids"] == "rlimit" else []
+        if self.enforcement["memory"] == "rlimit":
+            rlimits.append(f"--as={self.config.memory_mib * 2**20}")
+        return [*argv, "prlimit", *rlimits, "--"] if rlimits else argv
+
+    def _bwrap_argv(self, guest_cwd: str, env: dict[str, str], status_fd: int) -> list[str]:
+        argv = [self._bwrap, *_NAMESPACES, "--disable-userns", "--die-with-parent", "--new-session",
+                "--cap-drop", "ALL", "--hostname", "sandbox", "--json-status-fd", str(status_fd)]
+        if self.config.network != "nat":
+            argv.append("--unshare-net")
+        for entry in _ROOT_ENTRIES:
+            host = Path("/", entry)
+            if host.is_symlink():
+                argv += ["--symlink", os.readlink(host), str(host)]
+            elif host.is_dir():
+                argv += ["--ro-bind", str(host), str(host)]
+        for path in _MASKED_FILES:
+            if os.path.lexists(path):
+                argv += ["--ro-bind", "/dev/null", path]
+        argv += [arg for path in _MASKED_DIRS if os.path.isdir(path) for arg in ("--tmpfs", path)]
+        if self.config.network == "nat":  # resolv.conf often points into /run
+            argv += ["--ro-bind-try", "/run/systemd/resolve", "/run/systemd/resolve"]
+        for extra in self._extra_ro_binds:
+            argv += ["--ro-bind", str(extra), str(extra)]
+        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm",
+                 "--size", str(self.config.memory_mib * 2**20), "--tmpfs", "/tmp",
+                 "--symlink", "../tmp", "/var/tmp"]
+        argv += self._git_binds()
+        argv += ["--bind", str(self.workspace), GUEST_WORKSPACE, "--remount-ro", "/", "--chdir", guest_cwd]
+        guest_env = {"PATH": GUEST_PATH, "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+                     "HEARTH_SANDBOX": self.kind, **env}
+        argv.append("--clearenv")
+        for key, value in guest_env.items():
+            argv += ["--setenv", key, value]
+        return [*argv, "--"]
+
+    def _git_binds(self) -> list[str]:
+        """A worktree's ``.git`` is a file naming a git dir elsewhere: show that dir read-only so
+        ``git status``/``diff``/``log`` work inside; commits are made host-side."""
+        dotgit = self.workspace / ".git"
+        if not dotgit.is_file():
+            return []
+        text = dotgit.read_text(errors="replace").strip()
+        if not text.startswith("gitdir:"):
+            return []
+        gitdir = (self.workspace / text.removeprefix("gitdir:").strip()).resolve()
+        common = gitdir / "commondir"
+        dirs = {gitdir, (gitdir / common.read_text().strip()).resolve() if common.is_file() else gitdir}
+        return [arg for d in sorted(dirs) if d.is_dir() for arg in ("--ro-bind", str(d), str(d))]
+
+    def _guest_cwd(self, cwd: str) -> str:
+        host = resolve_inside(self.workspace, cwd)
+        if not host.is_dir():
+            raise SandboxError(f"cwd {cwd!r} is not a directory in the workspace")
+        rel = host.relative_to(self.workspace).as_posix()
+        return GUEST_WORKSPACE if rel == "." else f"{GUEST_WORKSPACE}/{rel}"
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL bwrap; --die-with-parent takes its pid 1, and the pid namespace dies with it —
+        this command's processes only, not those of a concurrent exec in the same sandbox."""
+        if proc.returncode is None:  # once reaped, its pid could belong to someone else
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def _enforcement(self) -> dict[str, str]:
+        held = self._cgroup.enforced if self._cgroup is not None else {}
+        prlimit = shutil.which("prlimit") is not None
+        fallback = {"pids": "rlimit" if prlimit and os.getuid() != 0 else "none",
+                    "memory": "rlimit" if prlimit else "none", "cpu": "none"}
+        return {limit: held.get(limit, fallback[limit]) for limit in ("pids", "memory", "cpu")}
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def read_file(self, path: str) -> str:
+        self._check_alive()
+        return resolve_inside(self.workspace, path).read_text()
+
+    def write_file(self, path: str, content: str) -> None:
+        self._check_alive()
+        target = resolve_inside(self.workspace, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+
+    # -- snapshots -------------------------------------------------------------------------------
+
+    def snapshot(self) -> str:
+        self._check_alive()
+        snapshot_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        partial = self.snapshot_root / f"{snapshot_id}.partial"
+        partial.mkdir(parents=True)
+        manifest = _manifest(self.workspace)  # before the copy: a file changed during it looks changed
+        base = self._latest if self._latest and (self.snapshot_root / self._latest).is_dir() else None
+        try:
+            if base is None:
+                _copy_tree(self.workspace, partial)
+            else:
+                previous = (self.snapshot_root / base, self._manifests[base])
+                _link_or_copy_tree(self.workspace, partial, manifest, previous)
+            partial.rename(self.snapshot_root / snapshot_id)  # a crash mid-copy never looks complete
+        except BaseException:
+            _remove_tree(partial)
+            raise
+        _settle(manifest)
+        self._snapshots.add(snapshot_id)
+        self._manifests[snapshot_id] = manifest
+        self._latest = snapshot_id
+        return snapshot_id
+
+    def restore(self, snapshot_id: str) -> None:
+        self._check_alive()
+        source = self.snapshot_root / snapshot_id
+        if "/" in snapshot_id or snapshot_id.startswith(".") or not source.is_dir():
+            raise SandboxError(f"no snapshot {snapshot_id!r} in {self.snapshot_root}")
+        manifest = self._manifests.get(snapshot_id)
+        if manifest is None:  # taken by another instance: clear everything and copy it all back
+            for child in list(self.workspace.iterdir()):
+                _remove_entry(child)
+            _copy_tree(source, self.workspace)
+            self._manifests[snapshot_id] = manifest = _manifest(self.workspace)
+            _settle(manifest)
+        else:
+            _restore_changed(self.workspace, source, manifest)
+        self._latest = snapshot_id
+        with contextlib.suppress(OSError):
+            os.chmod(self.workspace, source.stat().st_mode & 0o7777)
+
+    def destroy(self) -> None:
+        if self._destroyed:
+            return
+        self._destroyed = True
+        if self._cgroup is not None:
+            self._cgroup.remove()
+        for snapshot_id in self._snapshots:
+            _remove_tree(self.snapshot_root / snapshot_id)
+        with contextlib.suppress(OSError):
+            self.snapshot_root.rmdir()
+
+    def __enter__(self) -> BwrapSandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+    @property
+    def cgroups(self) -> dict[str, Path]:
+        """This sandbox's cgroup directories ("v2", or the v1 controller's name → path)."""
+        return dict(self._cgroup.dirs) if self._cgroup is not None else {}
+
+    def _check_alive(self) -> None:
+        if self._destroyed:
+            raise SandboxError(f"sandbox {self.name!r} was destroyed")
+
+
+# -- output --------------------------------------------------------------------------------------
+
+
+class _Emitter:
+    """Serialises on_output calls from the two reader threads; a callback that raises is not
+    called again and its error is raised from ``exec`` once the command is over."""
+
+    def __init__(self, callback: OutputCallback | None) -> None:
+        self._callback = callback
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+
+    def __call__(self, stream: str, text: str) -> None:
+        if self._callback is None:
+            return
+        with self._lock:
+            if self._error is not None:
+                return
+            try:
+                self._callback(stream, text)
+            except Exception as exc:
+                self._error = exc
+
+    def reraise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+class _Capture:
+    """Reads one pipe on a thread as data arrives; keeps the last OUTPUT_CAP_CHARS characters."""
+
+    def __init__(self, stream: str, pipe: IO[bytes], emit: _Emitter) -> None:
+        self._stream, self._pipe, self._emit = stream, pipe, emit
+        self._chunks: list[str] = []
+        self._size = 0
+        self._dropped = 0
+        self.thread = threading.Thread(target=self._run, name=f"bwrap-{stream}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        with self._pipe:
+            while chunk := self._pipe.read1(65536):  # type: ignore[attr-defined]
+                self._add(decoder.decode(chunk))
+        self._add(decoder.decode(b"", final=True))
+
+    def _add(self, text: str) -> None:
+        if not text:
+            return
+        self._emit(self._stream, text)
+        self._chunks.append(text)
+        self._size += len(text)
+        if self._size > 2 * OUTPUT_CAP_CHARS:
+            self._trim()
+
+    def note(self, text: str) -> None:
+        self._chunks.append(text)
+        self._size += len(text)
+
+    def _trim(self) -> None:
+        joined = "".join(self._chunks)
+        self._dropped += max(0, len(joined) - OUTPUT_CAP_CHARS)
+        self._chunks = [joined[-OUTPUT_CAP_CHARS:]]
+        self._size = len(self._chunks[0])
+
+    def text(self) -> str:
+        self._trim()
+        body = self._chunks[0]
+        return f"[… {self._dropped} earlier characters dropped …]\n{body}" if self._dropped else body
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait for ``proc`` to exit; False on timeout. A pidfd wakes the moment it exits, where
+    ``Popen.wait(timeout)`` polls with growing sleeps and adds up to tens of ms per command."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if not poller.poll(min(math.ceil(max(timeout, 0) * 1000), 2**31 - 1)):
+            return False
+    finally:
+        os.close(pidfd)
+    proc.wait()
+    return True
+
+
+def _read_status(fd: int) -> dict[str, Any]:
+    """Merge the JSON documents bwrap wrote to --json-status-fd (child-pid, then exit-code)."""
+    os.set_blocking(fd, False)
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    merged: dict[str, Any] = {}
+    text, decoder, pos = data.decode(errors="replace"), json.JSONDecoder(), 0
+    while (pos := _skip_space(text, pos)) < len(text):
+        try:
+            doc, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            break
+        if isinstance(doc, dict):
+            merged.update(doc)
+    return merged
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos].isspace():
+        pos += 1
+    return pos
+
+
+# -- snapshots on disk ---------------------------------------------------------------------------
+
+
+def _copy_tree(source: Path, dest: Path) -> None:
+    """Copy the contents of ``source`` into the existing ``dest`` (reflinks where possible)."""
+    done = subprocess.run(["cp", "-a", "--reflink=auto", f"{source}/.", f"{dest}/"],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SandboxError(f"copying {source} to {dest} failed: {done.stderr.strip()}")
+
+
+_Manifest = dict[str, tuple[int, int, int, int]]
+"""Workspace entry (relative path) → (inode, ctime_ns, size, mode) when a snapshot was taken."""
+
+
+def _clock_tick_ns() -> int:
+    """One tick of the coarse clock that file ctimes come from (CLOCK_REALTIME_COARSE is 5)."""
+    try:
+        return int(time.clock_getres(5) * 1e9) + 1_000_000
+    except OSError:
+        return 20_000_000
+
+
+_CLOCK_TICK_NS = _clock_tick_ns()
+
+
+def _manifest(root: Path, start: str = "") -> _Manifest:
+    """lstat of every entry under ``root/start`` (and of ``start`` itself), parents before children."""
+    entries: _Manifest = {}
+    top = str(root)
+    if start:
+        st = os.lstat(os.path.join(top, start))
+        entries[start] = (st.st_ino, st.st_ctime_ns, st.st_size, st.st_mode)
+        if not stat.S_ISDIR(st.st_mode):
+            return entries
+    pending = [start]
+    while pending:
+        rel = pending.pop()
+        with os.scandir(os.path.join(top, rel)) as scan:
+            for entry in scan:
+                st = entry.stat(follow_symlinks=False)
+                child = f"{rel}/{entry.name}" if rel else entry.name
+                entries[child] = (st.st_ino, st.st_ctime_ns, st.st_size, st.st_mode)
+                if stat.S_ISDIR(st.st_mode):
+                    pending.append(child)
+    return entries
+
+
+def _link_or_copy_tree(
+    workspace: Path, dest: Path, manifest: _Manifest, previous: tuple[Path, _Manifest]
+) -> None:
+    """Snapshot ``workspace`` into ``dest``, hard-linking files unchanged since the ``previous``
+    snapshot was taken or restored (snapshots are never written, so they can share inodes) and
+    copying the rest."""
+    base, base_manifest = previous
+    src_top, dest_top, base_top = str(workspace), str(dest), str(base)
+    to_copy: list[str] = []
+    dirs: list[str] = []
+    for rel, entry in manifest.items():  # parents before children
+        if stat.S_ISDIR(entry[3]):
+            os.mkdir(os.path.join(dest_top, rel))
+            dirs.append(rel)
+            continue
+        if stat.S_ISREG(entry[3]) and base_manifest.get(rel) == entry:  # untrusted entries have inode -1
+            try:
+                os.link(os.path.join(base_top, rel), os.path.join(dest_top, rel))
+                continue
+            except OSError:
+                pass  # gone from base, link limit, another filesystem: copy it
+        to_copy.append(rel)
+    _copy_entries(workspace, dest, to_copy)
+    as_root = os.geteuid() == 0
+    for rel in [*reversed(dirs), ""]:  # after filling, which changes their mtimes
+        src, dst = os.path.join(src_top, rel), os.path.join(dest_top, rel)
+        shutil.copystat(src, dst, follow_symlinks=False)
+        if as_root:
+            st = os.lstat(src)
+            os.chown(dst, st.st_uid, st.st_gid)
+
+
+def _copy_entries(source: Path, dest: Path, rels: list[str]) -> None:
+    """``cp -a`` of these entries of ``source`` to the same relative paths under ``dest``."""
+    for batch in range(0, len(rels), 500):
+        done = subprocess.run(
+            ["cp", "-a", "--reflink=auto", "--parents", "-t", str(dest), "--", *rels[batch:batch + 500]],
+            cwd=source, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SandboxError(f"copying from {source} to {dest} failed: {done.stderr.strip()}")
+
+
+def _restore_changed(workspace: Path, source: Path, manifest: _Manifest) -> None:
+    """Make ``workspace`` match the snapshot ``source`` by replacing only what changed since it was
+    taken. ctime cannot be set from user space, so an entry whose inode and ctime are unchanged
+    still holds the snapshot's content, whatever its mtime says."""
+    current = _manifest(workspace)
+    gone: set[str] = set()
+    for rel, now in current.items():
+        if rel.rpartition("/")[0] in gone:
+            gone.add(rel)
+            continue
+        then = manifest.get(rel)
+        if then is not None and stat.S_ISDIR(now[3]) and now[0] == then[0] and stat.S_ISDIR(then[3]):
+            if now[3] != then[3]:
+                os.chmod(workspace / rel, stat.S_IMODE(then[3]))
+            continue
+        if then != now:
+            _remove_entry(workspace / rel)
+            gone.add(rel)
+    missing: list[str] = []
+    absent: set[str] = set()
+    for rel in manifest:  # parents before children: copy a missing directory whole
+        if rel.rpartition("/")[0] in absent:
+            absent.add(rel)
+        elif rel in gone or rel not in current:
+            absent.add(rel)
+            missing.append(rel)
+    _copy_entries(source, workspace, missing)
+    for rel in missing:  # the copies are new inodes; record them so the next restore keeps them
+        manifest.update(_manifest(workspace, rel))
+    _settle(manifest)
+
+
+def _settle(manifest: _Manifest) -> None:
+    """Return once the clock is past every recorded ctime, so that any later change to an entry
+    gets a different ctime; a ctime the clock does not pass (it went backwards) is never trusted."""
+    newest = max((entry[1] for entry in manifest.values()), default=0)
+    deadline = time.monotonic() + 0.2
+    while time.time_ns() <= newest + _CLOCK_TICK_NS and time.monotonic() < deadline:
+        time.sleep(0.002)
+    horizon = time.time_ns() - _CLOCK_TICK_NS
+    for rel, (_, ctime_ns, size, mode) in manifest.items():
+        if ctime_ns >= horizon:
+            manifest[rel] = (-1, ctime_ns, size, mode)
+
+
+def _remove_entry(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        _remove_tree(path)
+    else:
+        path.unlink()
+
+
+def _remove_tree(path: Path) -> None:
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return
+    except PermissionError:  # a step left read-only directories behind
+        for root, dirs, _ in os.walk(path):
+            for d in dirs:
+                with contextlib.suppress(OSError):
+                    os.chmod(os.path.join(root, d), 0o700)
+        shutil.rmtree(path)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40] or "sandbox"
+
+
+# -- cgroups -------------------------------------------------------------------------------------
+
+
+class _Cgroup:
+    """One cgroup per sandbox, in v2 and/or v1 hierarchies (hybrid hosts mount both)."""
+
+    def __init__(self, dirs: dict[str, Path], enforced: dict[str, str]) -> None:
+        self.dirs = dirs
+        """"v2" → the unified cgroup; "pids"/"memory"/"cpu" → a v1 cgroup of that controller."""
+        self.enforced = enforced
+
+    @classmethod
+    def create(cls, label: str, config: SandboxConfig) -> _Cgroup | None:
+        v2_base, v1_bases = _own_cgroups()
+        if delegated := os.environ.get(CGROUP_PARENT_ENV):
+            v2_base = Path(delegated)
+        dirs: dict[str, Path] = {}
+        enforced: dict[str, str] = {}
+        for base in [v2_base, *v1_bases.values()]:
+            if base is not None:
+                _remove_stale(base)
+        if v2_base is not None and _mkdir(v2_base / label):
+            dirs["v2"] = v2_base / label
+            offered = _read(v2_base / "cgroup.controllers").split()
+            for controller in ("pids", "memory", "cpu"):
+                if controller in offered and controller not in v1_bases:
+                    _write(v2_base / "cgroup.subtree_control", f"+{controller}")
+                    if _set_limits(v2_base / label, controller, config, v2=True):
+                        enforced[controller] = "cgroup-v2"
+        for controller, base in v1_bases.items():
+            if controller not in enforced and _mkdir(base / label):
+                dirs[controller] = base / label
+                if _set_limits(base / label, controller, config, v2=False):
+                    enforced[controller] = "cgroup-v1"
+        return cls(dirs, enforced) if dirs else None
+
+    def procs_files(self) -> list[Path]:
+        return [d / "cgroup.procs" for d in self.dirs.values()]
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for f in self.procs_files():
+            found.update(int(p) for p in _read(f).split())
+        return found
+
+    def oom_kills(self) -> int:
+        """Processes the kernel OOM-killed in this cgroup so far."""
+        events = (self.dirs["memory"] / "memory.oom_control" if "memory" in self.dirs
+                  else self.dirs["v2"] / "memory.events" if "v2" in self.dirs else None)
+        for line in _read(events).splitlines() if events else []:
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def kill(self) -> None:
+        if "v2" in self.dirs and (self.dirs["v2"] / "cgroup.kill").exists():
+            _write(self.dirs["v2"] / "cgroup.kill", "1")
+        deadline = time.monotonic() + 5
+        while (pids := self.pids()) and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
+
+    def remove(self) -> None:
+        self.kill()
+        for d in self.dirs.values():
+            for _ in range(50):  # rmdir is refused until the last task has been reaped
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)
+
+
+_V1_FILES = {"pids": ("pids.max",), "memory": ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"),
+             "cpu": ("cpu.cfs_period_us", "cpu.cfs_quota_us")}
+_V2_FILES = {"pids": ("pids.max",), "memory": ("memory.max", "memory.swap.max"), "cpu": ("cpu.max",)}
+
+
+def _set_limits(cgroup: Path, controller: str, config: SandboxConfig, *, v2: bool) -> bool:
+    memory = str(config.memory_mib * 2**20)
+    quota = str(max(1000, int(config.cpus * 100_000)))
+    values = {"pids.max": str(config.pids), "memory.max": memory,
+              "memory.limit_in_bytes": memory, "memory.memsw.limit_in_bytes": memory,
+              "memory.swap.max": "0", "cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": quota,
+              "cpu.max": f"{quota} 100000"}
+    files = (_V2_FILES if v2 else _V1_FILES)[controller]
+    # The first file is the limit itself; the rest (swap) only exist on some hosts.
+    return _write(cgroup / files[0], values[files[0]]) and all(
+        _write(cgroup / f, values[f]) for f in files[1:] if (cgroup / f).exists())
+
+
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def _remove_stale(base: Path) -> None:
+    """rmdir empty sandbox cgroups whose creating process is gone (it crashed before destroy).
+    Only those made from this pid namespace: a pid from another one would look dead here."""
+    for d in base.glob(f"hearth-*-{_pid_namespace()}-*-*"):
+        pid = d.name.split("-")[-2]
+        if pid.isdigit() and not Path("/proc", pid).exists():
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def _own_cgroups() -> tuple[Path | None, dict[str, Path]]:
+    """This process's cgroup directories: the v2 one, and v1 ones per controller we limit."""
+    try:
+        membership = Path("/proc/self/cgroup").read_text().splitlines()
+        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None, {}
+    own = {}
+    for line in membership:
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else ["v2"]:
+            own[controller] = path
+    v2_base: Path | None = None
+    v1: dict[str, Path] = {}
+    for line in mounts:
+        fields, _, tail = line.partition(" - ")
+        parts, fs = fields.split(), tail.split()
+        if len(parts) < 5 or len(fs) < 3 or not parts[4].startswith(str(_CGROUP_ROOT)):
+            continue
+        root, mountpoint = parts[3], Path(parts[4])
+        if fs[0] == "cgroup2" and "v2" in own:
+            v2_base = _under(mountpoint, root, own["v2"]) or v2_base
+        elif fs[0] == "cgroup":
+            for controller in set(fs[2].split(",")) & {"pids", "memory", "cpu"}:
+                if controller in own and (d := _under(mountpoint, root, own[controller])):
+                    v1[controller] = d
+    return v2_base, v1
+
+
+def _under(mountpoint: Path, mount_root: str, path: str) -> Path | None:
+    if not (path == mount_root or path.startswith(mount_root.rstrip("/") + "/")):
+        return None
+    d = mountpoint / path[len(mount_root):].lstrip("/")
+    return d if d.is_dir() else None
+
+
+def _mkdir(path: Path) -> bool:
+    try:
+        path.mkdir()
+    except OSError:
+        return False
+    return True
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _write(path: Path, value: str) -> bool:
+    try:
+        path.write_text(value)
+    except OSError:
+        return False
+    return True
