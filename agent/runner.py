@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import git
 from pydantic import BaseModel
@@ -124,7 +124,7 @@ class TaskRunner:
         self.sandbox_factory = sandbox_factory
         self.transcripts = workdir.parent.parent / "tasks" / spec.task_id / "transcripts"
 
-    def _emit(self, event_type: type[Event], **fields: object) -> None:  # type: ignore[valid-type]
+    def _emit(self, event_type: Any, **fields: Any) -> None:
         self.controller.emit(event_type(task_id=self.spec.task_id, attempt_id=self.attempt_id, **fields))
 
     def _workspace(self) -> tuple[git.Repo, int]:

@@ -78,7 +78,7 @@ def init(path: Annotated[Path, typer.Argument()] = Path("."),
          model: Annotated[str | None, typer.Option(help="Default model spec")] = None,
          approval: Annotated[str | None, typer.Option(help="each-step | final | none")] = None) -> None:
     """Make or adopt a git repo as a Hearth project (writes hearth.toml, Ralph TUI config, .gitignore)."""
-    overrides = {k: v for k, v in
+    overrides: dict[str, object] = {k: v for k, v in
                  {"check": check, "sandbox": sandbox, "model": model, "approval": approval}.items() if v}
     try:
         project = init_project(path, name=name, config=overrides)

@@ -6,6 +6,7 @@ processes this started (never ``ray stop``, which kills every Ray process on the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -160,16 +161,12 @@ def _stop_session(pid: int | None, timeout_s: float = 20) -> None:
     assert pid is not None
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for member in _session_members(pid) or [pid]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(member, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + (timeout_s if sig == signal.SIGTERM else 5)
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
             if not [m for m in _session_members(pid) if _alive(m) and not _zombie(m)]:
                 return
             time.sleep(0.2)

@@ -12,6 +12,7 @@ store and re-attaches to the still-running attempt actors by name, or restarts t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -105,10 +106,8 @@ class Scheduler:
             except Exception:
                 log.exception("scheduling cycle failed")
             self.wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=self.cycle_s)
-            except TimeoutError:
-                pass
 
     # submission ---------------------------------------------------------------------------------
     async def submit(self, project_path: str, prd_path: str | None = None, prd_text: str | None = None,
@@ -410,7 +409,7 @@ class Scheduler:
             inv: dict[str, Any] = {"gpus": []}
             if node.get("Alive"):
                 try:
-                    ref = node_inventory.options(  # type: ignore[attr-defined]
+                    ref = node_inventory.options(
                         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)).remote()
                     inv = await asyncio.wait_for(ref, timeout=10)
                 except (TimeoutError, ray.exceptions.RayError):
@@ -449,12 +448,12 @@ def node_inventory() -> dict[str, Any]:
     return inventory().model_dump(mode="json")
 
 
-SchedulerActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Scheduler)
+SchedulerActor: Any = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Scheduler)
 
 
 def get_or_create_scheduler(state_dir: str) -> Any:
     """The cluster's scheduler handle, creating the detached actor on the head if needed."""
-    handle = SchedulerActor.options(  # type: ignore[attr-defined]
+    handle = SchedulerActor.options(
         name=SCHEDULER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         max_concurrency=1000,
     ).remote(state_dir)

@@ -15,7 +15,7 @@ from typing import Any
 
 import ray
 
-from agent.events import Event
+from agent.events import Event, TerminationReason
 from agent.models import chat_model_for
 from agent.runner import Answer, Decision, RunResult, TaskRunner, TaskSpec, Verdict
 
@@ -69,7 +69,7 @@ class RayController:
         return Answer.model_validate(self.link.call("await_answer", step_id, question))
 
 
-@ray.remote(num_cpus=0, max_concurrency=4)
+@ray.remote(num_cpus=0, max_concurrency=4)  # type: ignore[call-overload]
 class TaskActor:
     def __init__(self, spec: dict[str, Any], attempt_id: str, attempt_no: int, start_step: int,
                  resume_commit: str | None) -> None:
@@ -106,7 +106,7 @@ class TaskActor:
             )
             self._result = runner.run()
         except Exception as exc:  # the runner catches its own errors; this is set-up failing
-            self._result = RunResult(reason="error", message=f"{type(exc).__name__}: {exc}",
+            self._result = RunResult(reason=TerminationReason.error, message=f"{type(exc).__name__}: {exc}",
                                      next_step=self.start_step)
         finally:
             self._done.set()

@@ -23,7 +23,7 @@ from agent.project import (
 def test_unknown_key_is_an_error_naming_the_key() -> None:
     with pytest.raises(ConfigError, match="unknown key 'sandbx'"):
         parse_config('name = "p"\nsandbx = "bwrap"\n')
-    with pytest.raises(ConfigError, match="unknown key 'limits.cpu'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'limits\.cpu'"):
         parse_config('name = "p"\n[limits]\ncpu = 2\n')
 
 

@@ -40,7 +40,7 @@ class ScriptedChat:
             return ChatReply(content=reply)
         args = reply.get("arguments", {})
         raw_args = args if isinstance(args, str) else json.dumps(args)
-        return ChatReply(tool_calls=[ToolCall(id=reply.get("id", ""), name=reply["name"], arguments=raw_args)])
+        return ChatReply(tool_calls=[ToolCall(id=str(reply.get("id", "")), name=str(reply["name"]), arguments=raw_args)])
 
 
 def _call(name: str, **args: Any) -> ChatReply:
