@@ -26,6 +26,8 @@ class TerminationReason(StrEnum):
     check_failed = "check_failed"
     error = "error"
     cancelled = "cancelled"
+    waiting_input = "waiting_input"
+    """Not an ending of the task: the attempt parked itself to wait for a person's answer."""
 
 
 class ReasonInfo(BaseModel):
@@ -50,6 +52,9 @@ REASONS: dict[TerminationReason, ReasonInfo] = {
     ),
     TerminationReason.error: ReasonInfo(retry=True, sentence="The attempt crashed with an error."),
     TerminationReason.cancelled: ReasonInfo(retry=False, sentence="The task was cancelled."),
+    TerminationReason.waiting_input: ReasonInfo(
+        retry=True, sentence="Waiting for an answer; the model slot is free until someone replies."
+    ),
 }
 
 

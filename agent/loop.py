@@ -2,8 +2,10 @@
 
 Shaped like mini-swe-agent: the loop has a single exit, and every way of stopping is an exception
 that carries what to record (``StepDone``, ``NeedsInput``, ``BudgetExceeded``). A step is accepted
-only when the project's check command passes in the sandbox after the model calls ``step_done``
-— the model's say-so is not enough. A malformed tool call is answered with an error message the
+only when the project's check command passes in the sandbox — the model's say-so is not enough.
+The check runs when the model calls ``step_done``, and also when it repeats an earlier call
+exactly (a stuck small model: if the work already passes, the step is done; if not, the model is
+told so with the check's output). A malformed tool call is answered with an error message the
 model can read, never a crash. The transcript is written after every turn.
 
 Tools: ``shell``, ``read_file``, ``write_file``, ``ask_user``, ``checkpoint``, ``step_done``.
@@ -12,6 +14,7 @@ Tools: ``shell``, ``read_file``, ``write_file``, ``ask_user``, ``checkpoint``, `
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +56,9 @@ TOOLS: list[dict[str, Any]] = [
     _tool("checkpoint", "Save the work so far as a checkpoint commit.", {"summary": _TEXT}),
 ]
 TOOL_NAMES = {t["function"]["name"] for t in TOOLS}
+REPEATABLE_CHECK = {"write_file", "read_file", "shell"}
+"""Tools whose exact repetition makes the loop run the check itself: small models often loop on
+their last action instead of calling ``step_done``; if the work already passes, the step is done."""
 
 SYSTEM_PROMPT = """You are a careful software engineer working in a git repository at /workspace.
 You finish one user story at a time by calling tools. Reply with exactly one tool call per turn.
@@ -127,15 +133,24 @@ def story_prompt(ctx: StepContext) -> str:
         lines += [f"- {item}" for item in step.acceptance]
     if step.notes:
         lines.append(f"Notes: {step.notes}")
-    try:
-        files = sorted(p.name for p in ctx.sandbox.workspace.iterdir() if not p.name.startswith("."))
-    except OSError:
-        files = []
-    lines.append("Files in /workspace: " + (", ".join(files[:40]) or "(none)"))
+    named = sorted(set(FILE_NAME.findall(" ".join([step.title, step.description, *step.acceptance]))))
     if ctx.feedback:
         lines.append(f"A reviewer rejected your previous attempt at this story: {ctx.feedback}")
+    if named:
+        # Small models latch on to the last file name they read: end with the ones that matter, and
+        # leave the directory listing out (``shell`` can list it) so it cannot distract them.
+        lines.append("Files this story is about: " + ", ".join(named))
+    else:
+        try:
+            files = sorted(p.name for p in ctx.sandbox.workspace.iterdir() if not p.name.startswith("."))
+        except OSError:
+            files = []
+        lines.append("Existing files in /workspace: " + (", ".join(files[:40]) or "(none)"))
     lines.append("Start now with one tool call.")
     return "\n".join(lines)
+
+
+FILE_NAME = re.compile(r"\b[\w-]+(?:/[\w-]+)*\.[A-Za-z][\w]{0,7}\b")
 
 
 def clip(text: str, limit: int = OUTPUT_LIMIT) -> str:
@@ -190,7 +205,10 @@ class _Turns:
         return f"checkpoint saved as commit {commit[:12]}" if commit else "checkpoint saved"
 
     def tool_step_done(self, args: dict[str, Any]) -> str:
-        summary = self._text(args, "summary")
+        return self.check(self._text(args, "summary"))
+
+    def check(self, summary: str) -> str:
+        """Run the project's check; a pass ends the step (StepDone), a failure is reported back."""
         command = self.ctx.check_command
         if not command:
             raise StepDone(summary, "no check command configured")
@@ -207,6 +225,15 @@ class _Turns:
 
 class _FormatError(Exception):
     pass
+
+
+def _os_error(exc: OSError, workspace: Path) -> str:
+    """An OSError as the model should see it: the path relative to /workspace, not the host's."""
+    name = str(exc.filename or "")
+    root = str(workspace.resolve())
+    if name.startswith(root):
+        name = name[len(root):].lstrip("/") or "."
+    return f"{name}: {exc.strerror}" if exc.strerror else str(exc)
 
 
 def _summarise(call: ToolCall) -> str:
@@ -228,6 +255,8 @@ def run_step(ctx: StepContext, model: ChatModel) -> StepResult:
         {"role": "user", "content": story_prompt(ctx)},
     ]
     turns, format_errors, started = 0, 0, time.monotonic()
+    previous_calls: set[tuple[str, str]] = set()
+    stuck = 0
     tools = _Turns(ctx)
     try:
         while True:
@@ -236,8 +265,10 @@ def run_step(ctx: StepContext, model: ChatModel) -> StepResult:
             if time.monotonic() - started > ctx.budget.step_wall_s:
                 raise BudgetExceeded(f"step exceeded its {ctx.budget.step_wall_s:.0f} s wall-time budget")
             turns += 1
+            # Deterministic at first; warmer each time the model gets stuck, so it can try something else.
+            temperature = 0.0 if stuck == 0 else min(1.0, 0.3 + 0.2 * stuck)
             try:
-                reply = model.complete(messages, TOOLS)
+                reply = model.complete(messages, TOOLS, temperature=temperature)
             except ModelError as exc:
                 raise BudgetExceeded(f"model error: {exc}") from exc
             calls = [
@@ -250,19 +281,30 @@ def run_step(ctx: StepContext, model: ChatModel) -> StepResult:
                 messages.append({"role": "user", "content": "Reply with exactly one tool call."})
             for call in calls:
                 ctx.on_action(turns, call.name, _summarise(call))
+                seen_before = (call.name, call.arguments) in previous_calls
+                previous_calls.add((call.name, call.arguments))
                 try:
-                    output = tools.dispatch(call)
+                    if seen_before and call.name in REPEATABLE_CHECK and ctx.check_command:
+                        # A model repeating itself is stuck or done: the check decides which.
+                        output = "You already made exactly this call. " + tools.check(
+                            f"check passed after the model repeated {call.name}")
+                    else:
+                        output = tools.dispatch(call)
                     format_errors = 0
                 except _FormatError as exc:
                     format_errors += 1
                     output = f"error: {exc}"
                 except SandboxError as exc:
                     output = f"error: {exc}"
+                except OSError as exc:
+                    output = f"error: {_os_error(exc, ctx.sandbox.workspace)}"
                 except NeedsInput as ask:
                     raise NeedsInput(ask.question, call.id) from None
                 except StepDone:
                     messages.append(_tool_message(call.id, "check passed; story accepted"))
                     raise
+                if seen_before or output.startswith(("The check failed", "error:")):
+                    stuck += 1
                 messages.append(_tool_message(call.id, output))
             if format_errors >= ctx.budget.max_format_errors:
                 raise BudgetExceeded(f"{format_errors} malformed replies in a row")

@@ -12,6 +12,7 @@ scheduler; tests implement it in-process.
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from collections.abc import Callable
@@ -81,7 +82,9 @@ class Controller(Protocol):
 
     def await_decision(self, step_id: str) -> Decision: ...
 
-    def await_answer(self, step_id: str, question: str) -> Answer: ...
+    def await_answer(self, step_id: str, question: str) -> Answer | None:
+        """The answer now (in-process controllers), or None: park the attempt until one arrives."""
+        ...
 
 
 class RunResult(BaseModel):
@@ -90,6 +93,15 @@ class RunResult(BaseModel):
     next_step: int = 0
     """Index of the first step not yet checkpointed (where a resumed attempt starts)."""
     resume_commit: str | None = None
+
+
+class Parked(Exception):
+    """A step asked a question and the controller chose to wait without holding the node."""
+
+    def __init__(self, index: int, commit: str) -> None:
+        super().__init__(index)
+        self.index = index
+        self.commit = commit
 
 
 SandboxFactory = Callable[[str, Path, SandboxConfig, str], Sandbox]
@@ -111,6 +123,7 @@ class TaskRunner:
         workdir: Path,
         start_step: int = 0,
         resume_commit: str | None = None,
+        answer: Answer | None = None,
         sandbox_factory: SandboxFactory = _default_sandbox,
     ) -> None:
         self.spec = spec
@@ -121,19 +134,24 @@ class TaskRunner:
         self.workdir = workdir
         self.start_step = start_step
         self.resume_commit = resume_commit
+        self.answer = answer
+        """The answer to the question this attempt resumes after (its conversation is in ``pending``)."""
         self.sandbox_factory = sandbox_factory
         self.transcripts = workdir.parent.parent / "tasks" / spec.task_id / "transcripts"
+        self.pending = self.transcripts.parent / "pending-question.json"
+        """The conversation of a step parked on a question; read back by the attempt that resumes it."""
 
     def _emit(self, event_type: Any, **fields: Any) -> None:
         self.controller.emit(event_type(task_id=self.spec.task_id, attempt_id=self.attempt_id, **fields))
 
     def _workspace(self) -> tuple[git.Repo, int]:
         """The clone to work in and the step to start from (0 unless resuming at a checkpoint here)."""
-        if self.start_step and self.resume_commit and (self.workdir / ".git").exists():
+        if self.start_step is not None and self.resume_commit and (self.workdir / ".git").exists():
             repo = git.Repo(self.workdir)
             try:
                 repo.commit(self.resume_commit)
-                reset_workspace(repo, self.resume_commit)
+                if not (self.answer and repo.head.commit.hexsha == self.resume_commit):
+                    reset_workspace(repo, self.resume_commit)  # after an answer: keep the step's work
                 return repo, self.start_step
             except (git.BadName, ValueError, git.GitCommandError):
                 pass
@@ -165,6 +183,9 @@ class TaskRunner:
             commits = [c.hexsha for c in repo.iter_commits(f"{self.spec.base_commit}..HEAD")]
             self._emit(TaskCompleted, branch=task_branch(self.spec.task_id), commits=commits[::-1])
             return RunResult(reason=TerminationReason.completed, next_step=len(steps))
+        except Parked as parked:
+            return RunResult(reason=TerminationReason.waiting_input, next_step=parked.index,
+                             resume_commit=parked.commit)
         except Exception as exc:
             detail = "".join(traceback.format_exception_only(exc)).strip()
             return RunResult(reason=TerminationReason.error, message=detail, next_step=next_step)
@@ -203,11 +224,17 @@ class TaskRunner:
                 ),
                 feedback=feedback,
             )
+            pending = self._take_pending(step.id)
+            if pending:
+                ctx.messages = pending
             result = run_step(ctx, self.model)
             turns += result.turns
             while result.outcome == "needs_input":
                 self._emit(ClarificationRequested, step_id=step.id, question=result.question)
                 answer = self.controller.await_answer(step.id, result.question)
+                if answer is None:
+                    self._park(step.id, result.messages, result.call_id)
+                    raise Parked(index, repo.head.commit.hexsha)
                 ctx.messages = [*result.messages, answer_message(result.call_id, answer.text, answer.who)]
                 result = run_step(ctx, self.model)
                 turns += result.turns
@@ -226,6 +253,22 @@ class TaskRunner:
             self._emit(StepCompleted, step_id=step.id, commit=commit, turns=turns,
                        duration_s=round(time.monotonic() - started, 3))
             return commit, snapshot
+
+    def _park(self, step_id: str, messages: list[dict[str, Any]], call_id: str) -> None:
+        self.pending.parent.mkdir(parents=True, exist_ok=True)
+        body = {"step_id": step_id, "call_id": call_id, "messages": messages}
+        self.pending.write_text(json.dumps(body), encoding="utf-8")
+
+    def _take_pending(self, step_id: str) -> list[dict[str, Any]]:
+        """The parked conversation of ``step_id`` with the answer appended, once; else []."""
+        if self.answer is None or not self.pending.exists():
+            return []
+        body = json.loads(self.pending.read_text(encoding="utf-8"))
+        self.pending.unlink()
+        if body["step_id"] != step_id:
+            return []
+        messages: list[dict[str, Any]] = body["messages"]
+        return [*messages, answer_message(body["call_id"], self.answer.text, self.answer.who)]
 
     def _needs_approval(self, index: int, total: int) -> bool:
         mode = self.spec.config.approval

@@ -12,6 +12,7 @@ store and re-attaches to the still-running attempt actors by name, or restarts t
 from __future__ import annotations
 
 import asyncio
+import json
 import contextlib
 import logging
 import os
@@ -69,7 +70,6 @@ class Scheduler:
         self.cycle_s = cycle_s
         self.running: dict[str, tuple[str, Any, Any]] = {}
         """attempt id → (task id, actor handle, ref of actor.result())."""
-        self.answers: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.decisions: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -189,18 +189,19 @@ class Scheduler:
     def _launch(self, task: TaskRow, node: str) -> None:
         attempt_no = task.attempts + 1
         attempt_id = f"{task.id}.{attempt_no}-{uuid.uuid4().hex[:6]}"
-        resume = task.resume_node == node and task.next_step > 0
+        resume = task.resume_node == node and task.resume_commit is not None
         start_step = task.next_step if resume else 0
+        answer = json.loads(task.answer) if task.answer and resume else None
         actor = TaskActor.options(  # type: ignore[attr-defined]
             name=attempt_actor_name(attempt_id), namespace=NAMESPACE, lifetime="detached",
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
-        ).remote(task.spec, attempt_id, attempt_no, start_step, task.resume_commit if resume else None)
+        ).remote(task.spec, attempt_id, attempt_no, start_step, task.resume_commit if resume else None, answer)
         self.store.start_attempt(task.id, attempt_id, attempt_no, node)
         self.store.set_state(task.id, S.placed,
                              TaskPlaced(task_id=task.id, attempt_id=attempt_id, node_id=node,
                                         attempt_no=attempt_no),
                              attempts=attempt_no, attempt_id=attempt_id, node_id=node,
-                             next_step=start_step)
+                             next_step=start_step, answer=None)
         actor.start.remote()
         self.running[attempt_id] = (task.id, actor, actor.result.remote())
 
@@ -235,6 +236,13 @@ class Scheduler:
             self.store.set_state(task_id, S.queued, ended, attempt_id=None, resume_node=task.node_id,
                                  next_step=result["next_step"], resume_commit=result.get("resume_commit"))
             self.store.append_event(TaskRequeued(task_id=task_id, reason=reason, from_step=result["next_step"]))
+        elif reason == TerminationReason.waiting_input:
+            parked = {"attempt_id": None, "resume_node": task.node_id, "next_step": result["next_step"],
+                      "resume_commit": result.get("resume_commit")}
+            if task.answer is not None:
+                self.store.set_state(task_id, S.queued, ended, waiting_for=None, **parked)
+            else:
+                self.store.set_state(task_id, S.waiting_input, ended, **parked)
         elif reason == TerminationReason.cancelled:
             self.store.set_state(task_id, S.cancelled, ended, attempt_id=None)
         elif reason == TerminationReason.error and task.attempts < self._max_attempts(task):
@@ -264,12 +272,11 @@ class Scheduler:
 
     def _requeue_from_zero(self, task: TaskRow, ended: AttemptEnded, reason: TerminationReason) -> None:
         self.store.set_state(task.id, S.queued, ended, attempt_id=None, next_step=0, resume_commit=None,
-                             resume_node=None)
+                             resume_node=None, answer=None, waiting_for=None)
         self.store.append_event(TaskRequeued(task_id=task.id, reason=reason, from_step=0))
-        for table in (self.answers, self.decisions):
-            future = table.pop(task.id, None)
-            if future is not None:
-                future.cancel()
+        future = self.decisions.pop(task.id, None)
+        if future is not None:
+            future.cancel()
 
     # reports from attempts ----------------------------------------------------------------------
     def _current(self, attempt_id: str) -> TaskRow | None:
@@ -304,13 +311,10 @@ class Scheduler:
             return "cancel"
         return "yield" if task.state == S.yielding else "continue"
 
-    async def await_answer(self, attempt_id: str, step_id: str, question: str) -> dict[str, Any]:
+    async def await_answer(self, attempt_id: str, step_id: str, question: str) -> None:
+        """Never blocks: the attempt parks itself (frees its slot) and a new one resumes on the answer."""
         self._ensure_started()
-        task = self._current(attempt_id)
-        if task is None:
-            raise Conflict("stale attempt")
-        future = self.answers.setdefault(task.id, asyncio.get_running_loop().create_future())
-        return await future
+        return None
 
     async def await_decision(self, attempt_id: str, step_id: str) -> dict[str, Any]:
         self._ensure_started()
@@ -322,19 +326,26 @@ class Scheduler:
 
     # people ------------------------------------------------------------------------------------
     async def answer(self, task_id: str, text: str, who: str) -> dict[str, Any]:
+        """Record a person's answer; the task is re-queued (at resume priority) to continue the step.
+
+        If the attempt that asked has not finished parking yet, the answer waits in the store and
+        ``_finish`` re-queues the task when it does, so two attempts never share a workspace.
+        """
         self._ensure_started()
         task = self.store.task(task_id)
-        if task.state != S.waiting_input:
+        if task.state != S.waiting_input or task.answer is not None:
             raise Conflict(f"{task_id} is {task.state.value}, not waiting for an answer")
-        step = self.store.events(task_id)[-1]
-        step_id = getattr(step, "step_id", "")
-        self.store.set_state(task_id, S.running,
-                             AnswerReceived(task_id=task_id, attempt_id=task.attempt_id, step_id=step_id,
-                                            answer=text, who=who), waiting_for=None)
-        future = self.answers.setdefault(task_id, asyncio.get_running_loop().create_future())
-        if not future.done():
-            future.set_result({"text": text, "who": who})
-        self.answers.pop(task_id, None)
+        step_id = next((getattr(e, "step_id", "") for e in reversed(self.store.events(task_id))
+                        if e.kind == "clarification_requested"), "")
+        received = AnswerReceived(task_id=task_id, attempt_id=task.attempt_id, step_id=step_id, answer=text,
+                                  who=who)
+        answer = json.dumps({"text": text, "who": who})
+        if task.attempt_id is None:
+            self.store.set_state(task_id, S.queued, received, answer=answer, waiting_for=None)
+        else:
+            self.store.update_task(task_id, answer=answer)
+            self.store.append_event(received)
+        self.wake.set()
         return self.store.task(task_id).model_dump(mode="json")
 
     async def decide(self, task_id: str, approve: bool, reason: str, who: str) -> dict[str, Any]:

@@ -35,7 +35,7 @@ ALLOWED: dict[tuple[TaskState, TaskState], str] = {
     (S.yielding, S.queued): "the runner reached its checkpoint and released the node",
     (S.yielding, S.running): "the pre-emption was withdrawn before the checkpoint",
     (S.running, S.queued): "node lost or attempt crashed: a new attempt starts from step 0",
-    (S.waiting_input, S.queued): "node lost while waiting: a new attempt starts from step 0",
+    (S.waiting_input, S.queued): "answered (resume the step, preferably on the same node) or node lost",
     (S.awaiting_approval, S.queued): "node lost while awaiting approval: restart from step 0",
     (S.yielding, S.completed): "the last step finished before the runner reached a yield point",
     (S.running, S.completed): "every step passed its check (and was approved where required)",

@@ -65,19 +65,21 @@ class RayController:
     def await_decision(self, step_id: str) -> Decision:
         return Decision.model_validate(self.link.call("await_decision", step_id))
 
-    def await_answer(self, step_id: str, question: str) -> Answer:
-        return Answer.model_validate(self.link.call("await_answer", step_id, question))
+    def await_answer(self, step_id: str, question: str) -> Answer | None:
+        self.link.call("await_answer", step_id, question)
+        return None  # park: free the node while people think; the answer starts a new attempt
 
 
 @ray.remote(num_cpus=0, max_concurrency=4)  # type: ignore[call-overload]
 class TaskActor:
     def __init__(self, spec: dict[str, Any], attempt_id: str, attempt_no: int, start_step: int,
-                 resume_commit: str | None) -> None:
+                 resume_commit: str | None, answer: dict[str, str] | None = None) -> None:
         self.spec = TaskSpec.model_validate(spec)
         self.attempt_id = attempt_id
         self.attempt_no = attempt_no
         self.start_step = start_step
         self.resume_commit = resume_commit
+        self.answer = Answer.model_validate(answer) if answer else None
         self._done = threading.Event()
         self._result: RunResult | None = None
         self._thread: threading.Thread | None = None
@@ -103,6 +105,7 @@ class TaskActor:
                 workdir=project / ".hearth" / "work" / self.spec.task_id,
                 start_step=self.start_step,
                 resume_commit=self.resume_commit,
+                answer=self.answer,
             )
             self._result = runner.run()
         except Exception as exc:  # the runner catches its own errors; this is set-up failing

@@ -115,3 +115,19 @@ def test_scripted_demo_model_follows_criteria(tmp_path: Path, criteria: list[str
     assert run_step(ctx, scripted_model("demo")).outcome == "done"
     for name, content in expected.items():
         assert (tmp_path / "ws" / name).read_text() == content
+
+
+def test_a_repeated_call_runs_the_check(tmp_path: Path) -> None:
+    write = {"name": "write_file", "arguments": {"path": "hello.txt", "content": "hello"}}
+    checks: list[bool] = []
+    ctx = make_ctx(tmp_path, on_check=lambda passed, output: checks.append(passed))
+    result = run_step(ctx, ScriptedChat([write, write, {"name": "shell", "arguments": {"command": "ls"}}]))
+    assert result.outcome == "done" and result.turns == 2 and checks == [True]
+    # Repeating a call while the check still fails tells the model why, and the step goes on.
+    (tmp_path / "b").mkdir()
+    ctx = make_ctx(tmp_path / "b", check_command="test -f missing.txt")
+    model = ScriptedChat([{"name": "shell", "arguments": {"command": "ls"}}] * 2 +
+                         [{"name": "write_file", "arguments": {"path": "missing.txt", "content": ""}}])
+    result = run_step(ctx, model)
+    assert result.outcome == "done"
+    assert model.calls[2][-1]["content"].startswith("You already made exactly this call. The check failed")

@@ -110,3 +110,26 @@ def test_a_step_that_never_passes_ends_on_budget(greeting_project: Path) -> None
     model = ScriptedChat([{"name": "shell", "arguments": {"command": "ls"}}] * 10)
     result = runner_for(spec, RecordingController(), model).run()
     assert result.reason == TerminationReason.budget and "US-001" in result.message
+
+
+class ParkingController(RecordingController):
+    def await_answer(self, step_id: str, question: str) -> Answer | None:  # type: ignore[override]
+        return None
+
+
+def test_a_question_parks_the_attempt_and_the_answer_resumes_the_step(greeting_project: Path) -> None:
+    spec = spec_for(greeting_project, check="test -s answer.txt")
+    spec.model = "scripted:ask"
+    first = runner_for(spec, ParkingController(), scripted_model("ask")).run()
+    assert first.reason == TerminationReason.waiting_input and first.next_step == 0
+    controller = RecordingController()
+    second = TaskRunner(spec, attempt_id="T-7.2-cccccc", attempt_no=2, controller=controller,
+                        model=scripted_model("ask"), workdir=greeting_project / ".hearth/work/T-7",
+                        start_step=0, resume_commit=first.resume_commit, answer=Answer(text="teal", who="erin"))
+    # Step 1 resumes with the parked conversation plus the answer; step 2 asks again and gets "42".
+    result = second.run()
+    assert result.reason == TerminationReason.completed, result.message
+    transcript = json.loads((greeting_project / ".hearth/tasks/T-7/transcripts/US-001.attempt-2.json").read_text())
+    assert {"role": "tool", "tool_call_id": transcript[2]["tool_calls"][0]["id"],
+            "content": "Answer from erin: teal"} in transcript
+    assert git.Repo(greeting_project).git.show(f"{task_branch('T-7')}~1:answer.txt") == "teal"

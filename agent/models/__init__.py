@@ -58,4 +58,9 @@ def chat_model_for(spec: str, *, state_dir: Path | None = None) -> ChatModel:
         from agent.models.embedded import EmbeddedRuntime
 
         return OpenAIChat(EmbeddedRuntime(state_dir).ensure(name))
+    if runtime == "docker":
+        from agent.models.docker_runtime import DockerModelRuntime
+
+        with DockerModelRuntime(state_dir=state_dir) as docker_runtime:
+            return OpenAIChat(docker_runtime.ensure(name))
     raise ModelUnavailable(f"model runtime {runtime!r} is not available on this node yet")

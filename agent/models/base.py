@@ -84,4 +84,8 @@ class ChatReply(BaseModel):
 class ChatModel(Protocol):
     name: str
 
-    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> ChatReply: ...
+    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+                 *, temperature: float | None = None) -> ChatReply:
+        """One turn. ``temperature`` overrides the client's default for this turn (the loop raises
+        it when the model is stuck, so a deterministic small model does not repeat itself forever)."""
+        ...

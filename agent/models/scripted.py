@@ -33,7 +33,8 @@ class ScriptedChat:
         self.replies = list(replies)
         self.calls: list[list[dict[str, Any]]] = []
 
-    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> ChatReply:
+    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+                 *, temperature: float | None = None) -> ChatReply:
         self.calls.append([dict(m) for m in messages])
         reply = self.replies.pop(0) if self.replies else {"name": "step_done", "arguments": {"summary": "done"}}
         if isinstance(reply, str):
@@ -55,7 +56,8 @@ class RuleFollower:
         self.ask_first = ask_first
         self.sleep_s = sleep_s
 
-    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> ChatReply:
+    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+                 *, temperature: float | None = None) -> ChatReply:
         story = next(m["content"] for m in messages if m["role"] == "user")
         done_tools = [
             c["function"]["name"] for m in messages if m["role"] == "assistant" for c in m.get("tool_calls", [])
