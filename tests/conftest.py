@@ -3,15 +3,22 @@ so ``pytest -m "not slow"`` runs the fast unit layer in seconds."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Set before any Ray worker starts, so actors (which inherit it) never touch the user's real state.
+SESSION_STATE = Path(tempfile.mkdtemp(prefix="hearth-test-state-"))
+os.environ["HEARTH_STATE_DIR"] = str(SESSION_STATE)
 
 SLOW_LAYERS = {"ray", "vm", "docker", "openclaw", "gpu", "real_llm"}
 REPO = Path(__file__).resolve().parent.parent
@@ -22,6 +29,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_LAYERS & {m.name for m in item.iter_markers()}:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_session_model_servers() -> Iterator[None]:
+    """Model servers that task actors started under the session's state dir are stopped by PID."""
+    yield
+    for state in SESSION_STATE.glob("embedded-*.json"):
+        try:
+            os.killpg(json.loads(state.read_text())["pid"], signal.SIGTERM)
+        except (OSError, ValueError, KeyError):
+            pass
 
 
 @pytest.fixture(autouse=True)
