@@ -43,8 +43,38 @@ def _bwrap(workspace: Path, config: SandboxConfig) -> Sandbox:
     return BwrapSandbox(workspace, config, name="bench")
 
 
-BACKENDS: dict[str, tuple[Factory, bool]] = {"bwrap": (_bwrap, False)}
+def _qemu(workspace: Path, config: SandboxConfig) -> Sandbox:
+    """A QEMU micro-VM (agent/sandbox/qemu.py); needs the guest image (`hearth image build`)."""
+    from agent.sandbox.qemu import QemuSandbox
+
+    return QemuSandbox(workspace, config, name="bench")
+
+
+def _qemu_uses_kvm() -> bool:
+    from agent.sandbox.qemu import detect_accel
+
+    return detect_accel() == "kvm"  # real kvm_intel/kvm_amd only; TCG otherwise
+
+
+BACKENDS: dict[str, tuple[Factory, bool]] = {"bwrap": (_bwrap, False), "qemu": (_qemu, _qemu_uses_kvm())}
 """name → (factory, uses KVM)."""
+
+
+def _docker(workspace: Path, config: SandboxConfig) -> Sandbox:
+    """A container per sandbox on the Hearth-managed dockerd (started here if none runs, stopped at exit)."""
+    import atexit
+
+    from agent.sandbox.docker import DockerSandbox
+    from agent.sandbox.docker_engine import ensure_base_image, start_dockerd
+
+    daemon = start_dockerd()
+    atexit.register(daemon.stop)
+    client = daemon.client()
+    ensure_base_image(client)
+    return DockerSandbox(workspace, config, name="bench", client=client)
+
+
+BACKENDS["docker"] = (_docker, False)
 
 
 def p50(samples: list[float]) -> float:

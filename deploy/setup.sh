@@ -38,7 +38,9 @@ python3 -m agent.models.embedded install
 for layer in ${HEARTH_SETUP_LAYERS:-}; do
   case "$layer" in
     vm) say "guest image for the qemu sandbox"; python3 -m cluster.cli image build ;;
-    *) say "unknown layer $layer (known: vm)"; exit 2 ;;
+    docker) say "docker: docker.io, Hearth's own dockerd, hearth/debian:bookworm + hearth/llamacpp-cpu"
+            bash deploy/docker/dockerd.sh models-image && bash deploy/docker/dockerd.sh stop >/dev/null ;;
+    *) say "unknown layer $layer (known: vm docker openclaw)"; exit 2 ;;
   esac
 done
 say "done"

@@ -4,7 +4,10 @@
 #   bash deploy/test.sh -m "not slow"    # the fast unit layer (seconds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-HEARTH_SETUP_LAYERS="${HEARTH_SETUP_LAYERS-}" bash deploy/setup.sh
+# Every layer by default, so the whole suite runs; a missing engine is then a failure, not a skip.
+export HEARTH_SETUP_LAYERS="${HEARTH_SETUP_LAYERS-vm docker openclaw}"
+case " $HEARTH_SETUP_LAYERS " in *" docker "*) export HEARTH_REQUIRE_DOCKER=1 ;; esac
+bash deploy/setup.sh
 echo "== ruff"; ruff check agent cluster tests bench
 echo "== mypy"; mypy
 echo "== pytest"; python3 -m pytest -p no:cacheprovider "$@"

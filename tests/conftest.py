@@ -99,3 +99,6 @@ def scheduler(ray_cluster, tmp_path_factory: pytest.TempPathFactory):  # type: i
     handle = get_or_create_scheduler(str(state))
     handle.state_dir = state
     return handle
+
+
+from docker_fixtures import docker_engine  # noqa: E402,F401  (session dockerd + base image; docker layer)

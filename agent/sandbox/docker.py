@@ -1,0 +1,538 @@
+"""Docker backend: one container per sandbox (per attempt), the workspace bind-mounted at /workspace.
+
+The container (``hearth-sb-<name>-<hex>``, labels ``hearth.sandbox``/``hearth.workspace``) runs
+``sleep infinity`` under docker's init (tini reaps orphans) from ``hearth/debian:bookworm`` (see
+``agent.sandbox.docker_engine``; any image with bash, coreutils and ``sleep`` works). It is created
+with:
+
+* ``network_mode="none"`` unless ``config.network == "nat"`` (then the engine's default bridge);
+* ``nano_cpus``, ``mem_limit`` (= ``memswap_limit``: no swap) and ``pids_limit`` from the config;
+* ``cap_drop=["ALL"]``, ``no-new-privileges``, a read-only root filesystem with tmpfs ``/tmp``
+  (also ``HOME``), ``/var/tmp`` and ``/run``; the user is the workspace's owner (uid:gid), so files
+  made inside belong to the same user as on the host;
+* a worktree's git dirs (its ``.git`` file points outside the workspace) bind-mounted read-only at
+  the same path, as the bwrap backend does.
+
+``exec`` runs ``bash -c COMMAND`` through ``docker exec`` and demultiplexes the attach stream
+itself, so output reaches ``on_output`` as it arrives. An exec's first process leads its own
+session; on timeout every process of that session is SIGKILLed from the host (found through
+``/proc``: containers share the host's kernel), which stops a fork bomb even when the container's
+pid limit would refuse another ``docker exec``. The container, and any concurrent exec, lives on.
+When the command's shell exits, what it left running in the background is killed the same way
+(the bwrap backend's pid namespace gives the same guarantee). Where the daemon is remote (no
+matching host ``/proc``) a timeout restarts the container instead.
+
+Snapshots: the workspace is a bind mount, which ``docker commit`` does not capture, so a snapshot
+is a copy of the workspace under ``$HEARTH_SNAPSHOT_DIR/<name>/<id>`` (default
+``<workspace>/../.hearth-snapshots/<name>/<id>``) plus, when the root filesystem is writable
+(``writable_root=True``), a ``docker commit`` of the container as ``hearth/snapshot:<name>-<id>``.
+With the default read-only root the container has no state of its own to commit, so the snapshot
+reuses the container's image. ``restore`` replaces the container with a new one from the snapshot
+image while it copies the workspace back in place (the directory's inode survives). ``destroy`` removes
+the container, the committed images and the copies.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from agent.sandbox.base import (
+    GUEST_WORKSPACE,
+    ExecResult,
+    OutputCallback,
+    SandboxConfig,
+    SandboxCrashed,
+    SandboxError,
+    SandboxUnavailable,
+    resolve_inside,
+)
+from agent.sandbox.docker_engine import BASE_ENV, BASE_IMAGE, docker_client, image_exists
+
+SNAPSHOT_DIR_ENV = "HEARTH_SNAPSHOT_DIR"
+IMAGE_ENV = "HEARTH_DOCKER_SANDBOX_IMAGE"
+SNAPSHOT_REPOSITORY = "hearth/snapshot"
+OUTPUT_CAP_CHARS = 1_000_000
+TIMEOUT_EXIT_CODE = 124
+SHELL = ["bash", "-c"]
+
+
+class DockerSandbox:
+    kind = "docker"
+
+    def __init__(
+        self,
+        workspace: Path,
+        config: SandboxConfig,
+        *,
+        name: str = "",
+        client: Any = None,
+        image: str | None = None,
+        writable_root: bool = False,
+    ) -> None:
+        if not workspace.is_dir():
+            raise SandboxError(f"workspace {workspace} is not a directory")
+        self.workspace = workspace.resolve()
+        self.config = config
+        self.name = name or self.workspace.name
+        self.image = image or os.environ.get(IMAGE_ENV) or BASE_IMAGE
+        self.writable_root = writable_root
+        self._own_client = client is None
+        self.client = client if client is not None else docker_client()
+        if not image_exists(self.client, self.image):
+            raise SandboxUnavailable(
+                f"docker image {self.image} is missing: build it with "
+                f"`python -m agent.sandbox.docker_engine base-image`"
+            )
+        root = os.environ.get(SNAPSHOT_DIR_ENV)
+        self.snapshot_root = (Path(root) if root else self.workspace.parent / ".hearth-snapshots") / self.name
+        if self.snapshot_root.resolve().is_relative_to(self.workspace):
+            raise SandboxError(f"snapshot directory {self.snapshot_root} is inside the workspace")
+        owner = self.workspace.stat()
+        self.user = f"{owner.st_uid}:{owner.st_gid}"
+        self._snapshots: dict[str, str] = {}
+        """snapshot id → image it restores (committed by us, or the base image)."""
+        self._committed: set[str] = set()
+        self._destroyed = False
+        self._lock = threading.Lock()
+        self.container: Any = None
+        self._local = False
+        self._start(self.image)
+
+    # -- container -------------------------------------------------------------------------------
+
+    def _start(self, image: str) -> None:
+        cfg = self.config
+        volumes: dict[str, dict[str, str]] = {str(self.workspace): {"bind": GUEST_WORKSPACE, "mode": "rw"}}
+        for gitdir in self._git_dirs():
+            volumes[str(gitdir)] = {"bind": str(gitdir), "mode": "ro"}
+        memory = f"{cfg.memory_mib}m"
+        tmpfs = {"/tmp": "rw,nosuid,nodev,size=512m,mode=1777", "/var/tmp": "rw,nosuid,nodev,size=64m,mode=1777",
+                 "/run": "rw,nosuid,nodev,size=16m,mode=755"}
+        self.container = self.client.containers.run(
+            image, ["sleep", "infinity"], detach=True, init=True,
+            name=f"hearth-sb-{_safe(self.name)}-{uuid.uuid4().hex[:6]}",
+            labels={"hearth.sandbox": self.name, "hearth.workspace": str(self.workspace)},
+            hostname="sandbox", user=self.user, working_dir=GUEST_WORKSPACE,
+            environment={**BASE_ENV, "HOME": "/tmp"},
+            volumes=volumes,
+            network_mode="none" if cfg.network != "nat" else "bridge",
+            nano_cpus=int(cfg.cpus * 1e9), mem_limit=memory, memswap_limit=memory, pids_limit=cfg.pids,
+            cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            read_only=not self.writable_root, tmpfs=tmpfs,
+        )
+        self.container.reload()
+        init_pid = int(self.container.attrs.get("State", {}).get("Pid") or 0)
+        self._local = init_pid > 0 and _in_container(init_pid, self.container.id)
+        """Whether the container's processes are this host's (so a timeout can kill them by pid)."""
+
+    def _git_dirs(self) -> list[Path]:
+        dotgit = self.workspace / ".git"
+        if not dotgit.is_file():
+            return []
+        text = dotgit.read_text(errors="replace").strip()
+        if not text.startswith("gitdir:"):
+            return []
+        gitdir = (self.workspace / text.removeprefix("gitdir:").strip()).resolve()
+        common = gitdir / "commondir"
+        dirs = {gitdir, (gitdir / common.read_text().strip()).resolve() if common.is_file() else gitdir}
+        return [d for d in sorted(dirs) if d.is_dir() and not d.is_relative_to(self.workspace)]
+
+    def _remove_container(self) -> None:
+        if self.container is None:
+            return
+        with contextlib.suppress(Exception):
+            self.container.remove(force=True, v=True)
+        self.container = None
+
+    # -- commands --------------------------------------------------------------------------------
+
+    def exec(
+        self,
+        command: str,
+        *,
+        timeout_s: float | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str = ".",
+        on_output: OutputCallback | None = None,
+    ) -> ExecResult:
+        self._check_alive()
+        guest_cwd = self._guest_cwd(cwd)
+        timeout = self.config.exec_timeout_s if timeout_s is None else timeout_s
+        api = self.client.api
+        started = time.monotonic()
+        try:
+            exec_id = api.exec_create(self.container.id, [*SHELL, command], stdout=True, stderr=True,
+                                      environment=env or {}, workdir=guest_cwd, user=self.user)["Id"]
+            sock = api.exec_start(exec_id, socket=True)
+        except Exception as exc:
+            raise SandboxCrashed(f"docker exec in {self.container.name} failed: {exc}") from exc
+        reader = _StreamReader(sock, on_output)
+        leader = _exec_pid(api, exec_id)
+        local = leader > 0 and self._local
+        timed_out = False
+        deadline = started + timeout
+        while not reader.done.wait(0.02):
+            if time.monotonic() > deadline:
+                timed_out = True
+                self._kill_exec(leader, local)
+                break
+            if local and not _alive(leader):
+                _kill_session(leader)  # the shell is gone: what it left behind goes too
+                break
+        if not reader.done.wait(10):
+            if local:
+                _kill_session(leader)
+            if not reader.done.wait(5):
+                reader.close()
+        reader.thread.join(5)
+        info = _exec_inspect(api, exec_id)
+        if local and not _alive(leader):
+            _kill_session(leader)  # background processes the shell left behind
+        duration_ms = (time.monotonic() - started) * 1000
+        reader.emit.reraise()
+        stdout, stderr = reader.text("stdout"), reader.text("stderr")
+        if timed_out:
+            return ExecResult(exit_code=TIMEOUT_EXIT_CODE, stdout=stdout, stderr=stderr, timed_out=True,
+                              duration_ms=duration_ms)
+        code = info.get("ExitCode")
+        if code is None:
+            self.container.reload()
+            if self.container.status != "running":
+                raise SandboxCrashed(f"container {self.container.name} stopped ({self.container.status})",
+                                     (stdout + stderr)[-4000:])
+            code = 137
+        if code == 137 and self._oom_killed_since():
+            note = f"[hearth] out of memory: a process was killed at the {self.config.memory_mib} MiB limit\n"
+            stderr += note
+        return ExecResult(exit_code=int(code), stdout=stdout, stderr=stderr, duration_ms=duration_ms)
+
+    def _kill_exec(self, leader: int, local: bool) -> None:
+        if local:
+            _kill_session(leader)
+            return
+        # A remote daemon: no host pids to signal, so restart the container (its workspace survives).
+        with contextlib.suppress(Exception):
+            self.container.restart(timeout=0)
+
+    _oom_seen = 0
+
+    def _oom_killed_since(self) -> bool:
+        """Whether the container's memory cgroup recorded a new OOM kill (local daemons, cgroup v1/v2)."""
+        count = 0
+        for path in (f"/sys/fs/cgroup/memory/hearth-docker/{self.container.id}/memory.oom_control",
+                     f"/sys/fs/cgroup/hearth-docker/{self.container.id}/memory.events"):
+            with contextlib.suppress(OSError):
+                for line in Path(path).read_text().splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        count = int(value)
+        new, self._oom_seen = count > self._oom_seen, max(count, self._oom_seen)
+        return new
+
+    def _guest_cwd(self, cwd: str) -> str:
+        host = resolve_inside(self.workspace, cwd)
+        if not host.is_dir():
+            raise SandboxError(f"cwd {cwd!r} is not a directory in the workspace")
+        rel = host.relative_to(self.workspace).as_posix()
+        return GUEST_WORKSPACE if rel == "." else f"{GUEST_WORKSPACE}/{rel}"
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def read_file(self, path: str) -> str:
+        self._check_alive()
+        return resolve_inside(self.workspace, path).read_text()
+
+    def write_file(self, path: str, content: str) -> None:
+        self._check_alive()
+        target = resolve_inside(self.workspace, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+
+    # -- snapshots -------------------------------------------------------------------------------
+
+    def snapshot(self) -> str:
+        self._check_alive()
+        snapshot_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        partial = self.snapshot_root / f"{snapshot_id}.partial"
+        partial.mkdir(parents=True)
+        try:
+            _copy_tree(self.workspace, partial)
+            image = self.container.image.id
+            if self.writable_root:
+                tag = f"{_safe(self.name)}-{snapshot_id}".lower()
+                self.container.commit(repository=SNAPSHOT_REPOSITORY, tag=tag,
+                                      conf={"Labels": {"hearth.snapshot-of": self.name}})
+                image = f"{SNAPSHOT_REPOSITORY}:{tag}"
+                self._committed.add(image)
+            partial.rename(self.snapshot_root / snapshot_id)
+        except BaseException:
+            _remove_tree(partial)
+            raise
+        self._snapshots[snapshot_id] = image
+        return snapshot_id
+
+    def restore(self, snapshot_id: str) -> None:
+        self._check_alive()
+        image = self._snapshots.get(snapshot_id)
+        source = self.snapshot_root / snapshot_id
+        if image is None or not source.is_dir():
+            raise SandboxError(f"no snapshot {snapshot_id!r} in sandbox {self.name!r}")
+        with self._lock:
+            # The container is replaced while the workspace is copied back (no command runs meanwhile).
+            failed: list[BaseException] = []
+
+            def replace() -> None:
+                try:
+                    self._remove_container()
+                    self._start(image)
+                except BaseException as exc:
+                    failed.append(exc)
+
+            swap = threading.Thread(target=replace, name="docker-sandbox-restore", daemon=True)
+            swap.start()
+            try:
+                for entry in list(self.workspace.iterdir()):
+                    _remove_entry(entry)
+                _copy_tree(source, self.workspace)
+                with contextlib.suppress(OSError):
+                    os.chmod(self.workspace, source.stat().st_mode & 0o7777)
+            finally:
+                swap.join()
+            self._oom_seen = 0
+            if failed:
+                raise SandboxCrashed(f"restoring sandbox {self.name!r}: the new container failed: {failed[0]}")
+
+    def destroy(self) -> None:
+        if self._destroyed:
+            return
+        self._destroyed = True
+        self._remove_container()
+        for image in self._committed:
+            with contextlib.suppress(Exception):
+                self.client.images.remove(image, force=True, noprune=False)
+        for snapshot_id in self._snapshots:
+            _remove_tree(self.snapshot_root / snapshot_id)
+        with contextlib.suppress(OSError):
+            self.snapshot_root.rmdir()
+        if self._own_client:
+            self.client.close()
+
+    def __enter__(self) -> DockerSandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+    def _check_alive(self) -> None:
+        if self._destroyed:
+            raise SandboxError(f"sandbox {self.name!r} was destroyed")
+        if self.container is None:
+            raise SandboxCrashed(f"sandbox {self.name!r} has no container")
+
+
+# -- exec plumbing ---------------------------------------------------------------------------------
+
+
+def _exec_inspect(api: Any, exec_id: str) -> dict[str, Any]:
+    for _ in range(100):
+        info: dict[str, Any] = api.exec_inspect(exec_id)
+        if not info.get("Running"):
+            return info
+        time.sleep(0.02)
+    return {}
+
+
+def _exec_pid(api: Any, exec_id: str) -> int:
+    """The host pid of the exec's first process (0 if it has already ended or is not visible)."""
+    for _ in range(200):
+        info = api.exec_inspect(exec_id)
+        if info.get("Pid"):
+            return int(info["Pid"])
+        if info.get("ExitCode") is not None and not info.get("Running"):
+            return 0
+        time.sleep(0.01)
+    return 0
+
+
+def _in_container(pid: int, container_id: str) -> bool:
+    """Whether host pid ``pid`` is in the container (guards the /proc-based kill on a remote daemon)."""
+    try:
+        return container_id in Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False
+
+
+def _stat_fields(pid: int) -> list[str]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rfind(")") + 2:].split()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return _stat_fields(pid)[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _session_members(sid: int) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat_fields(int(entry.name))
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+def _kill_session(sid: int, timeout_s: float = 10.0) -> None:
+    """SIGKILL every process of session ``sid`` until none is left (a fork bomb keeps forking)."""
+    deadline = time.monotonic() + timeout_s
+    while (members := _session_members(sid)) and time.monotonic() < deadline:
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+
+
+class _Emitter:
+    def __init__(self, callback: OutputCallback | None) -> None:
+        self._callback = callback
+        self._error: BaseException | None = None
+
+    def __call__(self, stream: str, text: str) -> None:
+        if self._callback is None or self._error is not None:
+            return
+        try:
+            self._callback(stream, text)
+        except Exception as exc:
+            self._error = exc
+
+    def reraise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+class _StreamReader:
+    """Reads a docker attach stream (8-byte frame headers: stream, 0, 0, 0, big-endian length)."""
+
+    def __init__(self, sock: Any, callback: OutputCallback | None) -> None:
+        self._sock = sock
+        self.emit = _Emitter(callback)
+        self.done = threading.Event()
+        self._chunks: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._sizes = {"stdout": 0, "stderr": 0}
+        self._dropped = {"stdout": 0, "stderr": 0}
+        self._decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in self._chunks}
+        self.thread = threading.Thread(target=self._run, name="docker-exec-stream", daemon=True)
+        self.thread.start()
+
+    def _raw(self) -> Any:
+        return getattr(self._sock, "_sock", self._sock)
+
+    def _read_exactly(self, n: int) -> bytes:
+        data = b""
+        raw = self._raw()
+        while len(data) < n:
+            chunk = raw.recv(n - len(data)) if isinstance(raw, socket.socket) else raw.read(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    def _run(self) -> None:
+        try:
+            while True:
+                header = self._read_exactly(8)
+                kind, length = header[0], struct.unpack(">I", header[4:])[0]
+                payload = self._read_exactly(length) if length else b""
+                stream = "stderr" if kind == 2 else "stdout"
+                self._add(stream, self._decoders[stream].decode(payload))
+        except (EOFError, OSError, ValueError):
+            pass
+        finally:
+            for stream, decoder in self._decoders.items():
+                self._add(stream, decoder.decode(b"", final=True))
+            self._close_all()
+            self.done.set()
+
+    def _close_all(self) -> None:
+        for sock in (self._sock, self._raw()):
+            with contextlib.suppress(Exception):
+                sock.close()
+
+    def _add(self, stream: str, text: str) -> None:
+        if not text:
+            return
+        self.emit(stream, text)
+        self._chunks[stream].append(text)
+        self._sizes[stream] += len(text)
+        if self._sizes[stream] > 2 * OUTPUT_CAP_CHARS:
+            self._trim(stream)
+
+    def _trim(self, stream: str) -> None:
+        joined = "".join(self._chunks[stream])
+        self._dropped[stream] += max(0, len(joined) - OUTPUT_CAP_CHARS)
+        self._chunks[stream] = [joined[-OUTPUT_CAP_CHARS:]]
+        self._sizes[stream] = len(self._chunks[stream][0])
+
+    def text(self, stream: str) -> str:
+        self._trim(stream)
+        body = self._chunks[stream][0] if self._chunks[stream] else ""
+        dropped = self._dropped[stream]
+        return f"[… {dropped} earlier characters dropped …]\n{body}" if dropped else body
+
+    def close(self) -> None:
+        raw = self._raw()
+        with contextlib.suppress(Exception):
+            raw.shutdown(socket.SHUT_RDWR)
+        self._close_all()
+
+
+# -- workspace copies ------------------------------------------------------------------------------
+
+
+def _copy_tree(source: Path, dest: Path) -> None:
+    done = subprocess.run(["cp", "-a", "--reflink=auto", f"{source}/.", f"{dest}/"],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SandboxError(f"copying {source} to {dest} failed: {done.stderr.strip()}")
+
+
+def _remove_entry(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        _remove_tree(path)
+    else:
+        path.unlink()
+
+
+def _remove_tree(path: Path) -> None:
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return
+    except PermissionError:  # a command left read-only directories behind
+        for root, dirs, _ in os.walk(path):
+            for d in dirs:
+                with contextlib.suppress(OSError):
+                    os.chmod(os.path.join(root, d), 0o700)
+        shutil.rmtree(path)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40].strip("-_.") or "sandbox"
