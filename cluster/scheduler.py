@@ -171,7 +171,7 @@ class Scheduler:
             if task.node_id in load:
                 load[task.node_id] += 1
             per_project[task.project] = per_project.get(task.project, 0) + 1
-        capacity = {node: int(info["Resources"].get("hearth_slots", info["Resources"].get("CPU", 1)))
+        capacity = {node: int(info["Resources"].get("hearth_slots", info["Resources"].get("CPU", 0)))
                     for node, info in nodes.items()}
         for task in sorted(queued, key=lambda t: (-t.priority, t.queued_since, t.number)):
             config = ProjectConfig.model_validate(task.spec["config"])
