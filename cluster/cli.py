@@ -212,6 +212,20 @@ def _print_result(task: dict[str, Any]) -> None:
             console.print(f"  {story['id']} {story['title']}: {mark}")
 
 
+image_app = typer.Typer(help="The guest image of the qemu sandbox.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+def image_build(force: Annotated[bool, typer.Option(help="Rebuild even if the recipe is unchanged")] = False,
+                ) -> None:
+    """Build the micro-VM guest image from Debian packages (cached; rebuilt when the recipe changes)."""
+    from agent.sandbox.image import build_guest_image
+
+    info = build_guest_image(progress=lambda m: console.print(f"· {m}", highlight=False), force=force)
+    console.print(f"guest image ready: {info.disk} (recipe {info.recipe_hash[:12]})")
+
+
 node_app = typer.Typer(help="This machine as a Ray node.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 

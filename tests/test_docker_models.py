@@ -349,7 +349,7 @@ def test_a_task_whose_model_is_a_docker_container(local_image: dict[str, float],
 
     The 135M model rarely finishes the PRD, so this asserts on the protocol: the runner drove at
     least one turn through the container and every tool call it recorded is well formed."""
-    from test_runner import RecordingController, runner_for, spec_for
+    from tests_support import RecordingController, runner_for, spec_for
 
     from agent.events import StepStarted, TerminationReason
     from agent.models.docker_runtime import LOCAL_MODEL, DockerModelRuntime

@@ -6,53 +6,12 @@ import json
 from pathlib import Path
 
 import git
+from tests_support import RecordingController, branch_prd, runner_for, spec_for
 
-from agent.events import CheckpointReady, Event, StepStarted, TaskCompleted, TerminationReason
+from agent.events import CheckpointReady, StepStarted, TaskCompleted, TerminationReason
 from agent.models.scripted import ScriptedChat, scripted_model
-from agent.prd import load_prd
-from agent.project import open_project, task_branch
-from agent.runner import Answer, Decision, TaskRunner, TaskSpec
-
-
-class RecordingController:
-    def __init__(self, decisions: list[Decision] | None = None, verdicts: list[str] | None = None) -> None:
-        self.events: list[Event] = []
-        self.decisions = list(decisions or [])
-        self.verdicts = list(verdicts or [])
-
-    def emit(self, event: Event) -> None:
-        self.events.append(event)
-
-    def at_checkpoint(self, step_id: str) -> str:
-        return self.verdicts.pop(0) if self.verdicts else "continue"
-
-    def await_decision(self, step_id: str) -> Decision:
-        return self.decisions.pop(0)
-
-    def await_answer(self, step_id: str, question: str) -> Answer:
-        return Answer(text="42", who="bob")
-
-    def kinds(self) -> list[str]:
-        return [e.kind for e in self.events]
-
-
-def spec_for(project_path: Path, **config: object) -> TaskSpec:
-    project = open_project(project_path)
-    return TaskSpec(
-        task_id="T-7", project_path=str(project_path), plan=load_prd(project_path / "tasks" / "prd.json"),
-        prd_relpath="tasks/prd.json", model="scripted:demo", base_commit=project.head_commit(),
-        config=project.config.model_copy(update=config),
-    )
-
-
-def runner_for(spec: TaskSpec, controller: RecordingController, model: object = None, **kw: object) -> TaskRunner:
-    return TaskRunner(spec, attempt_id="T-7.1-aaaaaa", attempt_no=1, controller=controller,
-                      model=model or scripted_model("demo"),  # type: ignore[arg-type]
-                      workdir=Path(spec.project_path) / ".hearth" / "work" / spec.task_id, **kw)  # type: ignore[arg-type]
-
-
-def branch_prd(project_path: Path, task_id: str = "T-7") -> dict[str, object]:
-    return json.loads(git.Repo(project_path).git.show(f"{task_branch(task_id)}:tasks/prd.json"))
+from agent.project import task_branch
+from agent.runner import Answer, Decision, TaskRunner
 
 
 def test_demo_prd_runs_to_completion(greeting_project: Path) -> None:

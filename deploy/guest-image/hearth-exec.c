@@ -5,11 +5,14 @@
  * costs ~100 ms; this one process does what a shell wrapper needed find, tar and a
  * subshell for.
  *
- *   hearth-exec run CWD COMMAND SUFFIX TOKEN
+ *   hearth-exec init                PID 1 of the guest (see init_main).
+ *   hearth-exec run CWD COMMAND SUFFIX TOKEN [keep] [HOST_TIME_NS]
  *       1. applies /run/hearth/in.sync (the host's changes) to /workspace, if present;
  *       2. runs `bash -c COMMAND` in CWD, in the task cgroup, in its own session, stdin
  *          /dev/null, stdout/stderr to /run/hearth/{o,e}SUFFIX (the host tails these to
  *          stream output while the command runs);
+ *          When it exits, whatever it left running in the cgroup is killed (like the bwrap
+ *          backend, whose pid namespace dies with the shell) unless "keep" is given;
  *       3. walks /workspace for entries whose ctime is newer than the last stamp and
  *          packs the changed files and symlinks as sync records;
  *       4. writes to its own stdout: the command's stdout + the sync records, and to its
@@ -17,7 +20,11 @@
  *          the full listing + TOKEN + a header line with the lengths; qemu-ga captures
  *          both, so the host gets everything in one guest-exec-status answer;
  *       5. exits with the command's status (128+N for a signal).
+ *       HOST_TIME_NS moves the guest clock forward when it lags (after a loadvm the guest
+ *       clock resumes from the snapshot's time); it is never moved back, so the ctime
+ *       comparisons above stay sound.
  *   hearth-exec setup RESERVE_MIB   apply in.sync, cap the task cgroup memory, stamp.
+ *   hearth-exec apply               apply in.sync (host changes made while a command runs).
  *   hearth-exec kill                kill everything in the task cgroup (cgroup.kill).
  *
  * Sync record (little endian): type u8 ('f' file, 'l' symlink, 'd' dir, 'x' delete)
@@ -29,10 +36,15 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
+#include <net/if.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -360,9 +372,209 @@ static void walk(char *path, size_t len)
     closedir(dir);
 }
 
+/* ---- clock ----------------------------------------------------------------------------- */
+
+static void catch_up_clock(const char *host_ns)
+{
+    long long want = atoll(host_ns);
+    if (want <= 0)
+        return;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    long long have = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+    if (want - have > 200000000LL) { /* only forward, only when it matters */
+        struct timespec ts = {want / 1000000000LL, want % 1000000000LL};
+        clock_settime(CLOCK_REALTIME, &ts);
+    }
+}
+
+/* ---- PID 1 ------------------------------------------------------------------------------ */
+
+static void put(const char *path, const char *value)
+{
+    int fd = open(path, O_WRONLY);
+    if (fd < 0 || write(fd, value, strlen(value)) < 0)
+        fprintf(stderr, "hearth-init: %s: %s\n", path, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+}
+
+static void mnt(const char *src, const char *dst, const char *type, unsigned long flags, const char *opts)
+{
+    mkdir(dst, 0755);
+    if (mount(src, dst, type, flags, opts) && errno != EBUSY)
+        fprintf(stderr, "hearth-init: mount %s: %s\n", dst, strerror(errno));
+}
+
+static void spawn_wait(char *const argv[])
+{
+    pid_t p = fork();
+    if (p == 0) {
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    int st;
+    if (p > 0)
+        waitpid(p, &st, 0);
+}
+
+/*
+ * Mounts, limits, networking and the agent, with no shell: under TCG each process start
+ * of a shell script costs 0.1-0.2 s, and a boot used to spend seconds on them.
+ * Kernel parameters: hearth.pids=N, hearth.cpu_max=QUOTA,PERIOD, hearth.net=nat.
+ */
+static int init_main(void)
+{
+    mnt("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    mnt("sys", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    mnt("dev", "/dev", "devtmpfs", MS_NOSUID, NULL);
+    mnt("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "mode=620,ptmxmode=666");
+    mnt("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+    mnt("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755");
+    mnt("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+    mnt("tmpfs", "/root", "tmpfs", MS_NOSUID | MS_NODEV, "mode=700");
+    mnt("tmpfs", "/var/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+    put("/proc/self/oom_score_adj", "-1000"); /* inherited by the agent; tasks reset it */
+    sethostname("hearth", 6);
+    int sk = socket(AF_INET, SOCK_DGRAM, 0);
+    if (sk >= 0) {
+        struct ifreq ifr;
+        memset(&ifr, 0, sizeof ifr);
+        strcpy(ifr.ifr_name, "lo");
+        if (ioctl(sk, SIOCGIFFLAGS, &ifr) == 0) {
+            ifr.ifr_flags |= IFF_UP;
+            ioctl(sk, SIOCSIFFLAGS, &ifr);
+        }
+        close(sk);
+    }
+
+    char pids[32] = "256", cpu[64] = "", net[16] = "none";
+    size_t n = 0;
+    char *cl = slurp("/proc/cmdline", &n);
+    for (char *tok = cl ? strtok(cl, " \n") : NULL; tok; tok = strtok(NULL, " \n")) {
+        if (!strncmp(tok, "hearth.pids=", 12))
+            snprintf(pids, sizeof pids, "%s", tok + 12);
+        else if (!strncmp(tok, "hearth.cpu_max=", 15))
+            snprintf(cpu, sizeof cpu, "%s", tok + 15);
+        else if (!strncmp(tok, "hearth.net=", 11))
+            snprintf(net, sizeof net, "%s", tok + 11);
+    }
+    free(cl);
+    for (char *c = cpu; *c; c++)
+        if (*c == ',')
+            *c = ' ';
+
+    /* Task commands run in /sys/fs/cgroup/hearth; this init and the agent stay outside. */
+    mnt("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    put("/sys/fs/cgroup/cgroup.subtree_control", "+memory +pids +cpu");
+    mkdir(CG, 0755);
+    put(CG "/pids.max", pids);
+    if (*cpu)
+        put(CG "/cpu.max", cpu);
+
+    if (!strcmp(net, "nat")) {
+        char *up[] = {"/bin/busybox", "ip", "link", "set", "eth0", "up", NULL};
+        char *addr[] = {"/bin/busybox", "ip", "addr", "add", "10.0.2.15/24", "dev", "eth0", NULL};
+        char *route[] = {"/bin/busybox", "ip", "route", "add", "default", "via", "10.0.2.2", NULL};
+        spawn_wait(up);
+        spawn_wait(addr);
+        spawn_wait(route);
+        int fd = open("/etc/resolv.conf", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            write_all(fd, "nameserver 10.0.2.3\n", 20);
+            close(fd);
+        }
+    }
+
+    /* The root filesystem is read-only to tasks (like the bwrap backend): only /workspace,
+     * the tmpfs mounts above and the helper's scratch stay writable. */
+    mkdir(WS, 0755);
+    mkdir(H, 0755);
+    mkdir("/var/lib/hearth", 0755);
+    mnt(WS, WS, NULL, MS_BIND, NULL);
+    mnt("/var/lib/hearth", "/var/lib/hearth", NULL, MS_BIND, NULL);
+    if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL))
+        fprintf(stderr, "hearth-init: read-only /: %s\n", strerror(errno));
+
+    /* /dev/virtio-ports/<name> links (there is no udev) */
+    mkdir("/dev/virtio-ports", 0755);
+    DIR *d = opendir("/sys/class/virtio-ports");
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char p[PATH_MAX], link[PATH_MAX], target[PATH_MAX];
+        snprintf(p, sizeof p, "/sys/class/virtio-ports/%s/name", e->d_name);
+        size_t nl = 0;
+        char *name = slurp(p, &nl);
+        if (!name)
+            continue;
+        name[strcspn(name, "\n")] = 0;
+        snprintf(link, sizeof link, "/dev/virtio-ports/%s", name);
+        snprintf(target, sizeof target, "/dev/%s", e->d_name);
+        symlink(target, link);
+        free(name);
+    }
+    if (d)
+        closedir(d);
+
+    struct timespec up;
+    clock_gettime(CLOCK_BOOTTIME, &up);
+    char msg[64];
+    int ml = snprintf(msg, sizeof msg, "HEARTH-READY uptime=%ld.%02ld\n", (long)up.tv_sec, up.tv_nsec / 10000000);
+    int con = open("/dev/ttyS0", O_WRONLY | O_NOCTTY);
+    if (con >= 0) {
+        write_all(con, msg, (size_t)ml);
+        close(con);
+    }
+
+    /* Run the agent forever (a task's `kill -9 -1` only restarts it); reap every orphan. */
+    for (;;) {
+        pid_t agent = fork();
+        if (agent == 0) {
+            char *argv[] = {"/usr/sbin/qemu-ga", "-m", "virtio-serial", "-p",
+                            "/dev/virtio-ports/org.qemu.guest_agent.0", NULL};
+            execv(argv[0], argv);
+            _exit(127);
+        }
+        for (;;) {
+            int st;
+            pid_t p = wait(&st);
+            if (p == agent || (p < 0 && errno == ECHILD))
+                break;
+        }
+        struct timespec ts = {0, 200000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 /* ---- main ------------------------------------------------------------------------------- */
 
-static int run(const char *cwd, const char *cmd, const char *suffix, const char *token)
+static int kill_tasks(void)
+{
+    int fd = open(CG "/cgroup.kill", O_WRONLY);
+    if (fd < 0 || write(fd, "1", 1) < 0) {
+        perror("hearth-exec: cgroup.kill");
+        if (fd >= 0)
+            close(fd);
+        return 1;
+    }
+    close(fd);
+    /* wait (bounded) until the cgroup is empty */
+    for (int i = 0; i < 400; i++) {
+        size_t n = 0;
+        char *ev = slurp(CG "/cgroup.events", &n);
+        int empty = ev && strstr(ev, "populated 0") != NULL;
+        free(ev);
+        if (empty)
+            break;
+        struct timespec ts = {0, 5000000};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+static int run(const char *cwd, const char *cmd, const char *suffix, const char *token, int keep)
 {
     char opath[256], epath[256];
     snprintf(opath, sizeof opath, H "/o%s", suffix);
@@ -415,6 +627,8 @@ static int run(const char *cwd, const char *cmd, const char *suffix, const char 
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
         ;
     int rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (!keep)
+        kill_tasks();
 
     /* what changed */
     T_old = restamp();
@@ -488,14 +702,26 @@ static int run(const char *cwd, const char *cmd, const char *suffix, const char 
 
 int main(int argc, char **argv)
 {
-    if (argc >= 6 && !strcmp(argv[1], "run"))
-        return run(argv[2], argv[3], argv[4], argv[5]);
-    if (argc >= 2 && !strcmp(argv[1], "kill")) {
-        int fd = open(CG "/cgroup.kill", O_WRONLY);
-        if (fd < 0 || write(fd, "1", 1) < 0) {
-            perror("hearth-exec: cgroup.kill");
+    if (argc >= 2 && !strcmp(argv[1], "init"))
+        return init_main();
+    if (argc >= 6 && !strcmp(argv[1], "run")) {
+        int keep = 0;
+        for (int i = 6; i < argc; i++) {
+            if (!strcmp(argv[i], "keep"))
+                keep = 1;
+            else
+                catch_up_clock(argv[i]);
+        }
+        return run(argv[2], argv[3], argv[4], argv[5], keep);
+    }
+    if (argc >= 2 && !strcmp(argv[1], "kill"))
+        return kill_tasks();
+    if (argc >= 2 && !strcmp(argv[1], "apply")) {
+        if (chdir(WS)) {
+            perror(WS);
             return 1;
         }
+        apply_pending();
         return 0;
     }
     if (argc >= 3 && !strcmp(argv[1], "setup")) {
@@ -527,6 +753,7 @@ int main(int argc, char **argv)
         restamp();
         return 0;
     }
-    fprintf(stderr, "usage: hearth-exec run CWD COMMAND SUFFIX TOKEN | setup RESERVE_MIB | kill\n");
+    fprintf(stderr, "usage: hearth-exec init | run CWD COMMAND SUFFIX TOKEN [keep] [HOST_TIME_NS] | "
+                    "setup RESERVE_MIB | apply | kill\n");
     return 2;
 }
