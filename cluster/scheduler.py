@@ -12,8 +12,8 @@ store and re-attaches to the still-running attempt actors by name, or restarts t
 from __future__ import annotations
 
 import asyncio
-import json
 import contextlib
+import json
 import logging
 import os
 import time
@@ -46,11 +46,15 @@ from agent.models.scripted import scripted_model
 from agent.prd import PrdError, load_prd, parse_prd_text
 from agent.project import ProjectError, open_project
 from agent.runner import TaskSpec
+from cluster.placement import build_snapshot, model_spec, project_policy, slots
+from cluster.policy import PolicyConfig, decide, feasible
+from cluster.policy_model import QueuedTask
 from cluster.states import TERMINAL, TaskState
 from cluster.store import Store, TaskRow, UnknownTask
 from cluster.task_actor import NAMESPACE, SCHEDULER_NAME, TaskActor, attempt_actor_name
 
 log = logging.getLogger("hearth.scheduler")
+INVENTORY_EVERY_S = 5.0
 S = TaskState
 ACTIVE = {S.placed, S.running, S.waiting_input, S.awaiting_approval, S.yielding}
 
@@ -64,7 +68,7 @@ class Conflict(ValueError):
 
 
 class Scheduler:
-    def __init__(self, state_dir: str, cycle_s: float = 0.2) -> None:
+    def __init__(self, state_dir: str, cycle_s: float = 0.2, policy: dict[str, Any] | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.store = Store(self.state_dir / "hearth.db")
         self.cycle_s = cycle_s
@@ -72,7 +76,16 @@ class Scheduler:
         """attempt id → (task id, actor handle, ref of actor.result())."""
         self.decisions: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.wake = asyncio.Event()
+        self.policy = PolicyConfig.model_validate(policy or {})
+        self.inventories: dict[str, dict[str, Any]] = {}
+        self._inventory_at = -INVENTORY_EVERY_S
+        self.preempted_at: dict[str, float] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        # Ray runs an async actor's __init__ inside its event loop: start cycling right away, so a
+        # restarted scheduler (Ray re-runs only __init__) resumes without waiting for a call.
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop()
+            self._ensure_started()
 
     # lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> str:
@@ -89,8 +102,14 @@ class Scheduler:
             self._loop_task = asyncio.get_running_loop().create_task(self._cycle_forever())
 
     def _reattach(self) -> None:
+        """Track every active attempt: re-attach to its actor by name, or treat it as lost.
+
+        Runs at start (a restarted scheduler) and each cycle, so an attempt that somehow went
+        untracked (a crash between creating its actor and recording it) can never strand a task.
+        """
+        tracked = {entry[0] for entry in self.running.values()}
         for task in self.store.tasks(ACTIVE):
-            if task.attempt_id is None:
+            if task.attempt_id is None or task.id in tracked:
                 continue
             try:
                 actor = ray.get_actor(attempt_actor_name(task.attempt_id), namespace=NAMESPACE)
@@ -101,6 +120,8 @@ class Scheduler:
     async def _cycle_forever(self) -> None:
         while True:
             try:
+                await self._refresh_inventories()
+                self._reattach()
                 self._reap()
                 self._place()
             except Exception:
@@ -145,6 +166,10 @@ class Scheduler:
             raise SubmitError(str(exc)) from None
         if not plan.steps:
             raise SubmitError(f"{plan.source}: every story already passes; nothing to do")
+        await self._refresh_inventories(force=not self.inventories)
+        missing = self._infeasible(config, model)
+        if missing:
+            raise SubmitError(f"no node can ever run this task: {missing}")
         self.store.put_project(config.name, str(project.path), config.model_dump(mode="json"))
         spec = TaskSpec(task_id="pending", project_path=str(project.path), plan=plan, prd_relpath=prd_relpath,
                         model=model, base_commit=project.head_commit(), config=config)
@@ -155,36 +180,61 @@ class Scheduler:
         self.wake.set()
         return row.model_dump(mode="json")
 
+    def _infeasible(self, config: ProjectConfig, model: str) -> str | None:
+        """What is missing when no node could ever serve ``model`` for this project (None: feasible)."""
+        nodes = self._alive_nodes()
+        probe = QueuedTask(id="submit-probe", project=config.name, model=model, queued_since=time.time())
+        snapshot = build_snapshot(time.time(), nodes, self.inventories, [], [], {})
+        snapshot = snapshot.model_copy(update={
+            "queued": [probe], "models": {model: model_spec(model)},
+            "projects": {config.name: project_policy(config.model_dump(mode="json"))}})
+        return feasible(probe, snapshot)
+
     # placement ----------------------------------------------------------------------------------
     def _alive_nodes(self) -> dict[str, dict[str, Any]]:
         return {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
 
     def _place(self) -> None:
+        """One policy cycle: gather a snapshot, ``decide``, apply placements and pre-emptions."""
         queued = self.store.tasks({S.queued})
         if not queued:
             return
         nodes = self._alive_nodes()
         active = self.store.tasks(ACTIVE)
-        load = {node: 0 for node in nodes}
-        per_project: dict[str, int] = {}
-        for task in active:
-            if task.node_id in load:
-                load[task.node_id] += 1
-            per_project[task.project] = per_project.get(task.project, 0) + 1
-        capacity = {node: int(info["Resources"].get("hearth_slots", info["Resources"].get("CPU", 0)))
-                    for node, info in nodes.items()}
-        for task in sorted(queued, key=lambda t: (-t.priority, t.queued_since, t.number)):
-            config = ProjectConfig.model_validate(task.spec["config"])
-            if per_project.get(task.project, 0) >= config.concurrency:
+        snapshot = build_snapshot(time.time(), nodes, self.inventories, queued, active, self.preempted_at)
+        decisions = decide(snapshot, self.policy)
+        by_id = {t.id: t for t in queued}
+        busy = {node: sum(t.node_id == node for t in active) for node in nodes}
+        for placement in decisions.placements:
+            # A yielding victim still holds its slot until its checkpoint: never double-book a node.
+            if busy.get(placement.node, 0) >= slots(nodes[placement.node]):
                 continue
-            allowed = [n for n in nodes if node_allowed(n, nodes[n], config.allowed_nodes)]
-            free = [n for n in allowed if load[n] < capacity[n]]
-            if not free:
-                continue
-            node = task.resume_node if task.resume_node in free else min(free, key=lambda n: load[n])
-            self._launch(task, node)
-            load[node] += 1
-            per_project[task.project] = per_project.get(task.project, 0) + 1
+            self._launch(by_id[placement.task_id], placement.node)
+            busy[placement.node] = busy.get(placement.node, 0) + 1
+        for preempt in decisions.preemptions:
+            victim = self.store.task(preempt.task_id)
+            if victim.state == S.running:
+                self.store.set_state(victim.id, S.yielding,
+                                     message=f"yielding at its next checkpoint for {preempt.for_task}")
+                self.preempted_at[victim.id] = snapshot.now
+        for task_id, waiting in decisions.waiting.items():
+            if by_id[task_id].message != waiting.message:
+                self.store.update_task(task_id, message=waiting.message)
+
+    async def _refresh_inventories(self, force: bool = False) -> None:
+        """Each alive node's NVML inventory (GPUs, free VRAM), at most every few seconds."""
+        if not force and time.monotonic() - self._inventory_at < INVENTORY_EVERY_S:
+            return
+        self._inventory_at = time.monotonic()
+        refs = {}
+        for node in self._alive_nodes():
+            refs[node] = node_inventory.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False)).remote()
+        for node, ref in refs.items():
+            try:
+                self.inventories[node] = await asyncio.wait_for(ref, timeout=10)
+            except (TimeoutError, ray.exceptions.RayError):
+                self.inventories.pop(node, None)
 
     def _launch(self, task: TaskRow, node: str) -> None:
         attempt_no = task.attempts + 1
@@ -430,7 +480,7 @@ class Scheduler:
                 "node_id": node_id, "alive": bool(node.get("Alive")), "address": node.get("NodeManagerAddress", ""),
                 "gpus": gpus, "vram_total_mib": sum(g["total_vram_mib"] for g in gpus),
                 "vram_free_mib": sum(g["free_vram_mib"] for g in gpus), "nvml": inv.get("nvml", "unknown"),
-                "slots": int(node.get("Resources", {}).get("hearth_slots", node.get("Resources", {}).get("CPU", 0))),
+                "slots": slots(node),
                 "labels": node.get("Labels", {}), "running": running.get(node_id, []),
             })
         return result
@@ -443,15 +493,6 @@ class Scheduler:
         return "ok"
 
 
-def node_allowed(node_id: str, info: dict[str, Any], allowed: list[str]) -> bool:
-    """``allowed`` entries are node ids or ``key=value`` labels; empty allows every node."""
-    if not allowed:
-        return True
-    labels = info.get("Labels") or {}
-    return any(entry == node_id or labels.get(entry.partition("=")[0]) == entry.partition("=")[2]
-               for entry in allowed)
-
-
 @ray.remote(num_cpus=0)
 def node_inventory() -> dict[str, Any]:
     from cluster.nodes import inventory
@@ -459,15 +500,17 @@ def node_inventory() -> dict[str, Any]:
     return inventory().model_dump(mode="json")
 
 
-SchedulerActor: Any = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Scheduler)
+# Pinned to the head node: the store lives there, and a worker's death must not take the scheduler.
+SchedulerActor: Any = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1,
+                                 resources={"node:__internal_head__": 0.001})(Scheduler)
 
 
-def get_or_create_scheduler(state_dir: str) -> Any:
+def get_or_create_scheduler(state_dir: str, policy: dict[str, Any] | None = None) -> Any:
     """The cluster's scheduler handle, creating the detached actor on the head if needed."""
     handle = SchedulerActor.options(
         name=SCHEDULER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         max_concurrency=1000,
-    ).remote(state_dir)
+    ).remote(state_dir, 0.2, policy)
     ray.get(handle.start.remote())
     return handle
 

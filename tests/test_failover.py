@@ -94,3 +94,31 @@ def _answers(scheduler: Any) -> bool:
         return ray.get(scheduler.ping.remote(), timeout=5) == "ok"
     except (ray.exceptions.RayError, TimeoutError):
         return False
+
+
+def test_high_priority_preempts_a_low_one_at_its_next_checkpoint(ray_cluster: Any, scheduler: Any,
+                                                                  greeting_project: Path) -> None:
+    worker = ray_cluster.add_node(num_cpus=1, resources={"hearth_slots": 1}, labels={"pool": "preempt"})
+    ray_cluster.wait_for_nodes()
+    configure(greeting_project, allowed_nodes=["pool=preempt"], max_priority=100)
+    low = ray.get(scheduler.submit.remote(str(greeting_project), "tasks/prd.json", None, 20, "scripted:sleep-3"))
+    assert wait_for(lambda: task(scheduler, low["id"]).state.value == "running", 60)
+    high = ray.get(scheduler.submit.remote(str(greeting_project), "tasks/prd.json", None, 90, "scripted:demo"))
+    assert wait_for(lambda: task(scheduler, low["id"]).state.value in {"yielding", "queued"}, 30)
+    assert wait_for(lambda: task(scheduler, high["id"]).state.value == "completed", 120)
+    assert wait_for(lambda: task(scheduler, low["id"]).state.value == "completed", 120)
+    db = store_of(scheduler)
+    try:
+        low_events, high_events = db.events(low["id"]), db.events(high["id"])
+    finally:
+        db.close()
+    # The victim finished its first step (never interrupted mid-step), yielded, and resumed at step 2.
+    started = [(e.attempt_id, e.step_id) for e in low_events if e.kind == "step_started"]
+    assert [s for _, s in started] == ["US-001", "US-002"] and started[0][0] != started[1][0]
+    requeued = [e for e in low_events if e.kind == "task_requeued"]
+    assert requeued and requeued[0].reason == "preempted" and requeued[0].from_step == 1
+    first_done = next(e.at for e in low_events if e.kind == "step_completed")
+    high_start = next(e.at for e in high_events if e.kind == "step_started")
+    assert high_start >= first_done  # the high task waited for the checkpoint, not for the whole task
+    assert task(scheduler, low["id"]).attempts == 2
+    ray_cluster.remove_node(worker)
