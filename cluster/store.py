@@ -1,6 +1,9 @@
 """Durable state on the head: SQLite in WAL mode.
 
-The scheduler actor is the only writer; the sidecar and the CLI open it read-only. A restarted
+The scheduler actor is the only writer of tasks, attempts and events; the sidecar and the CLI read
+them read-only. The one exception is the ``outbox`` table: the scheduler inserts its rows (in the
+event's transaction), and the sidecar's chat delivery loop (cluster/openclaw.py) updates their
+delivery columns beside it, which WAL mode allows (one short write transaction at a time). A restarted
 scheduler rebuilds its whole picture from here (queued and running tasks, attempts, events).
 Every state change goes through ``set_state`` (which enforces the lifecycle table) in the same
 transaction as the event that explains it.
@@ -28,7 +31,8 @@ CREATE TABLE IF NOT EXISTS tasks (
   id TEXT PRIMARY KEY, number INTEGER UNIQUE NOT NULL, project TEXT NOT NULL, name TEXT NOT NULL,
   state TEXT NOT NULL, priority INTEGER NOT NULL, model TEXT NOT NULL, spec TEXT NOT NULL,
   attempts INTEGER NOT NULL DEFAULT 0, next_step INTEGER NOT NULL DEFAULT 0, resume_commit TEXT,
-  resume_node TEXT, node_id TEXT, attempt_id TEXT, waiting_for TEXT, message TEXT NOT NULL DEFAULT '',
+  resume_node TEXT, node_id TEXT, attempt_id TEXT, waiting_for TEXT, answer TEXT,
+  message TEXT NOT NULL DEFAULT '',
   created_at REAL NOT NULL, updated_at REAL NOT NULL, queued_since REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS attempts (
   id TEXT PRIMARY KEY, task_id TEXT NOT NULL, no INTEGER NOT NULL, node_id TEXT NOT NULL,
@@ -60,6 +64,8 @@ class TaskRow(BaseModel):
     node_id: str | None
     attempt_id: str | None
     waiting_for: str | None
+    answer: str | None
+    """JSON {text, who}: an answer not yet handed to the attempt that resumes the step."""
     message: str
     created_at: float
     updated_at: float
@@ -92,6 +98,7 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            self._migrate_outbox()
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA busy_timeout=5000")
 
@@ -198,8 +205,13 @@ class Store:
         stored = event.model_copy(update={"seq": seq})
         cursor = db.execute("INSERT INTO events (task_id, seq, kind, body, at) VALUES (?,?,?,?,?)",
                             (event.task_id, seq, event.kind, stored.model_dump_json(), event.at))
-        db.execute("INSERT INTO outbox (event_id, task_id, next_try_at) VALUES (?,?,?)",
-                   (cursor.lastrowid, event.task_id, event.at))
+        if _notifiable(stored):
+            # Only when the task's project routes to a chat ([notify] channel in hearth.toml).
+            db.execute(
+                "INSERT INTO outbox (event_id, task_id, next_try_at) SELECT ?, ?, ? FROM tasks"
+                " WHERE id = ? AND COALESCE(json_extract(spec, '$.config.notify.channel'), '') != ''",
+                (cursor.lastrowid, event.task_id, event.at, event.task_id),
+            )
         return stored
 
     def events(self, task_id: str, after_seq: int = 0, limit: int = 1000) -> list[Event]:
@@ -208,6 +220,119 @@ class Store:
             (task_id, after_seq, limit),
         ).fetchall()
         return [EventAdapter.validate_json(r["body"]) for r in rows]
+
+
+    # outbox (chat delivery; see cluster/openclaw.py) -------------------------------------------
+    # Rows are inserted by ``_append`` in the event's own transaction (so an event that people must
+    # see can never be stored without its delivery entry). The delivery loop in the sidecar is the
+    # only other writer, and it only ever updates these rows: never tasks, attempts or events.
+    def _migrate_outbox(self) -> None:
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(outbox)").fetchall()}
+        for name, ddl in (("last_try_at", "REAL"), ("message_id", "TEXT"), ("outcome", "TEXT")):
+            if name not in columns:
+                self.db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {ddl}")
+
+    def outbox_due(self, now: float, limit: int = 64, exclude: set[str] | frozenset[str] = frozenset()
+                   ) -> list[OutboxEntry]:
+        """The head (oldest unacknowledged entry) of each task's queue, if it is due, oldest first.
+
+        Only heads: a task's entry n+1 is never offered before entry n is acknowledged.
+        """
+        rows = self.db.execute(
+            "SELECT o.*, e.body FROM outbox o JOIN events e ON e.id = o.event_id"
+            " WHERE o.event_id IN (SELECT MIN(event_id) FROM outbox WHERE acked_at IS NULL GROUP BY task_id)"
+            " AND o.next_try_at <= ? ORDER BY o.event_id LIMIT ?",
+            (now, limit + len(exclude)),
+        ).fetchall()
+        entries = [_outbox_row(r) for r in rows if r["task_id"] not in exclude]
+        return entries[:limit]
+
+    def outbox_next_due_at(self) -> float | None:
+        row = self.db.execute(
+            "SELECT MIN(next_try_at) FROM outbox WHERE event_id IN"
+            " (SELECT MIN(event_id) FROM outbox WHERE acked_at IS NULL GROUP BY task_id)"
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def outbox_mark_sending(self, event_id: int, now: float, lease_s: float) -> int:
+        """Record, before the request leaves, that it may reach the gateway; returns the try number.
+
+        ``next_try_at`` moves past the lease, so a sender that dies mid-request retries (with the same
+        idempotency key) only after the lease.
+        """
+        with self.tx() as db:
+            db.execute("UPDATE outbox SET tries = tries + 1, last_try_at = ?, next_try_at = ?,"
+                       " outcome = CASE WHEN outcome = 'in-doubt' THEN outcome ELSE 'sending' END"
+                       " WHERE event_id = ? AND acked_at IS NULL", (now, now + lease_s, event_id))
+            row = db.execute("SELECT tries FROM outbox WHERE event_id = ?", (event_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def outbox_ack(self, event_id: int, *, message_id: str | None, outcome: str = "sent") -> None:
+        self.db.execute("UPDATE outbox SET acked_at = ?, message_id = ?, outcome = ?, last_error = NULL"
+                        " WHERE event_id = ? AND acked_at IS NULL",
+                        (time.time(), message_id, outcome, event_id))
+
+    def outbox_retry_later(self, event_id: int, error: str, next_try_at: float, *, in_doubt: bool = False
+                           ) -> None:
+        """A try that failed; ``in_doubt``: the message may have been delivered all the same."""
+        self.db.execute("UPDATE outbox SET last_error = ?, next_try_at = ?, outcome = ?"
+                        " WHERE event_id = ? AND acked_at IS NULL",
+                        (error[:500], next_try_at, "in-doubt" if in_doubt else None, event_id))
+
+    def outbox_recover_in_flight(self, now: float) -> int:
+        """At a sender's start: entries a previous sender left ``sending`` are in doubt, due now."""
+        cursor = self.db.execute("UPDATE outbox SET outcome = 'in-doubt', next_try_at = ?"
+                                 " WHERE acked_at IS NULL AND outcome IN ('sending', 'in-doubt')", (now,))
+        return int(cursor.rowcount)
+
+    def outbox(self, task_id: str | None = None, *, pending_only: bool = False) -> list[OutboxEntry]:
+        where, args = [], []
+        if task_id is not None:
+            where.append("o.task_id = ?")
+            args.append(task_id)
+        if pending_only:
+            where.append("o.acked_at IS NULL")
+        sql = "SELECT o.*, e.body FROM outbox o JOIN events e ON e.id = o.event_id"
+        sql += (" WHERE " + " AND ".join(where)) if where else ""
+        return [_outbox_row(r) for r in self.db.execute(sql + " ORDER BY o.event_id", args).fetchall()]
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (cheap change detection for pollers)."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
+
+NOTIFY_KINDS = {"clarification_requested", "checkpoint_ready", "task_completed", "task_failed",
+                "attempt_ended", "task_requeued"}
+
+
+def _notifiable(event: Event) -> bool:
+    """The events people must see in chat (everything else stays in the event log and SSE)."""
+    if event.kind not in NOTIFY_KINDS:
+        return False
+    if event.kind == "checkpoint_ready":
+        return bool(getattr(event, "needs_approval", False))
+    if event.kind == "attempt_ended":
+        return str(getattr(event, "reason", "")) == "node_lost"
+    return True
+
+
+class OutboxEntry(BaseModel):
+    event_id: int
+    task_id: str
+    tries: int
+    next_try_at: float
+    acked_at: float | None
+    last_error: str | None
+    last_try_at: float | None
+    message_id: str | None
+    outcome: str | None
+    event: Event
+
+
+def _outbox_row(row: sqlite3.Row) -> OutboxEntry:
+    data = dict(row)
+    data["event"] = EventAdapter.validate_json(data.pop("body"))
+    return OutboxEntry.model_validate(data)
 
 
 def _task_row(row: sqlite3.Row) -> TaskRow:

@@ -40,6 +40,7 @@ for layer in ${HEARTH_SETUP_LAYERS:-}; do
     vm) say "guest image for the qemu sandbox"; python3 -m cluster.cli image build ;;
     docker) say "docker: docker.io, Hearth's own dockerd, hearth/debian:bookworm + hearth/llamacpp-cpu"
             bash deploy/docker/dockerd.sh models-image && bash deploy/docker/dockerd.sh stop >/dev/null ;;
+    openclaw) say "OpenClaw gateway: Node 24 + openclaw from npm"; bash deploy/openclaw/install.sh >/dev/null ;;
     *) say "unknown layer $layer (known: vm docker openclaw)"; exit 2 ;;
   esac
 done

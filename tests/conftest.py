@@ -83,7 +83,8 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "resources": {"hearth_slots": 4}, "_system_config": FAST_HEALTH})
+        "num_cpus": 2, "resources": {"hearth_slots": 4}, "include_dashboard": False,
+        "_system_config": FAST_HEALTH})
     ray.init(address=cluster.address, namespace="hearth", logging_level="WARNING", log_to_driver=False)
     yield cluster
     ray.shutdown()
@@ -96,7 +97,8 @@ def scheduler(ray_cluster, tmp_path_factory: pytest.TempPathFactory):  # type: i
     from cluster.scheduler import get_or_create_scheduler
 
     state = tmp_path_factory.mktemp("scheduler-state")
-    handle = get_or_create_scheduler(str(state))
+    # Pre-empt at once and allow it again soon: tests cannot wait the production defaults (minutes).
+    handle = get_or_create_scheduler(str(state), {"preempt_after_s": 0, "preempt_cooldown_s": 5})
     handle.state_dir = state
     return handle
 

@@ -1,0 +1,235 @@
+// Hearth's OpenClaw plugin: people answer and decide in chat, and nothing goes through a model.
+//
+//   /hearth status | approve T-12 [#seq] | reject T-12 [reason…] | answer T-12 text… | submit <project> <prd>
+//   Approve / Reject buttons on approval cards (callback "hearth:<approve|reject|answer>:<task>:<seq>")
+//   a reply that quotes a Hearth question ("[task T-12 #7] Question …") answers it
+//
+// Every call goes to the Hearth sidecar with the PLUGIN token (rights: read, submit, answer, decide)
+// and passes `who` = the channel user id and `channel`, so the sidecar can enforce the project's
+// approvers. The token is read from `tokenFile` on each call and never echoed into the chat.
+// Types are local and minimal (the SDK's are not needed at run time); build.mjs strips them.
+import { readFileSync } from "node:fs";
+import { definePluginEntry } from "openclaw/plugin-sdk/plugin-entry";
+
+type HearthConfig = { sidecarUrl?: string; tokenFile?: string; token?: string; timeoutMs?: number };
+type SidecarReply = { status: number; body: any; detail: string };
+type Reply = { text: string };
+type Button = { text: string; callback_data: string };
+type CommandContext = {
+  senderId?: string; channel: string; channelId?: string; args?: string; from?: string; isAuthorizedSender: boolean;
+};
+type InteractiveContext = {
+  channel?: string; senderId?: string; userId?: string; user?: { id?: string };
+  auth?: { isAuthorizedSender?: boolean };
+  callback?: { payload?: string; messageText?: string };
+  interaction?: { payload?: string; messageText?: string };
+  respond?: {
+    reply?: (p: { text: string; buttons?: Button[][] }) => Promise<void>;
+    editMessage?: (p: { text: string; buttons?: Button[][] }) => Promise<void>;
+    clearButtons?: () => Promise<void>;
+  };
+};
+type DispatchEvent = { content: string; channel?: string; senderId?: string; replyToBody?: string };
+type DispatchContext = { channelId?: string; senderId?: string; replyToBody?: string };
+type PluginApi = {
+  pluginConfig?: HearthConfig;
+  logger?: { warn?: (message: string) => void; info?: (message: string) => void };
+  registerCommand: (command: {
+    name: string; description: string; acceptsArgs: boolean; requireAuth: boolean;
+    handler: (ctx: CommandContext) => Promise<Reply>;
+  }) => void;
+  registerInteractiveHandler: (registration: {
+    channel: string; namespace: string; handler: (ctx: InteractiveContext) => Promise<{ handled: boolean }>;
+  }) => void;
+  on: (hook: "before_dispatch",
+       handler: (event: DispatchEvent, ctx: DispatchContext) => Promise<{ handled: boolean; text?: string } | void>,
+  ) => void;
+};
+
+const USAGE = [
+  "Hearth commands:",
+  "/hearth status: tasks waiting for you, and what runs",
+  "/hearth approve T-12: approve the checkpoint T-12 waits on",
+  "/hearth reject T-12 <reason>: reject it; the step is rolled back and redone with your reason",
+  "/hearth answer T-12 <text>: answer T-12's question (or reply to the question message)",
+  "/hearth submit <project> <prd path>: queue a PRD of a project Hearth knows",
+].join("\n");
+const TAG = /\[task (T-\d+) #(\d+)\] (Question|Checkpoint)/;
+const NAMESPACE = "hearth";
+const TASK_ID = /^T-\d+$/;
+
+function token(cfg: HearthConfig): string {
+  if (cfg.tokenFile) return readFileSync(cfg.tokenFile, "utf8").trim();
+  return (cfg.token ?? "").trim();
+}
+
+async function sidecar(cfg: HearthConfig, method: string, path: string, body?: unknown): Promise<SidecarReply> {
+  const base = (cfg.sidecarUrl ?? "").replace(/\/+$/, "");
+  let res: Response;
+  try {
+    res = await fetch(`${base}${path}`, {
+      method,
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token(cfg)}` },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(cfg.timeoutMs ?? 15000),
+    });
+  } catch (err) {
+    return { status: 0, body: null, detail: `Hearth is unreachable (${(err as Error).name})` };
+  }
+  const text = await res.text();
+  let parsed: any = null;
+  try { parsed = JSON.parse(text); } catch { parsed = null; }
+  const detail = typeof parsed?.detail === "string" ? parsed.detail : text.slice(0, 300);
+  return { status: res.status, body: parsed, detail };
+}
+
+function failure(r: SidecarReply): string {
+  if (r.status === 0) return r.detail;
+  if (r.status === 401) return "Hearth refused the plugin's token (check tokenFile in the plugin config).";
+  return r.detail || `Hearth answered ${r.status}`;
+}
+
+async function decide(cfg: HearthConfig, taskId: string, approve: boolean, reason: string, who: string,
+                      channel: string, checkpoint?: number): Promise<{ ok: boolean; text: string }> {
+  const r = await sidecar(cfg, "POST", `/v1/tasks/${encodeURIComponent(taskId)}/decision`, {
+    decision: approve ? "approve" : "reject", reason, who, channel,
+    ...(checkpoint === undefined ? {} : { checkpoint }),
+  });
+  if (r.status !== 200) return { ok: false, text: failure(r) };
+  const verb = approve ? "approved" : "rejected";
+  if (r.body?.duplicate) return { ok: true, text: `${taskId} was already ${verb} by ${r.body.reply?.who ?? "someone"}.` };
+  const redo = approve ? "" : " The step is rolled back and redone" + (reason ? ` with: ${reason}` : ".");
+  return { ok: true, text: `${taskId} ${verb} by ${who}.${redo}` };
+}
+
+async function answer(cfg: HearthConfig, taskId: string, text: string, who: string, channel: string,
+                      question?: number): Promise<{ ok: boolean; text: string }> {
+  if (!text.trim()) return { ok: false, text: `Say what to answer: /hearth answer ${taskId} <text>` };
+  const r = await sidecar(cfg, "POST", `/v1/tasks/${encodeURIComponent(taskId)}/answer`, {
+    text, who, channel, ...(question === undefined ? {} : { question }),
+  });
+  if (r.status !== 200) return { ok: false, text: failure(r) };
+  if (r.body?.duplicate) return { ok: true, text: `That answer for ${taskId} was already recorded.` };
+  return { ok: true, text: `Answer for ${taskId} recorded; the task resumes.` };
+}
+
+async function status(cfg: HearthConfig): Promise<string> {
+  const waiting = await sidecar(cfg, "GET", "/v1/approvals");
+  if (waiting.status !== 200) return failure(waiting);
+  const tasks = await sidecar(cfg, "GET", "/v1/tasks");
+  const lines: string[] = [];
+  for (const t of waiting.body as any[]) {
+    const p = t.pending ?? {};
+    if (p.kind === "question") lines.push(`${t.id} (${t.project}) asks: ${p.question}`);
+    else if (p.kind === "approval") lines.push(`${t.id} (${t.project}) awaits approval of ${p.step_id} (commit ${String(p.commit).slice(0, 10)})`);
+    else lines.push(`${t.id} (${t.project}) is ${t.state}`);
+  }
+  const active = tasks.status === 200
+    ? (tasks.body as any[]).filter((t) => ["queued", "placed", "running", "yielding"].includes(t.state))
+    : [];
+  if (!lines.length && !active.length) return "Hearth: nothing is queued, running or waiting.";
+  const head = lines.length ? [`Waiting for you (${lines.length}):`, ...lines] : ["Nothing waits for you."];
+  const run = active.length ? [`Queued or running (${active.length}):`,
+    ...active.slice(0, 15).map((t) => `${t.id} (${t.project}) ${t.state}: ${t.name}`)] : [];
+  return [...head, ...run].join("\n");
+}
+
+async function command(cfg: HearthConfig, ctx: CommandContext): Promise<Reply> {
+  const args = (ctx.args ?? "").trim();
+  const [verb = "", ...rest] = args.split(/\s+/);
+  const who = String(ctx.senderId ?? "");
+  const channel = String(ctx.channelId ?? ctx.channel ?? "");
+  const sub = verb.toLowerCase();
+  if (sub === "status") return { text: await status(cfg) };
+  if (sub === "approve" || sub === "reject" || sub === "answer") {
+    const taskId = (rest.shift() ?? "").toUpperCase();
+    if (!TASK_ID.test(taskId)) return { text: `Which task? /hearth ${sub} T-12 …` };
+    let seq: number | undefined;
+    if (rest[0] && /^#\d+$/.test(rest[0])) seq = Number(rest.shift()!.slice(1));
+    const text = rest.join(" ");
+    const r = sub === "answer"
+      ? await answer(cfg, taskId, text, who, channel, seq)
+      : await decide(cfg, taskId, sub === "approve", text, who, channel, seq);
+    return { text: r.text };
+  }
+  if (sub === "submit") {
+    const [project, prd] = rest;
+    if (!project || !prd) return { text: "Usage: /hearth submit <project> <prd path>" };
+    const body = project.includes("/") ? { project_path: project, prd_path: prd } : { project, prd_path: prd };
+    const r = await sidecar(cfg, "POST", "/v1/tasks", body);
+    if (r.status !== 201) return { text: `Not submitted: ${failure(r)}` };
+    return { text: `Submitted ${r.body.id} (${r.body.project}: ${r.body.name}), ${r.body.spec?.plan?.steps?.length ?? "?"} step(s), priority ${r.body.priority}.` };
+  }
+  return { text: USAGE };
+}
+
+async function clicked(cfg: HearthConfig, ctx: InteractiveContext, channel: string): Promise<{ handled: boolean }> {
+  const payload = ctx.callback?.payload ?? ctx.interaction?.payload ?? "";
+  const original = ctx.callback?.messageText ?? ctx.interaction?.messageText ?? "";
+  const [action, taskId, seqText] = payload.split(":");
+  const who = String(ctx.senderId ?? ctx.userId ?? ctx.user?.id ?? "");
+  const say = async (text: string) => { await ctx.respond?.reply?.({ text }); };
+  if (!TASK_ID.test(taskId ?? "")) return { handled: false };
+  if (ctx.auth && ctx.auth.isAuthorizedSender === false) {
+    await say(`${who} is not allowed to act on Hearth tasks from this chat.`);
+    return { handled: true };
+  }
+  const seq = seqText && /^\d+$/.test(seqText) ? Number(seqText) : undefined;
+  if (action === "answer") {
+    await say(`Reply to the question message for ${taskId} with your answer, or send /hearth answer ${taskId} <text>.`);
+    return { handled: true };
+  }
+  if (action !== "approve" && action !== "reject") return { handled: false };
+  const r = await decide(cfg, taskId, action === "approve", "", who, channel, seq);
+  if (r.ok && ctx.respond?.editMessage) {
+    await ctx.respond.editMessage({ text: `${original}\n\n${r.text}`.trim() });
+  } else {
+    await say(r.text);
+  }
+  return { handled: true };
+}
+
+async function quoted(cfg: HearthConfig, event: DispatchEvent, ctx: DispatchContext) {
+  const quotedText = event.replyToBody ?? ctx.replyToBody ?? "";
+  const m = TAG.exec(quotedText);
+  if (!m) return; // not a reply to Hearth: normal dispatch goes on
+  const [, taskId, seqText, kind] = m;
+  const who = String(event.senderId ?? ctx.senderId ?? "");
+  const channel = String(event.channel ?? ctx.channelId ?? "");
+  const text = (event.content ?? "").trim();
+  if (kind === "Question") {
+    const r = await answer(cfg, taskId, text, who, channel, Number(seqText));
+    return { handled: true, text: r.text };
+  }
+  const [word, ...reason] = text.split(/\s+/);
+  if (/^(approve|approved|yes|ok|lgtm)$/i.test(word ?? "")) {
+    return { handled: true, text: (await decide(cfg, taskId, true, "", who, channel, Number(seqText))).text };
+  }
+  if (/^(reject|rejected|no)$/i.test(word ?? "")) {
+    return { handled: true, text: (await decide(cfg, taskId, false, reason.join(" "), who, channel, Number(seqText))).text };
+  }
+  return { handled: true, text: `Reply "approve" or "reject <reason>" to decide ${taskId}, or use the buttons.` };
+}
+
+export default definePluginEntry({
+  id: "hearth",
+  name: "Hearth",
+  description: "Approve checkpoints, answer questions and submit PRDs to a Hearth cluster from chat.",
+  register(api: PluginApi) {
+    const cfg: HearthConfig = api.pluginConfig ?? {};
+    if (!cfg.sidecarUrl) api.logger?.warn?.("hearth: plugins.entries.hearth.config.sidecarUrl is not set");
+    api.registerCommand({
+      name: "hearth",
+      description: "Hearth tasks: status, approve, reject, answer, submit",
+      acceptsArgs: true,
+      requireAuth: true,
+      handler: (ctx) => command(cfg, ctx),
+    });
+    // Telegram's context is typed in the SDK; Slack and Discord deliver the same callback value and
+    // are read defensively (see docs/openclaw.md: buttons were tested on Telegram only).
+    for (const channel of ["telegram", "slack", "discord"]) {
+      api.registerInteractiveHandler({ channel, namespace: NAMESPACE, handler: (ctx) => clicked(cfg, ctx, channel) });
+    }
+    api.on("before_dispatch", (event, ctx) => quoted(cfg, event, ctx));
+  },
+});

@@ -1,0 +1,233 @@
+"""End to end through a REAL OpenClaw gateway (one per session) with a fake Telegram Bot API on loopback.
+
+Hearth's sidecar (with its outbox sender) runs in this process over the session's real Ray scheduler;
+the gateway loads deploy/openclaw/hearth-plugin, which calls the sidecar with the plugin token. The
+user's messages and button presses are injected as Telegram updates; what the bot sends is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import git
+import httpx
+import pytest
+from openclaw_fixtures import (
+    FakeTelegram,
+    Gateway,
+    Sidecar,
+    build_plugin,
+    free_port,
+    install_openclaw,
+    make_project,
+    wait_until,
+)
+from pydantic import SecretStr
+
+from agent.project import task_branch
+from cluster.api import create_app
+from cluster.openclaw import GatewayClient, GatewaySettings, Notifier
+from cluster.store import Store
+
+pytestmark = [pytest.mark.openclaw, pytest.mark.slow, pytest.mark.ray]
+USER, OUTSIDER = 111, 222
+
+
+@dataclass
+class Chat:
+    telegram: FakeTelegram
+    gateway: Gateway
+    sidecar: Sidecar
+    scheduler: Any
+    admin: dict[str, str]
+    plugin_token: str
+    store_path: Path
+
+    def new_sidecar(self) -> Sidecar:
+        """A fresh sidecar process stand-in (new app, new outbox sender) on the same port."""
+        notifier = Notifier(self.store_path, GatewayClient(GatewaySettings(
+            url=self.gateway.url, token=SecretStr(self.gateway.token))),
+            poll_s=0.02, backoff_base_s=0.25, backoff_cap_s=2.0)
+        app = create_app(lambda: self.scheduler, self.store_path, self.admin["Authorization"].split()[1],
+                         plugin_token=self.plugin_token, notifier=notifier)
+        return Sidecar(app, port=self.sidecar.port if hasattr(self, "sidecar") else None)
+
+    def submit(self, project: Path, model: str) -> str:
+        reply = httpx.post(f"{self.sidecar.url}/v1/tasks", headers=self.admin, timeout=30, json={
+            "project_path": str(project), "prd_path": "tasks/prd.json", "model": model})
+        assert reply.status_code == 201, reply.text
+        return str(reply.json()["id"])
+
+    def state(self, task_id: str) -> str:
+        db = Store(self.store_path, readonly=True)
+        try:
+            return db.task(task_id).state.value
+        finally:
+            db.close()
+
+    def wait_state(self, task_id: str, states: set[str], timeout_s: float = 90) -> str:
+        return str(wait_until(lambda: (s := self.state(task_id)) in states and s, timeout_s,
+                              f"{task_id} to reach {states} (it is {self.state(task_id)})"))
+
+    def events(self, task_id: str, kind: str) -> list[dict[str, Any]]:
+        db = Store(self.store_path, readonly=True)
+        try:
+            return [e.model_dump() for e in db.events(task_id) if e.kind == kind]
+        finally:
+            db.close()
+
+    def card(self, task_id: str, word: str, after_seq: int = 0, timeout_s: float = 90) -> dict[str, Any]:
+        """The bot's message tagged for ``task_id`` containing ``word``, with an event seq > ``after_seq``."""
+        def match(m: dict[str, Any]) -> bool:
+            text = m["text"]
+            prefix = f"[task {task_id} #"
+            return text.startswith(prefix) and word in text and int(text[len(prefix):].split("]")[0]) > after_seq
+
+        return self.telegram.wait_sent(match, timeout_s, f"a '{word}' message for {task_id} after #{after_seq}")
+
+
+def seq_of(message: dict[str, Any]) -> int:
+    return int(message["text"].split("#", 1)[1].split("]", 1)[0])
+
+
+@pytest.fixture(scope="session")
+def chat(scheduler: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chat]:
+    home = install_openclaw()
+    built = build_plugin(home, check=True)
+    assert built.returncode == 0, built.stderr  # dist/index.js is what src/index.ts builds to
+    root = tmp_path_factory.mktemp("openclaw")
+    plugin_token = secrets.token_urlsafe(24)
+    token_file = root / "plugin-token"
+    token_file.write_text(plugin_token)
+    os.chmod(token_file, 0o600)
+    telegram = FakeTelegram()
+    sidecar_port = free_port()
+    gateway = Gateway(home, root / "gateway", telegram, f"http://127.0.0.1:{sidecar_port}", token_file,
+                      allow_from=[str(USER), str(OUTSIDER)])
+    session = Chat(telegram=telegram, gateway=gateway, sidecar=None, scheduler=scheduler,  # type: ignore[arg-type]
+                   admin={"Authorization": f"Bearer {secrets.token_urlsafe(24)}"}, plugin_token=plugin_token,
+                   store_path=Path(scheduler.state_dir) / "hearth.db")
+    session.sidecar = Sidecar(None, port=sidecar_port)  # placeholder so new_sidecar reuses the port
+    session.sidecar = session.new_sidecar().__enter__()
+    try:
+        gateway.start()
+        yield session
+    finally:
+        gateway.stop()
+        session.sidecar.__exit__(None, None, None)
+        telegram.close()
+
+
+def test_a_question_reaches_the_chat_and_the_reply_resumes_the_task(chat: Chat, tmp_path: Path) -> None:
+    project = make_project(tmp_path, "oc-ask", notify={"channel": "telegram", "target": str(USER)})
+    task_id = chat.submit(project, "scripted:ask")
+    first = chat.card(task_id, "Question")
+    assert "What should answer.txt say?" in first["text"] and "US-001" in first["text"]
+    chat.telegram.message(USER, "teal", reply_to=first)  # a reply quoting the question answers it
+    chat.telegram.wait_sent(lambda m: m["text"] == f"Answer for {task_id} recorded; the task resumes.", 60,
+                            "the plugin's confirmation")
+    second = chat.card(task_id, "Question", after_seq=seq_of(first))
+    chat.telegram.message(USER, f"/hearth answer {task_id} navy")  # or a command
+    assert chat.wait_state(task_id, {"completed", "failed"}) == "completed"
+    answers = [(e["answer"], e["who"]) for e in chat.events(task_id, "answer_received")]
+    assert answers == [("teal", str(USER)), ("navy", str(USER))]
+    assert git.Repo(project).git.show(f"{task_branch(task_id)}:answer.txt") == "navy"
+    chat.card(task_id, "Completed", after_seq=seq_of(second))
+
+
+def test_approve_continues_and_reject_rolls_back_and_redoes_the_step(chat: Chat, tmp_path: Path) -> None:
+    project = make_project(tmp_path, "oc-approve", approval="each-step", approvers=[str(USER)],
+                           notify={"channel": "telegram", "target": str(USER)})
+    task_id = chat.submit(project, "scripted:demo")
+    card1 = chat.card(task_id, "Checkpoint waiting for approval")
+    for needle in ("US-001", "Commit: ", "Diff: ", "hello.txt", "Check: ok: US-001"):
+        assert needle in card1["text"], card1["text"]
+    buttons = [b["text"] for row in card1["reply_markup"]["inline_keyboard"] for b in row]
+    assert buttons == ["Approve", "Reject"]
+    chat.telegram.click(USER, card1, "Approve")
+    card2 = chat.card(task_id, "Checkpoint waiting for approval", after_seq=seq_of(card1))
+    assert "US-002" in card2["text"]
+    chat.telegram.click(USER, card1, "Approve")  # the old card again: acts once, says so
+    chat.telegram.wait_said(lambda text: text.endswith(f"{task_id} was already approved by {USER}."), 60,
+                            "the duplicate click's answer")
+    commit_before = git.Repo(project).commit(task_branch(task_id)).hexsha
+    chat.telegram.click(USER, card2, "Reject")
+    card3 = chat.card(task_id, "Checkpoint waiting for approval", after_seq=seq_of(card2))
+    assert "US-002" in card3["text"]
+    chat.telegram.click(USER, card3, "Approve")
+    assert chat.wait_state(task_id, {"completed", "failed"}) == "completed"
+    decisions = [(e["approve"], e["who"], e["step_id"]) for e in chat.events(task_id, "decision_made")]
+    assert decisions == [(True, "111", "US-001"), (False, "111", "US-002"), (True, "111", "US-002")]
+    checkpoints = [e["step_id"] for e in chat.events(task_id, "checkpoint_ready")]
+    assert checkpoints == ["US-001", "US-002", "US-002"]  # the rejected step was redone
+    assert commit_before != git.Repo(project).commit(task_branch(task_id)).hexsha
+    chat.telegram.wait_said(lambda text: text.endswith(f"{task_id} approved by {USER}."), 5, "the edited card")
+
+
+def test_a_non_approvers_click_is_refused_with_a_message_in_the_chat(chat: Chat, tmp_path: Path) -> None:
+    project = make_project(tmp_path, "oc-guarded", approval="each-step", approvers=[str(USER)],
+                           notify={"channel": "telegram", "target": str(USER)})
+    task_id = chat.submit(project, "scripted:demo")
+    card = chat.card(task_id, "Checkpoint waiting for approval")
+    chat.telegram.click(OUTSIDER, card, "Approve")
+    chat.telegram.wait_said(lambda text: f"{OUTSIDER} may not approve or reject {task_id}" in text, 60,
+                            "the refusal in the chat")
+    assert chat.state(task_id) == "awaiting_approval" and chat.events(task_id, "decision_made") == []
+    httpx.post(f"{chat.sidecar.url}/v1/tasks/{task_id}/cancel", headers=chat.admin, timeout=30)
+
+
+def test_the_plugin_token_cannot_cancel_or_reprioritise(chat: Chat, tmp_path: Path) -> None:
+    project = make_project(tmp_path, "oc-rights", notify={"channel": "telegram", "target": str(USER)})
+    task_id = chat.submit(project, "scripted:sleep-60")
+    chat.wait_state(task_id, {"running"})
+    plugin = {"Authorization": f"Bearer {chat.plugin_token}"}  # the token the gateway's plugin holds
+    cancel = httpx.post(f"{chat.sidecar.url}/v1/tasks/{task_id}/cancel", headers=plugin, timeout=30)
+    assert cancel.status_code == 403 and "'cancel'" in cancel.json()["detail"]
+    priority = httpx.post(f"{chat.sidecar.url}/v1/tasks/{task_id}/priority", headers=plugin, timeout=30,
+                          json={"priority": "urgent"})
+    assert priority.status_code == 403 and "'priority'" in priority.json()["detail"]
+    chat.telegram.message(USER, f"/hearth cancel {task_id}")  # the plugin offers no such command
+    chat.telegram.wait_sent(lambda m: m["text"].startswith("Hearth commands:"), 60, "the usage text")
+    chat.telegram.message(USER, "/hearth status")
+    chat.telegram.wait_sent(lambda m: f"{task_id} (oc-rights) running" in m["text"], 60, "the status")
+    assert chat.state(task_id) == "running"
+    db = Store(chat.store_path, readonly=True)
+    try:
+        assert db.task(task_id).priority == 50
+    finally:
+        db.close()
+    httpx.post(f"{chat.sidecar.url}/v1/tasks/{task_id}/cancel", headers=chat.admin, timeout=30)
+
+
+def test_a_gateway_outage_loses_nothing_and_repeats_nothing(chat: Chat, tmp_path: Path) -> None:
+    project = make_project(tmp_path, "oc-outage", notify={"channel": "telegram", "target": str(USER)})
+    chat.gateway.stop()
+    try:
+        tasks = [chat.submit(project, "scripted:demo") for _ in range(3)]
+        for task_id in tasks:
+            chat.wait_state(task_id, {"completed"})
+
+        def entries() -> list[Any]:
+            db = Store(chat.store_path, readonly=True)
+            try:
+                return [e for t in tasks for e in db.outbox(t)]
+            finally:
+                db.close()
+
+        wait_until(lambda: all(e.tries >= 2 for e in entries()), 60, "retries while the gateway is down")
+        assert all(e.acked_at is None and "unreachable" in (e.last_error or "") for e in entries())
+        chat.sidecar.__exit__(None, None, None)  # the sidecar restarts during the outage, too
+        chat.sidecar = chat.new_sidecar().__enter__()
+    finally:
+        chat.gateway.start()
+    wait_until(lambda: all(e.acked_at for e in entries()), 120, "the outbox to drain after the outage")
+    for task_id in tasks:
+        tagged = [m for m in chat.telegram.sent(USER) if m["text"].startswith(f"[task {task_id} #")]
+        assert len(tagged) == 1 and "Completed" in tagged[0]["text"], json.dumps(tagged)
+    assert all(e.outcome == "sent" and e.message_id for e in entries())
