@@ -135,6 +135,25 @@ def main() -> None:
         workers = [w for w in workers if w is not victim]
         wait_for(lambda: bench.task(task_id).state.value in {"completed", "failed"}, 120, 0.2)
 
+        # Pre-emption: fill the surviving worker's slots with low-priority two-step tasks, then
+        # submit a high-priority one. Overhead = its first step starting minus the moment the
+        # first victim reached its checkpoint (the earliest it may yield).
+        busy = one_step_project(root, "busy", allowed_nodes=["pool=w"], steps=2, max_priority=100)
+        overheads = []
+        for _ in range(3):
+            lows = [bench.submit(busy, model="scripted:sleep-3", priority=10) for _ in range(2)]
+            wait_for(lambda lows=lows: all(bench.first(i, "step_started") is not None for i in lows), 60, 0.02)
+            high_submitted = time.time()
+            high = bench.submit(busy, model="scripted:demo", priority=90)
+            wait_for(lambda high=high: bench.first(high, "step_started") is not None, 60, 0.01)
+            high_started = bench.first(high, "step_started") or high_submitted
+            checkpoints = [bench.first(i, "step_completed") for i in lows]
+            reached = min((c for c in checkpoints if c is not None), default=high_submitted)
+            overheads.append(high_started - max(reached, high_submitted))
+            wait_for(lambda ids=[*lows, high]: all(bench.task(i).state.value in {"completed", "failed"}
+                                                   for i in ids), 120, 0.2)
+        result["preempt_to_start_s"] = round(statistics.median(overheads), 2)
+
         many = one_step_project(root, "many")
         started = time.time()
         ids = [bench.submit(many) for _ in range(200)]

@@ -3,6 +3,7 @@ so ``pytest -m "not slow"`` runs the fast unit layer in seconds."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -36,10 +37,8 @@ def _stop_session_model_servers() -> Iterator[None]:
     """Model servers that task actors started under the session's state dir are stopped by PID."""
     yield
     for state in SESSION_STATE.glob("embedded-*.json"):
-        try:
+        with contextlib.suppress(OSError, ValueError, KeyError):
             os.killpg(json.loads(state.read_text())["pid"], signal.SIGTERM)
-        except (OSError, ValueError, KeyError):
-            pass
 
 
 @pytest.fixture(autouse=True)

@@ -41,7 +41,8 @@ class ScriptedChat:
             return ChatReply(content=reply)
         args = reply.get("arguments", {})
         raw_args = args if isinstance(args, str) else json.dumps(args)
-        return ChatReply(tool_calls=[ToolCall(id=str(reply.get("id", "")), name=str(reply["name"]), arguments=raw_args)])
+        call = ToolCall(id=str(reply.get("id", "")), name=str(reply["name"]), arguments=raw_args)
+        return ChatReply(tool_calls=[call])
 
 
 def _call(name: str, **args: Any) -> ChatReply:
