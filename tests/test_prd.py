@@ -10,6 +10,7 @@ import os
 import pickle
 import shutil
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -398,13 +399,45 @@ def test_load_prd_path_errors(tmp_path: Path) -> None:
         load_prd(bad)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def load_error_as_nobody(path: Path) -> str:
+    """``load_prd(path)``'s error message, read as an unprivileged user (root reads any file).
+
+    A forked child drops to uid/gid 65534 and reports through a pipe; the modules are already
+    imported, so the child touches no file but ``path``.
+    """
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():  # Python ≥ 3.12 warns about fork() beside Ray's threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        message = "no error"
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            load_prd(path)
+        except PrdError as exc:
+            message = str(exc)
+        except BaseException as exc:
+            message = f"unexpected {type(exc).__name__}: {exc}"
+        os.write(write_end, message.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return message
+
+
 def test_load_prd_unreadable_file(tmp_path: Path) -> None:
     locked = tmp_path / "prd.json"
     locked.write_text(prd(story("US-001")))
     locked.chmod(0)
-    with pytest.raises(PrdError, match="cannot read: Permission denied"):
-        load_prd(locked)
+    if os.geteuid() != 0:
+        with pytest.raises(PrdError, match="cannot read: Permission denied"):
+            load_prd(locked)
+    else:
+        tmp_path.chmod(0o755)
+        assert "prd.json: cannot read: Permission denied" in load_error_as_nobody(locked)
 
 
 def test_utf8_bom_is_tolerated() -> None:
