@@ -194,6 +194,8 @@ class _Turns:
 
     def tool_write_file(self, args: dict[str, Any]) -> str:
         path, content = self._text(args, "path"), self._text(args, "content")
+        if path.strip() in TOOL_NAMES:  # a weak model's slip: the tool's name given as the file
+            raise _FormatError(f"{path!r} is the tool's name, not a file: put the file's path in 'path'")
         self.ctx.sandbox.write_file(path, content)
         return f"wrote {len(content)} characters to {path}"
 

@@ -72,6 +72,21 @@ def test_malformed_calls_get_errors_back_not_crashes(tmp_path: Path) -> None:
     assert not (tmp_path / "escape.txt").exists()
 
 
+def test_a_tool_name_given_as_the_file_path_is_refused(tmp_path: Path) -> None:
+    """SmolLM2-135M sometimes writes a file called ``write_file``; it must not end up committed."""
+    ctx = make_ctx(tmp_path)
+    model = ScriptedChat([
+        {"name": "write_file", "arguments": {"path": "write_file", "content": "hello"}},
+        {"name": "write_file", "arguments": {"path": "hello.txt", "content": "hello"}},
+        {"name": "step_done", "arguments": {"summary": "ok"}},
+    ])
+    result = run_step(ctx, model)
+    assert result.outcome == "done"
+    replies = [m["content"] for m in result.messages if m["role"] == "tool"]
+    assert "'write_file' is the tool's name, not a file" in replies[0]
+    assert not (ctx.sandbox.workspace / "write_file").exists()
+
+
 def test_budget_ends_the_step(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path, budget=BudgetConfig(max_turns=3))
     model = ScriptedChat([{"name": "shell", "arguments": {"command": "true"}}] * 5)
