@@ -12,8 +12,10 @@ Figures (progress on stderr; the last line on stdout is one JSON object):
   HTTP) to the moment the model sees it: the ``AgentAction`` the runner records for the model's
   next reply, which is built from the answer (scripted:ask writes it to answer.txt). A real Ray
   cluster, the real scheduler actor and task actors. Target < 2 s. ``answer_recorded_ms_p50`` is
-  the part until the scheduler has stored ``AnswerReceived`` (sidecar + scheduler); the rest is the
-  scheduler re-placing the parked task and the new attempt reaching the model.
+  the part until the scheduler has stored ``AnswerReceived`` (sidecar + scheduler);
+  ``answer_to_placed_ms_p50`` until the new attempt's actor is created (``TaskPlaced``: the asking
+  attempt has parked and the scheduler re-placed the task); ``answer_to_step_started_ms_p50`` until
+  the new attempt's runner has its workspace and sandbox back; the rest is the model's turn.
 * ``outbox_drain_per_s``: ``--drain`` events (spread over ``--tasks`` tasks, 10 each by default)
   queued while the gateway is down (the sender keeps retrying with its normal backoff), then the
   gateway comes back: messages acknowledged per second, from the first acknowledgement to the
@@ -84,6 +86,14 @@ class StandInGateway:
                 super().setup()
                 # headers and body go out in two writes: without this, Nagle + delayed ACK add 40 ms
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def do_GET(self) -> None:  # the readiness probe the sender checks after a failure
+                body = b'{"ready": true}' if self.path == "/readyz" else b"{}"
+                self.send_response(200 if self.path == "/readyz" else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -176,7 +186,7 @@ async def drain(store: Store, url: str, token: str, total: int, tasks: int, up: 
             "drain_s": round(max(acks) - back, 2), "failures_during_outage": failures}
 
 
-def answer_to_resume(answers: int, recorded: list[float]) -> list[float]:
+def answer_to_resume(answers: int, phases: dict[str, list[float]]) -> list[float]:
     """ms from POST /answer to the model's next action, on a real Ray cluster with scripted:ask."""
     import os
 
@@ -229,7 +239,11 @@ def answer_to_resume(answers: int, recorded: list[float]) -> list[float]:
                             db.close()
                         if after:
                             samples.append((after[0].at - sent) * 1000)
-                            recorded.append((received[0].at - sent) * 1000)
+                            phases["recorded"].append((received[0].at - sent) * 1000)
+                            for kind in ("task_placed", "step_started"):
+                                seen = [e for e in later if e.kind == kind]
+                                if seen:
+                                    phases[kind].append((seen[0].at - sent) * 1000)
                             break
                         if time.monotonic() > deadline:
                             raise TimeoutError(f"{task_id} did not resume")
@@ -306,11 +320,13 @@ def main() -> None:
         result["outbox_drain_events"] = args.drain
         result["outbox_drain_tasks"] = args.tasks
         say(f"drain: {figures}")
-    recorded: list[float] = []
-    samples = answer_to_resume(args.answers, recorded)
+    phases: dict[str, list[float]] = {"recorded": [], "task_placed": [], "step_started": []}
+    samples = answer_to_resume(args.answers, phases)
     result["answer_to_resume_ms_p50"] = pct(samples, 0.5)
     result["answer_to_resume_ms_p90"] = pct(samples, 0.9)
-    result["answer_recorded_ms_p50"] = pct(recorded, 0.5)
+    result["answer_recorded_ms_p50"] = pct(phases["recorded"], 0.5)
+    result["answer_to_placed_ms_p50"] = pct(phases["task_placed"], 0.5)
+    result["answer_to_step_started_ms_p50"] = pct(phases["step_started"], 0.5)
     if args.real:
         result.update(real_gateway(args.real_events, args.real_drain))
     print(json.dumps(result))
