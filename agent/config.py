@@ -68,6 +68,16 @@ class ProjectConfig(BaseModel):
     approval: Literal["each-step", "final", "none"] = Field(
         default="none", description="Which checkpoints wait for a person's Approve/Reject."
     )
+    approval_timeout_s: float | None = Field(
+        default=None, gt=0,
+        description="Seconds a checkpoint waits for a decision before approval_timeout_action is taken "
+        "(counted from the checkpoint; unset: wait for ever).",
+    )
+    approval_timeout_action: Literal["approve", "reject", "cancel"] = Field(
+        default="approve",
+        description="What happens when approval_timeout_s passes: approve (continue), reject (roll back and "
+        "redo the step) or cancel the task.",
+    )
     model: str = Field(default="embedded:smollm2-135m", description="Default model spec for tasks.")
     check: str = Field(
         default="",

@@ -53,7 +53,9 @@ from agent.events import (
     AttemptEnded,
     CheckpointReady,
     ClarificationRequested,
+    DecisionMade,
     Event,
+    TaskCancelled,
     TaskCompleted,
     TaskFailed,
     TaskRequeued,
@@ -166,6 +168,12 @@ def render(event: Event, task: TaskRow | None = None) -> Card:
     if isinstance(event, AttemptEnded):
         return Card(text=f"{head} Attempt {event.attempt_id or ''} ended: {event.reason.value}{where}. "
                          f"{REASONS[event.reason].sentence} {_clip(event.message, 300)}".rstrip())
+    if isinstance(event, DecisionMade):
+        verdict = "approved" if event.approve else "rejected"
+        return Card(text=f"{head} Checkpoint of step {event.step_id} {verdict} by {event.who}{where}: "
+                         f"{_clip(event.reason, 300)}")
+    if isinstance(event, TaskCancelled):
+        return Card(text=f"{head} Cancelled by {event.who}{where}.")
     if isinstance(event, TaskRequeued):
         return Card(text=f"{head} Re-queued{where} ({event.reason.value}), from step {event.from_step + 1}.")
     return Card(text=f"{head} {event.kind}{where}")

@@ -50,7 +50,7 @@ from cluster.placement import build_snapshot, model_spec, project_policy, slots
 from cluster.policy import PolicyConfig, decide, feasible
 from cluster.policy_model import QueuedTask
 from cluster.states import TERMINAL, TaskState
-from cluster.store import Store, TaskRow, UnknownTask
+from cluster.store import SYSTEM_WHO, Store, TaskRow, UnknownTask
 from cluster.task_actor import NAMESPACE, SCHEDULER_NAME, TaskActor, attempt_actor_name
 
 log = logging.getLogger("hearth.scheduler")
@@ -123,6 +123,7 @@ class Scheduler:
                 await self._refresh_inventories()
                 self._reattach()
                 self._reap()
+                await self._expire_approvals()
                 self._place()
             except Exception:
                 log.exception("scheduling cycle failed")
@@ -371,8 +372,44 @@ class Scheduler:
         task = self._current(attempt_id)
         if task is None:
             raise Conflict("stale attempt")
+        if task.state != S.awaiting_approval:
+            # Decided before this call arrived (a fast click, a timeout, or the runner re-asking
+            # after a scheduler restart): hand over the decision that was journaled.
+            made = self._decision_made(task.id, attempt_id, step_id)
+            if made is not None:
+                return made
         future = self.decisions.setdefault(task.id, asyncio.get_running_loop().create_future())
         return await future
+
+    def _decision_made(self, task_id: str, attempt_id: str, step_id: str) -> dict[str, Any] | None:
+        """The decision on the attempt's latest checkpoint of ``step_id``, if one was journaled."""
+        for event in reversed(self.store.events(task_id, limit=1_000_000)):
+            if getattr(event, "attempt_id", None) != attempt_id:
+                continue
+            if isinstance(event, CheckpointReady):
+                return None
+            if isinstance(event, DecisionMade) and event.step_id == step_id:
+                return {"approve": event.approve, "reason": event.reason, "who": event.who}
+        return None
+
+    async def _expire_approvals(self) -> None:
+        """Take the project's ``approval_timeout_action`` on checkpoints nobody decided in time."""
+        now = time.time()
+        for task in self.store.tasks({S.awaiting_approval}):
+            timeout = task.spec["config"].get("approval_timeout_s")
+            if not timeout:
+                continue
+            ready = next((e.at for e in reversed(self.store.events(task.id, limit=1_000_000))
+                          if isinstance(e, CheckpointReady)), task.updated_at)
+            if now - ready < timeout:
+                continue
+            action = task.spec["config"].get("approval_timeout_action", "approve")
+            who = f"{SYSTEM_WHO} (approval timeout)"
+            if action == "cancel":
+                await self.cancel(task.id, who=who)
+            else:
+                await self.decide(task.id, approve=action == "approve", who=who,
+                                  reason=f"no decision within {timeout:g} s; the project's default is {action}")
 
     # people ------------------------------------------------------------------------------------
     async def answer(self, task_id: str, text: str, who: str) -> dict[str, Any]:

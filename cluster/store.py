@@ -302,7 +302,9 @@ class Store:
 
 
 NOTIFY_KINDS = {"clarification_requested", "checkpoint_ready", "task_completed", "task_failed",
-                "attempt_ended", "task_requeued"}
+                "attempt_ended", "task_requeued", "decision_made", "task_cancelled"}
+SYSTEM_WHO = "hearth"
+"""``who`` of decisions Hearth takes itself (an approval timeout); people are told of those."""
 
 
 def _notifiable(event: Event) -> bool:
@@ -313,6 +315,8 @@ def _notifiable(event: Event) -> bool:
         return bool(getattr(event, "needs_approval", False))
     if event.kind == "attempt_ended":
         return str(getattr(event, "reason", "")) == "node_lost"
+    if event.kind in {"decision_made", "task_cancelled"}:  # people see their own; Hearth's are news
+        return str(getattr(event, "who", "")).startswith(SYSTEM_WHO)
     return True
 
 

@@ -10,6 +10,7 @@ import git
 import pytest
 import ray
 from fastapi.testclient import TestClient
+from tests_support import configure
 
 from agent.project import task_branch
 from cluster.api import create_app
@@ -138,3 +139,30 @@ def test_prd_text_body_is_accepted(api: TestClient, scheduler: Any, greeting_pro
     assert reply.json()["spec"]["plan"]["format"] == "ralph-markdown"
     assert wait_state(scheduler, reply.json()["id"], {"completed", "failed"}) == "completed"
 
+
+
+def events_of(scheduler: Any, task_id: str) -> list[Any]:
+    store = Store(Path(scheduler.state_dir) / "hearth.db", readonly=True)
+    try:
+        return store.events(task_id)
+    finally:
+        store.close()
+
+
+def test_an_unanswered_checkpoint_takes_the_projects_default_action(api: TestClient, scheduler: Any,
+                                                                     greeting_project: Path) -> None:
+    configure(greeting_project, approval="each-step", approval_timeout_s=1.0)  # action: approve
+    approved = submit(api, greeting_project)
+    assert wait_state(scheduler, approved["id"], {"completed", "failed", "cancelled"}) == "completed"
+    events = events_of(scheduler, approved["id"])
+    ready = [e for e in events if e.kind == "checkpoint_ready"]
+    decided = [e for e in events if e.kind == "decision_made"]
+    assert [(d.step_id, d.approve, d.who) for d in decided] == [
+        ("US-001", True, "hearth (approval timeout)"), ("US-002", True, "hearth (approval timeout)")]
+    assert all(d.at - r.at >= 1.0 for r, d in zip(ready, decided, strict=True))
+
+    configure(greeting_project, approval_timeout_action="cancel")
+    cancelled = submit(api, greeting_project)
+    assert wait_state(scheduler, cancelled["id"], {"completed", "failed", "cancelled"}) == "cancelled"
+    kinds = [e.kind for e in events_of(scheduler, cancelled["id"])]
+    assert kinds.count("checkpoint_ready") == 1 and kinds[-1] == "task_cancelled"

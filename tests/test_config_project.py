@@ -36,6 +36,10 @@ def test_bad_values_name_the_key() -> None:
         parse_config("name = \n")
     with pytest.raises(ConfigError, match="missing key 'name'"):
         parse_config("")
+    with pytest.raises(ConfigError, match="key 'approval_timeout_s'"):
+        parse_config('name = "p"\napproval_timeout_s = 0\n')
+    with pytest.raises(ConfigError, match="key 'approval_timeout_action'"):
+        parse_config('name = "p"\napproval_timeout_action = "ignore"\n')
 
 
 def test_priority_words_numbers_and_cap() -> None:

@@ -13,8 +13,9 @@ from typing import Any
 import git
 import pytest
 import ray
+from tests_support import configure
 
-from agent.project import open_project, task_branch, write_config
+from agent.project import task_branch
 from cluster.scheduler import wait_for
 from cluster.store import Store
 
@@ -31,14 +32,6 @@ def task(scheduler: Any, task_id: str) -> Any:
         return db.task(task_id)
     finally:
         db.close()
-
-
-def configure(project: Path, **values: Any) -> None:
-    config = open_project(project).config.model_copy(update=values)
-    write_config(project, config)
-    repo = git.Repo(project)
-    repo.git.add("hearth.toml")
-    repo.git.commit("-m", "test policy", author="t <t@t>")
 
 
 def test_node_loss_restarts_the_task_from_step_0_on_another_node(ray_cluster: Any, scheduler: Any,

@@ -19,7 +19,9 @@ from agent.events import (
     AttemptEnded,
     CheckpointReady,
     ClarificationRequested,
+    DecisionMade,
     StepStarted,
+    TaskCancelled,
     TaskCompleted,
     TaskFailed,
     TaskRequeued,
@@ -109,11 +111,16 @@ def test_only_what_people_must_see_enters_the_outbox(store: Store) -> None:
         store.append_event(AttemptEnded(task_id=task_id, reason=TerminationReason.error, message="boom"))
         store.append_event(AttemptEnded(task_id=task_id, reason=TerminationReason.node_lost))
         store.append_event(TaskRequeued(task_id=task_id, reason=TerminationReason.node_lost, from_step=0))
+        store.append_event(DecisionMade(task_id=task_id, step_id="US-001", approve=True, who="dave"))
+        store.append_event(DecisionMade(task_id=task_id, step_id="US-001", approve=True,
+                                        who="hearth (approval timeout)", reason="no decision within 60 s"))
+        store.append_event(TaskCancelled(task_id=task_id, who="dave"))
         store.append_event(TaskFailed(task_id=task_id, reason=TerminationReason.budget, message="out of turns"))
         store.append_event(done(task_id))
     kinds = [(e.event.kind, getattr(e.event, "reason", None)) for e in store.outbox(task)]
     assert kinds == [("clarification_requested", None), ("checkpoint_ready", None),
                      ("attempt_ended", TerminationReason.node_lost), ("task_requeued", TerminationReason.node_lost),
+                     ("decision_made", "no decision within 60 s"),  # Hearth's own decision, not dave's
                      ("task_failed", TerminationReason.budget), ("task_completed", None)]
     assert store.outbox(quiet) == []  # no [notify] in its hearth.toml: nothing to deliver
 
@@ -131,6 +138,9 @@ def test_cards_carry_what_a_reviewer_needs(store: Store) -> None:
     assert render(question, store.task(task_id)).text.startswith(f"[task {task_id} #{question.seq}] Question")
     failed = render(store.append_event(TaskFailed(task_id=task_id, reason=TerminationReason.budget, message="m")))
     assert "budget" in failed.text and not failed.buttons
+    timed_out = render(store.append_event(DecisionMade(task_id=task_id, step_id="US-001", approve=False,
+                                                       who="hearth (approval timeout)", reason="no decision")))
+    assert "Checkpoint of step US-001 rejected by hearth (approval timeout)" in timed_out.text
 
 
 def test_in_order_per_task_and_concurrent_across_tasks(store: Store) -> None:

@@ -10,7 +10,7 @@ import git
 from agent.events import Event
 from agent.models.scripted import scripted_model
 from agent.prd import load_prd
-from agent.project import open_project, task_branch
+from agent.project import open_project, task_branch, write_config
 from agent.runner import Answer, Decision, TaskRunner, TaskSpec
 
 
@@ -55,3 +55,12 @@ def branch_prd(project_path: Path, task_id: str = "T-7") -> dict[str, object]:
     return json.loads(git.Repo(project_path).git.show(f"{task_branch(task_id)}:tasks/prd.json"))
 
 
+
+
+def configure(project: Path, **values: object) -> None:
+    """Change the project's hearth.toml and commit it (a task reads the config it was submitted with)."""
+    config = open_project(project).config.model_copy(update=values)
+    write_config(project, config)
+    repo = git.Repo(project)
+    repo.git.add("hearth.toml")
+    repo.git.commit("-m", "test policy", author="t <t@t>")
