@@ -61,6 +61,7 @@ from agent.sandbox.base import (
     SandboxUnavailable,
     resolve_inside,
 )
+from agent.sandbox.files import copy_tree, remove_entry, remove_tree, safe_name
 
 SNAPSHOT_DIR_ENV = "HEARTH_SNAPSHOT_DIR"
 CGROUP_PARENT_ENV = "HEARTH_CGROUP_PARENT"
@@ -123,7 +124,7 @@ class BwrapSandbox:
         """Per snapshot: the workspace as it matched it, so restore copies back only what changed."""
         self._latest: str | None = None
         """The snapshot the workspace last matched: the next snapshot hard-links what is unchanged."""
-        label = f"hearth-{_safe(self.name)}-{_pid_namespace()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        label = f"hearth-{safe_name(self.name)}-{_pid_namespace()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._cgroup = _Cgroup.create(label, config)
         self.enforcement = self._enforcement()
         """Per limit ("pids", "memory", "cpu"): how it is enforced — cgroup-v1, cgroup-v2, rlimit, none."""
@@ -297,13 +298,13 @@ class BwrapSandbox:
         base = self._latest if self._latest and (self.snapshot_root / self._latest).is_dir() else None
         try:
             if base is None:
-                _copy_tree(self.workspace, partial)
+                copy_tree(self.workspace, partial)
             else:
                 previous = (self.snapshot_root / base, self._manifests[base])
                 _link_or_copy_tree(self.workspace, partial, manifest, previous)
             partial.rename(self.snapshot_root / snapshot_id)  # a crash mid-copy never looks complete
         except BaseException:
-            _remove_tree(partial)
+            remove_tree(partial)
             raise
         _settle(manifest)
         self._snapshots.add(snapshot_id)
@@ -319,8 +320,8 @@ class BwrapSandbox:
         manifest = self._manifests.get(snapshot_id)
         if manifest is None:  # taken by another instance: clear everything and copy it all back
             for child in list(self.workspace.iterdir()):
-                _remove_entry(child)
-            _copy_tree(source, self.workspace)
+                remove_entry(child)
+            copy_tree(source, self.workspace)
             self._manifests[snapshot_id] = manifest = _manifest(self.workspace)
             _settle(manifest)
         else:
@@ -336,7 +337,7 @@ class BwrapSandbox:
         if self._cgroup is not None:
             self._cgroup.remove()
         for snapshot_id in self._snapshots:
-            _remove_tree(self.snapshot_root / snapshot_id)
+            remove_tree(self.snapshot_root / snapshot_id)
         with contextlib.suppress(OSError):
             self.snapshot_root.rmdir()
 
@@ -477,14 +478,6 @@ def _skip_space(text: str, pos: int) -> int:
 # -- snapshots on disk ---------------------------------------------------------------------------
 
 
-def _copy_tree(source: Path, dest: Path) -> None:
-    """Copy the contents of ``source`` into the existing ``dest`` (reflinks where possible)."""
-    done = subprocess.run(["cp", "-a", "--reflink=auto", f"{source}/.", f"{dest}/"],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SandboxError(f"copying {source} to {dest} failed: {done.stderr.strip()}")
-
-
 _Manifest = dict[str, tuple[int, int, int, int]]
 """Workspace entry (relative path) → (inode, ctime_ns, size, mode) when a snapshot was taken."""
 
@@ -580,7 +573,7 @@ def _restore_changed(workspace: Path, source: Path, manifest: _Manifest) -> None
                 os.chmod(workspace / rel, stat.S_IMODE(then[3]))
             continue
         if then != now:
-            _remove_entry(workspace / rel)
+            remove_entry(workspace / rel)
             gone.add(rel)
     missing: list[str] = []
     absent: set[str] = set()
@@ -607,30 +600,6 @@ def _settle(manifest: _Manifest) -> None:
     for rel, (_, ctime_ns, size, mode) in manifest.items():
         if ctime_ns >= horizon:
             manifest[rel] = (-1, ctime_ns, size, mode)
-
-
-def _remove_entry(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        _remove_tree(path)
-    else:
-        path.unlink()
-
-
-def _remove_tree(path: Path) -> None:
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        return
-    except PermissionError:  # a step left read-only directories behind
-        for root, dirs, _ in os.walk(path):
-            for d in dirs:
-                with contextlib.suppress(OSError):
-                    os.chmod(os.path.join(root, d), 0o700)
-        shutil.rmtree(path)
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40] or "sandbox"
 
 
 # -- cgroups -------------------------------------------------------------------------------------

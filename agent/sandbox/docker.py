@@ -37,11 +37,9 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import struct
-import subprocess
 import threading
 import time
 import uuid
@@ -59,6 +57,7 @@ from agent.sandbox.base import (
     resolve_inside,
 )
 from agent.sandbox.docker_engine import BASE_ENV, BASE_IMAGE, docker_client, image_exists
+from agent.sandbox.files import copy_tree, remove_entry, remove_tree, safe_name
 
 SNAPSHOT_DIR_ENV = "HEARTH_SNAPSHOT_DIR"
 IMAGE_ENV = "HEARTH_DOCKER_SANDBOX_IMAGE"
@@ -122,7 +121,7 @@ class DockerSandbox:
                  "/run": "rw,nosuid,nodev,size=16m,mode=755"}
         self.container = self.client.containers.run(
             image, ["sleep", "infinity"], detach=True, init=True,
-            name=f"hearth-sb-{_safe(self.name)}-{uuid.uuid4().hex[:6]}",
+            name=f"hearth-sb-{safe_name(self.name)}-{uuid.uuid4().hex[:6]}",
             labels={"hearth.sandbox": self.name, "hearth.workspace": str(self.workspace)},
             hostname="sandbox", user=self.user, working_dir=GUEST_WORKSPACE,
             environment={**BASE_ENV, "HOME": "/tmp"},
@@ -268,17 +267,17 @@ class DockerSandbox:
         partial = self.snapshot_root / f"{snapshot_id}.partial"
         partial.mkdir(parents=True)
         try:
-            _copy_tree(self.workspace, partial)
+            copy_tree(self.workspace, partial)
             image = self.container.image.id
             if self.writable_root:
-                tag = f"{_safe(self.name)}-{snapshot_id}".lower()
+                tag = f"{safe_name(self.name)}-{snapshot_id}".lower()
                 self.container.commit(repository=SNAPSHOT_REPOSITORY, tag=tag,
                                       conf={"Labels": {"hearth.snapshot-of": self.name}})
                 image = f"{SNAPSHOT_REPOSITORY}:{tag}"
                 self._committed.add(image)
             partial.rename(self.snapshot_root / snapshot_id)
         except BaseException:
-            _remove_tree(partial)
+            remove_tree(partial)
             raise
         self._snapshots[snapshot_id] = image
         return snapshot_id
@@ -304,8 +303,8 @@ class DockerSandbox:
             swap.start()
             try:
                 for entry in list(self.workspace.iterdir()):
-                    _remove_entry(entry)
-                _copy_tree(source, self.workspace)
+                    remove_entry(entry)
+                copy_tree(source, self.workspace)
                 with contextlib.suppress(OSError):
                     os.chmod(self.workspace, source.stat().st_mode & 0o7777)
             finally:
@@ -323,7 +322,7 @@ class DockerSandbox:
             with contextlib.suppress(Exception):
                 self.client.images.remove(image, force=True, noprune=False)
         for snapshot_id in self._snapshots:
-            _remove_tree(self.snapshot_root / snapshot_id)
+            remove_tree(self.snapshot_root / snapshot_id)
         with contextlib.suppress(OSError):
             self.snapshot_root.rmdir()
         if self._own_client:
@@ -507,32 +506,3 @@ class _StreamReader:
 # -- workspace copies ------------------------------------------------------------------------------
 
 
-def _copy_tree(source: Path, dest: Path) -> None:
-    done = subprocess.run(["cp", "-a", "--reflink=auto", f"{source}/.", f"{dest}/"],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SandboxError(f"copying {source} to {dest} failed: {done.stderr.strip()}")
-
-
-def _remove_entry(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        _remove_tree(path)
-    else:
-        path.unlink()
-
-
-def _remove_tree(path: Path) -> None:
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        return
-    except PermissionError:  # a command left read-only directories behind
-        for root, dirs, _ in os.walk(path):
-            for d in dirs:
-                with contextlib.suppress(OSError):
-                    os.chmod(os.path.join(root, d), 0o700)
-        shutil.rmtree(path)
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40].strip("-_.") or "sandbox"

@@ -61,6 +61,7 @@ from agent.sandbox.base import (
     SandboxUnavailable,
     resolve_inside,
 )
+from agent.sandbox.files import remove_entry
 from agent.sandbox.image import ImageInfo, find_guest_image
 
 log = logging.getLogger("hearth.sandbox.qemu")
@@ -467,17 +468,6 @@ def _ensure_dir(root: Path, rel: str) -> Path:
     return cur
 
 
-def _remove(path: Path) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        os.unlink(path)
-
-
 def encode_records(root: Path, baseline: dict[str, Entry], current: dict[str, Entry]) -> bytes:
     """Sync records taking the guest from ``baseline`` to ``current`` (deletions first)."""
     out = bytearray()
@@ -537,7 +527,7 @@ def apply_guest_changes(root: Path, records: bytes, guest_paths: set[str] | None
         host = scan_workspace(root)
         for hp in sorted(host, key=lambda p: p.count("/")):
             if hp not in guest_paths:
-                _remove(root / hp)
+                remove_entry(root / hp)
     for kind, mode, mtime_ns, name, data in decode_records(records):
         rel = _safe_rel(name)
         if rel is None:
@@ -552,7 +542,7 @@ def apply_guest_changes(root: Path, records: bytes, guest_paths: set[str] | None
                     continue
             except OSError:
                 pass
-            _remove(target)
+            remove_entry(target)
             os.symlink(link, target)
         elif kind == "f":
             mode &= 0o7777
@@ -563,7 +553,7 @@ def apply_guest_changes(root: Path, records: bytes, guest_paths: set[str] | None
                         os.chmod(target, mode)
                     continue
                 if not stat.S_ISREG(st.st_mode):
-                    _remove(target)
+                    remove_entry(target)
             except FileNotFoundError:
                 pass
             tmp = parent / f".{base}.hearth-{uuid.uuid4().hex[:8]}"
@@ -620,7 +610,7 @@ def _restore_tree(ws: Path, copy: Path, recorded: dict[str, tuple[Any, ...]]) ->
     current = _identity(ws)
     for rel in sorted(current, key=lambda p: p.count("/")):
         if recorded.get(rel) != current[rel]:
-            _remove(ws / rel)
+            remove_entry(ws / rel)
     for rel in sorted(recorded):
         src, dst = copy / rel, ws / rel
         if os.path.lexists(dst):
