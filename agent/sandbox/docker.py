@@ -23,13 +23,14 @@ When the command's shell exits, what it left running in the background is killed
 matching host ``/proc``) a timeout restarts the container instead.
 
 Snapshots: the workspace is a bind mount, which ``docker commit`` does not capture, so a snapshot
-is a copy of the workspace under ``$HEARTH_SNAPSHOT_DIR/<name>/<id>`` (default
-``<workspace>/../.hearth-snapshots/<name>/<id>``) plus, when the root filesystem is writable
-(``writable_root=True``), a ``docker commit`` of the container as ``hearth/snapshot:<name>-<id>``.
-With the default read-only root the container has no state of its own to commit, so the snapshot
-reuses the container's image. ``restore`` replaces the container with a new one from the snapshot
-image while it copies the workspace back in place (the directory's inode survives). ``destroy`` removes
-the container, the committed images and the copies.
+is a copy of the workspace (``agent/sandbox/snapshots.py``, shared with the bwrap backend:
+incremental, under ``$HEARTH_SNAPSHOT_DIR/<name>/<id>``) plus, when the root filesystem is
+writable (``writable_root=True``), a ``docker commit`` of the container as
+``hearth/snapshot:<name>-<id>``. With the default read-only root the container has no state of
+its own to commit, so the snapshot reuses the container's image. ``restore`` replaces the
+container with a new one from the snapshot image while it puts back the workspace entries that
+changed (the directory's inode survives). ``destroy`` removes the container, the committed images
+and the copies.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ from agent.sandbox.base import (
     resolve_inside,
 )
 from agent.sandbox.docker_engine import BASE_ENV, BASE_IMAGE, docker_client, image_exists
-from agent.sandbox.files import copy_tree, remove_entry, remove_tree, safe_name
+from agent.sandbox.files import safe_name
+from agent.sandbox.snapshots import WorkspaceSnapshots, snapshot_root
 
-SNAPSHOT_DIR_ENV = "HEARTH_SNAPSHOT_DIR"
 IMAGE_ENV = "HEARTH_DOCKER_SANDBOX_IMAGE"
 SNAPSHOT_REPOSITORY = "hearth/snapshot"
 OUTPUT_CAP_CHARS = 1_000_000
@@ -94,10 +95,8 @@ class DockerSandbox:
                 f"docker image {self.image} is missing: build it with "
                 f"`python -m agent.sandbox.docker_engine base-image`"
             )
-        root = os.environ.get(SNAPSHOT_DIR_ENV)
-        self.snapshot_root = (Path(root) if root else self.workspace.parent / ".hearth-snapshots") / self.name
-        if self.snapshot_root.resolve().is_relative_to(self.workspace):
-            raise SandboxError(f"snapshot directory {self.snapshot_root} is inside the workspace")
+        self.snapshot_root = snapshot_root(self.workspace, self.name)
+        self._files = WorkspaceSnapshots(self.workspace, self.snapshot_root)
         owner = self.workspace.stat()
         self.user = f"{owner.st_uid}:{owner.st_gid}"
         self._snapshots: dict[str, str] = {}
@@ -263,11 +262,8 @@ class DockerSandbox:
 
     def snapshot(self) -> str:
         self._check_alive()
-        snapshot_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        partial = self.snapshot_root / f"{snapshot_id}.partial"
-        partial.mkdir(parents=True)
+        snapshot_id = self._files.take()
         try:
-            copy_tree(self.workspace, partial)
             image = self.container.image.id
             if self.writable_root:
                 tag = f"{safe_name(self.name)}-{snapshot_id}".lower()
@@ -275,9 +271,8 @@ class DockerSandbox:
                                       conf={"Labels": {"hearth.snapshot-of": self.name}})
                 image = f"{SNAPSHOT_REPOSITORY}:{tag}"
                 self._committed.add(image)
-            partial.rename(self.snapshot_root / snapshot_id)
         except BaseException:
-            remove_tree(partial)
+            self._files.discard(snapshot_id)
             raise
         self._snapshots[snapshot_id] = image
         return snapshot_id
@@ -285,8 +280,7 @@ class DockerSandbox:
     def restore(self, snapshot_id: str) -> None:
         self._check_alive()
         image = self._snapshots.get(snapshot_id)
-        source = self.snapshot_root / snapshot_id
-        if image is None or not source.is_dir():
+        if image is None or not self._files.path(snapshot_id).is_dir():
             raise SandboxError(f"no snapshot {snapshot_id!r} in sandbox {self.name!r}")
         with self._lock:
             # The container is replaced while the workspace is copied back (no command runs meanwhile).
@@ -302,11 +296,7 @@ class DockerSandbox:
             swap = threading.Thread(target=replace, name="docker-sandbox-restore", daemon=True)
             swap.start()
             try:
-                for entry in list(self.workspace.iterdir()):
-                    remove_entry(entry)
-                copy_tree(source, self.workspace)
-                with contextlib.suppress(OSError):
-                    os.chmod(self.workspace, source.stat().st_mode & 0o7777)
+                self._files.restore(snapshot_id)
             finally:
                 swap.join()
             self._oom_seen = 0
@@ -321,10 +311,7 @@ class DockerSandbox:
         for image in self._committed:
             with contextlib.suppress(Exception):
                 self.client.images.remove(image, force=True, noprune=False)
-        for snapshot_id in self._snapshots:
-            remove_tree(self.snapshot_root / snapshot_id)
-        with contextlib.suppress(OSError):
-            self.snapshot_root.rmdir()
+        self._files.remove_all()
         if self._own_client:
             self.client.close()
 
