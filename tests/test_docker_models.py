@@ -345,33 +345,22 @@ def test_a_model_that_cannot_start_names_the_container_log(local_image: dict[str
 
 @pytest.mark.docker
 def test_a_task_whose_model_is_a_docker_container(local_image: dict[str, float], greeting_project: Path) -> None:
-    """The demo PRD through TaskRunner with ``docker:smollm2-135m-cpu`` (and the docker sandbox).
+    """The demo PRD runs to completion through TaskRunner with ``docker:smollm2-135m-cpu`` (the
+    same GGUF and server as the embedded model, in a container) and the docker sandbox."""
+    from tests_support import RecordingController, branch_prd, runner_for, spec_for
 
-    The 135M model rarely finishes the PRD, so this asserts on the protocol: the runner drove at
-    least one turn through the container and every tool call it recorded is well formed."""
-    from tests_support import RecordingController, runner_for, spec_for
-
-    from agent.events import StepStarted, TerminationReason
+    from agent.events import AgentAction, TerminationReason
     from agent.models.docker_runtime import LOCAL_MODEL, DockerModelRuntime
 
     spec = spec_for(greeting_project, sandbox="docker")
     spec.model = f"docker:{LOCAL_MODEL}"
-    spec.config.budget.max_turns = 3
     model = chat_model_for(spec.model)
     try:
         controller = RecordingController()
         result = runner_for(spec, controller, model).run()
-        assert result.reason in (TerminationReason.completed, TerminationReason.budget), result.message
-        transcripts = sorted((greeting_project / ".hearth/tasks/T-7/transcripts").glob("*.json"))
-        assert transcripts
-        messages = json.loads(transcripts[0].read_text())
-        calls = [c for m in messages if m.get("role") == "assistant" for c in m.get("tool_calls") or []]
-        assert calls, messages
-        for call in calls:
-            assert isinstance(json.loads(call["function"]["arguments"]), dict)
-        steps = [e.step_id for e in controller.events if isinstance(e, StepStarted)]
-        print(f"runner: {result.reason.value}, steps started {steps}, {len(calls)} tool call(s) in "
-              f"{transcripts[0].name}: {result.message[:200]}")
+        assert result.reason == TerminationReason.completed, result.message
+        assert [s["passes"] for s in branch_prd(greeting_project)["userStories"]] == [True, True]  # type: ignore[index]
+        assert any(isinstance(e, AgentAction) for e in controller.events)
     finally:
         model.close()  # type: ignore[attr-defined]
         with DockerModelRuntime() as rt:
