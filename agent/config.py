@@ -46,6 +46,11 @@ class BudgetConfig(BaseModel):
     max_format_errors: int = Field(
         default=6, ge=1, description="Consecutive malformed replies before the step is abandoned."
     )
+    model_wait_s: float = Field(
+        default=300, ge=0,
+        description="Seconds a step waits for its model to come back (a crashed or evicted server is "
+        "restarted) before the attempt fails; the step then goes on where it was.",
+    )
 
 
 class NotifyConfig(BaseModel):

@@ -130,6 +130,17 @@ class AnswerReceived(_Event):
     who: str
 
 
+class ModelOutage(_Event):
+    """The step's model stopped answering (its server crashed or was evicted); the runner restarts
+    or re-finds it and the step goes on, or the attempt fails after ``budget.model_wait_s``."""
+
+    kind: Literal["model_outage"] = "model_outage"
+    step_id: str
+    model: str
+    message: str
+    recovered: bool
+
+
 class DecisionMade(_Event):
     kind: Literal["decision_made"] = "decision_made"
     step_id: str
@@ -189,6 +200,7 @@ Event = Annotated[
     | CheckpointReady
     | ClarificationRequested
     | AnswerReceived
+    | ModelOutage
     | DecisionMade
     | StepCompleted
     | AttemptEnded

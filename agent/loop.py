@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.config import BudgetConfig
-from agent.models.base import ChatModel, ModelError, ToolCall
+from agent.models.base import ChatModel, ModelError, ModelUnavailable, ToolCall
 from agent.prd import Step
 from agent.sandbox.base import Sandbox, SandboxError
 
@@ -94,9 +94,14 @@ class BudgetExceeded(StepStop):
         self.reason = reason
 
 
+class ModelLost(StepStop):
+    """The model's server stopped answering mid-step."""
+
+
 @dataclass
 class StepResult:
-    outcome: Literal["done", "needs_input", "budget"]
+    outcome: Literal["done", "needs_input", "budget", "model_lost"]
+    """``model_lost``: the model stopped answering (``messages`` is the conversation so far, intact)."""
     turns: int
     messages: list[dict[str, Any]]
     summary: str = ""
@@ -271,6 +276,8 @@ def run_step(ctx: StepContext, model: ChatModel) -> StepResult:
             temperature = 0.0 if stuck == 0 else min(1.0, 0.3 + 0.2 * stuck)
             try:
                 reply = model.complete(messages, TOOLS, temperature=temperature)
+            except ModelUnavailable as exc:
+                raise ModelLost(str(exc)) from exc
             except ModelError as exc:
                 raise BudgetExceeded(f"model error: {exc}") from exc
             calls = [
@@ -317,6 +324,8 @@ def run_step(ctx: StepContext, model: ChatModel) -> StepResult:
         result = StepResult("needs_input", turns, messages, question=ask.question, call_id=ask.call_id)
     except BudgetExceeded as over:
         result = StepResult("budget", turns, messages, summary=over.reason)
+    except ModelLost as lost:
+        result = StepResult("model_lost", turns, messages, summary=str(lost))
     _save(ctx.transcript_path, messages)
     return result
 

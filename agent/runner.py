@@ -29,13 +29,14 @@ from agent.events import (
     CheckRan,
     ClarificationRequested,
     Event,
+    ModelOutage,
     StepCompleted,
     StepStarted,
     TaskCompleted,
     TerminationReason,
 )
-from agent.loop import StepContext, answer_message, run_step
-from agent.models.base import ChatModel
+from agent.loop import StepContext, StepResult, answer_message, run_step
+from agent.models.base import ChatModel, ModelError
 from agent.prd import TaskPlan, mark_story_passed
 from agent.project import (
     checkpoint_commit,
@@ -95,6 +96,10 @@ class RunResult(BaseModel):
     resume_commit: str | None = None
 
 
+class ModelGone(Exception):
+    """The task's model stayed unreachable for ``budget.model_wait_s``: the attempt fails (and is retried)."""
+
+
 class Parked(Exception):
     """A step asked a question and the controller chose to wait without holding the node."""
 
@@ -125,7 +130,10 @@ class TaskRunner:
         resume_commit: str | None = None,
         answer: Answer | None = None,
         sandbox_factory: SandboxFactory = _default_sandbox,
+        model_factory: Callable[[], ChatModel] | None = None,
     ) -> None:
+        """``model_factory`` makes a fresh client for the task's model, restarting its server if it
+        is gone; without one, a model that stops answering fails the attempt at once."""
         self.spec = spec
         self.attempt_id = attempt_id
         self.attempt_no = attempt_no
@@ -137,6 +145,7 @@ class TaskRunner:
         self.answer = answer
         """The answer to the question this attempt resumes after (its conversation is in ``pending``)."""
         self.sandbox_factory = sandbox_factory
+        self.model_factory = model_factory
         self.transcripts = workdir.parent.parent / "tasks" / spec.task_id / "transcripts"
         self.pending = self.transcripts.parent / "pending-question.json"
         """The conversation of a step parked on a question; read back by the attempt that resumes it."""
@@ -227,7 +236,7 @@ class TaskRunner:
             pending = self._take_pending(step.id)
             if pending:
                 ctx.messages = pending
-            result = run_step(ctx, self.model)
+            result = self._converse(ctx)
             turns += result.turns
             while result.outcome == "needs_input":
                 self._emit(ClarificationRequested, step_id=step.id, question=result.question)
@@ -236,7 +245,7 @@ class TaskRunner:
                     self._park(step.id, result.messages, result.call_id)
                     raise Parked(index, repo.head.commit.hexsha)
                 ctx.messages = [*result.messages, answer_message(result.call_id, answer.text, answer.who)]
-                result = run_step(ctx, self.model)
+                result = self._converse(ctx)
                 turns += result.turns
             if result.outcome == "budget":
                 return "", f"step {step.id}: {result.summary}"
@@ -253,6 +262,42 @@ class TaskRunner:
             self._emit(StepCompleted, step_id=step.id, commit=commit, turns=turns,
                        duration_s=round(time.monotonic() - started, 3))
             return commit, snapshot
+
+    def _converse(self, ctx: StepContext) -> StepResult:
+        """``run_step``, riding out model outages: when the model stops answering (its container
+        crashed or was evicted), get it back and go on with the same conversation in the same
+        sandbox. Gives up ``budget.model_wait_s`` after the step's first outage (``ModelGone``)."""
+        deadline: float | None = None
+        while True:
+            result = run_step(ctx, self.model)
+            if result.outcome != "model_lost":
+                return result
+            if deadline is None:
+                deadline = time.monotonic() + self.spec.config.budget.model_wait_s
+            ctx.messages = result.messages
+            self._reconnect(ctx.step.id, result.summary, deadline)
+
+    def _reconnect(self, step_id: str, lost: str, deadline: float) -> None:
+        problem, delay = lost, 0.5
+        while self.model_factory is not None:
+            try:
+                fresh = self.model_factory()
+            except ModelError as exc:
+                problem = str(exc)
+            else:
+                close = getattr(self.model, "close", None)
+                if callable(close):
+                    close()
+                self.model = fresh
+                self._emit(ModelOutage, step_id=step_id, model=self.spec.model, message=lost, recovered=True)
+                return
+            if time.monotonic() + delay > deadline:
+                break
+            time.sleep(delay)  # back off while the server restarts
+            delay = min(delay * 2, 10.0)
+        self._emit(ModelOutage, step_id=step_id, model=self.spec.model, message=problem, recovered=False)
+        wait = self.spec.config.budget.model_wait_s
+        raise ModelGone(f"step {step_id}: model {self.spec.model} did not come back within {wait:g} s: {problem}")
 
     def _park(self, step_id: str, messages: list[dict[str, Any]], call_id: str) -> None:
         self.pending.parent.mkdir(parents=True, exist_ok=True)

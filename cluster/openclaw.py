@@ -55,6 +55,7 @@ from agent.events import (
     ClarificationRequested,
     DecisionMade,
     Event,
+    ModelOutage,
     TaskCancelled,
     TaskCompleted,
     TaskFailed,
@@ -168,6 +169,11 @@ def render(event: Event, task: TaskRow | None = None) -> Card:
     if isinstance(event, AttemptEnded):
         return Card(text=f"{head} Attempt {event.attempt_id or ''} ended: {event.reason.value}{where}. "
                          f"{REASONS[event.reason].sentence} {_clip(event.message, 300)}".rstrip())
+    if isinstance(event, ModelOutage):
+        after = ("it is back and the step goes on" if event.recovered
+                 else "it did not come back in time; the attempt ends and the task is retried")
+        return Card(text=f"{head} Model {event.model} stopped answering during step {event.step_id}{where}: "
+                         f"{after}. {_clip(event.message, 300)}")
     if isinstance(event, DecisionMade):
         verdict = "approved" if event.approve else "rejected"
         return Card(text=f"{head} Checkpoint of step {event.step_id} {verdict} by {event.who}{where}: "

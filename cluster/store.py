@@ -302,7 +302,7 @@ class Store:
 
 
 NOTIFY_KINDS = {"clarification_requested", "checkpoint_ready", "task_completed", "task_failed",
-                "attempt_ended", "task_requeued", "decision_made", "task_cancelled"}
+                "attempt_ended", "task_requeued", "decision_made", "task_cancelled", "model_outage"}
 SYSTEM_WHO = "hearth"
 """``who`` of decisions Hearth takes itself (an approval timeout); people are told of those."""
 

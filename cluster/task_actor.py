@@ -106,6 +106,7 @@ class TaskActor:
                 start_step=self.start_step,
                 resume_commit=self.resume_commit,
                 answer=self.answer,
+                model_factory=lambda: chat_model_for(self.spec.model),
             )
             self._result = runner.run()
         except Exception as exc:  # the runner catches its own errors; this is set-up failing

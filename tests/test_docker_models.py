@@ -365,3 +365,58 @@ def test_a_task_whose_model_is_a_docker_container(local_image: dict[str, float],
         model.close()  # type: ignore[attr-defined]
         with DockerModelRuntime() as rt:
             rt.release(LOCAL_MODEL)
+
+
+@pytest.mark.docker
+def test_a_task_rides_out_its_model_container_being_killed(local_image: dict[str, float],
+                                                           greeting_project: Path) -> None:
+    """The model's container is killed after the model's first reply: the step sees a clear
+    ModelOutage, the runner restarts the container through DockerModelRuntime, and the demo PRD
+    still completes, with the conversation and sandbox carried on."""
+    from tests_support import RecordingController, branch_prd, runner_for, spec_for
+
+    from agent.events import ModelOutage, TerminationReason
+    from agent.models.docker_runtime import LOCAL_MODEL, DockerModelRuntime
+
+    spec = spec_for(greeting_project)
+    spec.model = f"docker:{LOCAL_MODEL}"
+    rt = DockerModelRuntime()
+    killed: list[str] = []
+
+    class KillAfterFirstReply:
+        def __init__(self) -> None:
+            self.inner = chat_model_for(spec.model)
+
+        def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+                     *, temperature: float | None = None) -> Any:
+            reply = self.inner.complete(messages, tools, temperature=temperature)
+            if not killed:
+                [container] = rt.client.containers.list(filters={"label": [f"hearth.model={LOCAL_MODEL}"]})
+                container.kill()
+                killed.append(container.id)
+            return reply
+
+        def close(self) -> None:
+            self.inner.close()  # type: ignore[attr-defined]
+
+    made: list[Any] = []
+
+    def factory() -> Any:
+        made.append(chat_model_for(spec.model))
+        return made[-1]
+
+    try:
+        controller = RecordingController()
+        result = runner_for(spec, controller, KillAfterFirstReply(), model_factory=factory).run()
+        assert killed, "the container was never killed"
+        assert result.reason == TerminationReason.completed, result.message
+        outages = [e for e in controller.events if isinstance(e, ModelOutage)]
+        assert [(o.step_id, o.recovered) for o in outages] == [("US-001", True)], outages
+        assert [s["passes"] for s in branch_prd(greeting_project)["userStories"]] == [True, True]  # type: ignore[index]
+        [container] = rt.client.containers.list(filters={"label": [f"hearth.model={LOCAL_MODEL}"]})
+        assert container.id != killed[0]  # a fresh container serves the rest of the task
+    finally:
+        for model in made:
+            model.close()
+        rt.release(LOCAL_MODEL)
+        rt.close()

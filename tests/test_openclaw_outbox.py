@@ -20,6 +20,7 @@ from agent.events import (
     CheckpointReady,
     ClarificationRequested,
     DecisionMade,
+    ModelOutage,
     StepStarted,
     TaskCancelled,
     TaskCompleted,
@@ -141,6 +142,9 @@ def test_cards_carry_what_a_reviewer_needs(store: Store) -> None:
     timed_out = render(store.append_event(DecisionMade(task_id=task_id, step_id="US-001", approve=False,
                                                        who="hearth (approval timeout)", reason="no decision")))
     assert "Checkpoint of step US-001 rejected by hearth (approval timeout)" in timed_out.text
+    outage = render(store.append_event(ModelOutage(task_id=task_id, step_id="US-001", model="docker:qwen",
+                                                   message="cannot connect", recovered=True)))
+    assert "Model docker:qwen stopped answering during step US-001" in outage.text and "goes on" in outage.text
 
 
 def test_in_order_per_task_and_concurrent_across_tasks(store: Store) -> None:

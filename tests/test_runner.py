@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import git
 from tests_support import RecordingController, branch_prd, runner_for, spec_for
 
-from agent.events import CheckpointReady, StepStarted, TaskCompleted, TerminationReason
+from agent.events import CheckpointReady, ModelOutage, StepStarted, TaskCompleted, TerminationReason
+from agent.models.base import ModelUnavailable
 from agent.models.scripted import ScriptedChat, scripted_model
 from agent.project import task_branch
 from agent.runner import Answer, Decision, TaskRunner
@@ -92,3 +94,54 @@ def test_a_question_parks_the_attempt_and_the_answer_resumes_the_step(greeting_p
     assert {"role": "tool", "tool_call_id": transcript[2]["tool_calls"][0]["id"],
             "content": "Answer from erin: teal"} in transcript
     assert git.Repo(greeting_project).git.show(f"{task_branch('T-7')}~1:answer.txt") == "teal"
+
+
+class Flaky:
+    """A scripted model whose server "crashes" on the given calls (a test stand-in, not a model)."""
+
+    def __init__(self, fail_on: set[int]) -> None:
+        self.inner = scripted_model("demo")
+        self.fail_on = fail_on
+        self.calls = 0
+
+    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+                 *, temperature: float | None = None) -> Any:
+        self.calls += 1
+        if self.calls in self.fail_on:
+            raise ModelUnavailable("http://127.0.0.1:9/v1/chat/completions: cannot connect: refused")
+        return self.inner.complete(messages, tools, temperature=temperature)
+
+
+def test_a_model_that_comes_back_lets_the_step_go_on(greeting_project: Path) -> None:
+    controller = RecordingController()
+    made: list[str] = []
+
+    def factory() -> Any:  # the first restart is not ready yet; the second one answers
+        made.append("try")
+        if len(made) == 1:
+            raise ModelUnavailable("container hearth-model-x is starting")
+        return scripted_model("demo")
+
+    runner = runner_for(spec_for(greeting_project), controller, Flaky(fail_on={2}), model_factory=factory)
+    result = runner.run()
+    assert result.reason == TerminationReason.completed, result.message
+    outages = [e for e in controller.events if isinstance(e, ModelOutage)]
+    assert [(o.step_id, o.recovered) for o in outages] == [("US-001", True)] and "cannot connect" in outages[0].message
+    # The step went on with its conversation: one StepStarted per story, no redo from scratch.
+    assert [e.step_id for e in controller.events if isinstance(e, StepStarted)] == ["US-001", "US-002"]
+    assert [s["passes"] for s in branch_prd(greeting_project)["userStories"]] == [True, True]  # type: ignore[index]
+
+
+def test_a_model_that_stays_gone_fails_the_attempt_with_a_clear_error(greeting_project: Path) -> None:
+    controller = RecordingController()
+
+    def factory() -> Any:
+        raise ModelUnavailable("docker: container hearth-model-x exited (137)")
+
+    spec = spec_for(greeting_project)
+    spec.config.budget.model_wait_s = 0
+    result = runner_for(spec, controller, Flaky(fail_on={1}), model_factory=factory).run()
+    assert result.reason == TerminationReason.error and result.next_step == 0
+    assert "model scripted:demo did not come back within 0 s: docker: container hearth-model-x exited" in result.message
+    outages = [e for e in controller.events if isinstance(e, ModelOutage)]
+    assert [(o.recovered, o.message) for o in outages] == [(False, "docker: container hearth-model-x exited (137)")]

@@ -102,7 +102,7 @@ class OpenAIChat:
         if isinstance(exc, httpx.ConnectError):
             return ModelUnavailable(f"{self.url}: cannot connect: {exc}")
         if isinstance(exc, httpx.RemoteProtocolError):
-            return ModelReplyError(f"{self.url}: the server dropped the connection: {exc}")
+            return ModelUnavailable(f"{self.url}: the server dropped the connection: {exc}")
         if isinstance(exc, httpx.TimeoutException):
             return ModelReplyError(f"{self.url}: no reply in time ({type(exc).__name__})")
         return ModelReplyError(f"{self.url}: {type(exc).__name__}: {exc}")
