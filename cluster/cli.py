@@ -245,7 +245,7 @@ def node_start(head: Annotated[bool, typer.Option("--head", help="Start a head n
     """`ray start` with this node's GPUs, VRAM and labels (same command on every box)."""
     if head == bool(address):
         fail("give exactly one of --head or --address HOST:PORT")
-    command = ["ray", "start", *ray_start_args(inventory(), slots=slots), "--disable-usage-stats"]
+    command = ["ray", "start", *ray_start_args(inventory(with_models=False), slots=slots), "--disable-usage-stats"]
     command += ["--head", f"--port={port}", "--include-dashboard=false"] if head else [f"--address={address}"]
     typer.echo(" ".join(shlex.quote(part) for part in command))
     if not dry_run:
@@ -256,13 +256,16 @@ def node_start(head: Annotated[bool, typer.Option("--head", help="Start a head n
 def nodes() -> None:
     """Nodes: GPUs, VRAM used/free, loaded models, running tasks."""
     table = Table()
-    for column in ("node", "alive", "address", "gpus", "vram free/total MiB", "slots", "running"):
+    for column in ("node", "alive", "address", "gpus", "vram free/total MiB", "models", "slots", "running"):
         table.add_column(column)
     for n in Client().request("GET", "/v1/nodes"):
         gpus = ", ".join(g["name"] for g in n["gpus"]) or "cpu only"
         vram = f"{n['vram_free_mib']}/{n['vram_total_mib']}" if n["gpus"] else "-"
+        models = ", ".join(
+            m["model"] + (f" (GPU {m['gpu_index']}, {m['vram_mib']} MiB)" if m.get("gpu_index") is not None else "")
+            for m in n.get("models", []))
         table.add_row(n["node_id"][:12], "yes" if n["alive"] else "no", n["address"], gpus, vram,
-                      str(n["slots"]), ", ".join(n["running"]))
+                      models or "-", str(n["slots"]), ", ".join(n["running"]))
     console.print(table)
 
 

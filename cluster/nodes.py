@@ -27,6 +27,15 @@ class GpuInfo(BaseModel):
     """pid → VRAM MiB, where NVML reports it."""
 
 
+class ModelServerInfo(BaseModel):
+    """A model server Hearth started on this node (a ``docker:`` model's container)."""
+
+    model: str
+    """The model spec tasks ask for, e.g. ``docker:qwen2.5-coder-7b``."""
+    gpu_index: int | None = None
+    vram_mib: int = 0
+
+
 class NodeInventory(BaseModel):
     hostname: str
     cpus: int
@@ -34,6 +43,9 @@ class NodeInventory(BaseModel):
     gpus: list[GpuInfo] = []
     nvml: str = "absent"
     """'ok', or why NVML could not be used ('absent: …')."""
+    models: list[ModelServerInfo] = []
+    docker: str = "absent"
+    """'ok', or why the node's model containers could not be listed."""
 
     @property
     def total_vram_mib(self) -> int:
@@ -78,11 +90,37 @@ def gpu_inventory() -> tuple[list[GpuInfo], str]:
         pynvml.nvmlShutdown()
 
 
-def inventory() -> NodeInventory:
+def inventory(*, with_models: bool = True) -> NodeInventory:
     gpus, status = gpu_inventory()
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    models, docker = model_servers(gpus) if with_models else ([], "not asked")
     return NodeInventory(hostname=os.uname().nodename, cpus=os.cpu_count() or 1, memory_mib=_mib(pages),
-                         gpus=gpus, nvml=status)
+                         gpus=gpus, nvml=status, models=models, docker=docker)
+
+
+def model_servers(gpus: list[GpuInfo]) -> tuple[list[ModelServerInfo], str]:
+    """The ``docker:`` model containers running on this node's engine; none (and why) without one."""
+    try:
+        from agent.models.docker_runtime import DockerModelRuntime
+        from agent.sandbox.docker_engine import docker_client
+
+        client = docker_client(timeout_s=5)
+    except Exception as exc:  # no SDK, no engine: a node without Docker models
+        return [], f"absent: {str(exc)[:200]}"
+    by_uuid = {g.uuid: g.index for g in gpus}
+    servers = []
+    try:
+        with DockerModelRuntime(client=client) as runtime:
+            for loaded in runtime.loaded():
+                first = loaded.gpus[0] if loaded.gpus else None
+                index = None if first is None else int(first) if first.isdigit() else by_uuid.get(first)
+                servers.append(ModelServerInfo(model=f"docker:{loaded.name}", gpu_index=index,
+                                               vram_mib=loaded.vram_mib))
+    except Exception as exc:
+        return [], f"error: {str(exc)[:200]}"
+    finally:
+        client.close()
+    return servers, "ok"
 
 
 def gpu_label(name: str) -> str:

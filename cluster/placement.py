@@ -5,7 +5,8 @@ rows, Ray's node table and the node inventories map onto it:
 
 * a node's task capacity is its ``hearth_slots`` resource (else its CPUs), given to the policy as
   ``cpus_free`` with one "CPU" per task;
-* GPUs and free VRAM come from each node's NVML inventory (refreshed by the scheduler);
+* GPUs and free VRAM come from each node's NVML inventory (refreshed by the scheduler), and so do
+  the ``docker:`` model containers running there (``loaded``: placement prefers them);
 * ``embedded:``/``scripted:``/``openai:`` models need no GPU and no VRAM; ``docker:`` models take
   their VRAM need and slots from the model catalogue;
 * a task resumed after an answer gets the policy's resume bonus and prefers the node that holds
@@ -20,6 +21,7 @@ from agent.config import ProjectConfig
 from agent.models import ModelError, split_spec
 from cluster.policy_model import (
     GpuState,
+    LoadedModelState,
     ModelSpec,
     NodeState,
     ProjectPolicy,
@@ -59,7 +61,21 @@ def node_state(node_id: str, info: dict[str, Any], inventory: dict[str, Any], bu
                      free_vram_mib=g["free_vram_mib"]) for g in inventory.get("gpus", [])]
     labels = {str(k): str(v) for k, v in (info.get("Labels") or {}).items()}
     return NodeState(id=node_id, alive=bool(info.get("Alive")), cpus_free=max(0, slots(info) - busy),
-                     gpus=gpus, labels=labels)
+                     gpus=gpus, labels=labels, loaded=loaded_models(inventory))
+
+
+def loaded_models(inventory: dict[str, Any]) -> list[LoadedModelState]:
+    """The node's running model servers (from its inventory) as the policy sees them. A server on
+    a GPU the inventory does not list (NVML gone) counts as a CPU server: it still holds a slot."""
+    indexes = {g["index"] for g in inventory.get("gpus", [])}
+    out = []
+    for server in inventory.get("models", []):
+        gpu = server.get("gpu_index")
+        out.append(LoadedModelState(
+            name=server["model"], gpu_index=gpu if gpu in indexes else None,
+            vram_mib=server.get("vram_mib", 0) if gpu in indexes else 0,
+            slots_max=model_spec(server["model"]).max_concurrent))
+    return out
 
 
 def project_policy(config: dict[str, Any]) -> ProjectPolicy:
@@ -90,3 +106,28 @@ def build_snapshot(now: float, nodes: dict[str, dict[str, Any]], inventories: di
                              at_checkpoint=False, started_at=t.updated_at,
                              last_preempted_at=preempted_at.get(t.id)) for t in active if t.node_id],
     )
+
+
+PENDING_LOAD_S = 900.0
+"""How long a server the scheduler planned counts as loading before the node's inventory shows it."""
+
+PendingLoads = dict[tuple[str, str], tuple[int | None, int, float]]
+"""(node, model) → (GPU index, VRAM MiB, when the load was planned)."""
+
+
+def with_pending_loads(inventories: dict[str, dict[str, Any]], pending: PendingLoads,
+                       now: float) -> dict[str, dict[str, Any]]:
+    """The inventories plus the servers planned but not reported yet (a task placed with
+    ``load_model`` starts its server lazily, and the next inventory comes seconds later: without
+    this, the same VRAM would be planned twice). Drops entries the inventory now shows, or that
+    are too old to still be loading."""
+    merged = dict(inventories)
+    for (node, model), (gpu, vram, since) in list(pending.items()):
+        inventory = merged.get(node)
+        present = inventory is not None and any(m.get("model") == model for m in inventory.get("models", []))
+        if present or now - since > PENDING_LOAD_S or inventory is None:
+            pending.pop((node, model))
+            continue
+        merged[node] = {**inventory, "models": [*inventory.get("models", []),
+                                                 {"model": model, "gpu_index": gpu, "vram_mib": vram}]}
+    return merged

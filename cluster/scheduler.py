@@ -46,7 +46,7 @@ from agent.models.scripted import scripted_model
 from agent.prd import PrdError, load_prd, parse_prd_text
 from agent.project import ProjectError, open_project
 from agent.runner import TaskSpec
-from cluster.placement import build_snapshot, model_spec, project_policy, slots
+from cluster.placement import PendingLoads, build_snapshot, model_spec, project_policy, slots, with_pending_loads
 from cluster.policy import PolicyConfig, decide, feasible
 from cluster.policy_model import QueuedTask
 from cluster.states import TERMINAL, TaskState
@@ -79,6 +79,8 @@ class Scheduler:
         self.policy = PolicyConfig.model_validate(policy or {})
         self.inventories: dict[str, dict[str, Any]] = {}
         self._inventory_at = -INVENTORY_EVERY_S
+        self.pending_loads: PendingLoads = {}
+        """Model servers planned on a node that its inventory does not show yet."""
         self.preempted_at: dict[str, float] = {}
         self._loop_task: asyncio.Task[None] | None = None
         # Ray runs an async actor's __init__ inside its event loop: start cycling right away, so a
@@ -202,15 +204,21 @@ class Scheduler:
             return
         nodes = self._alive_nodes()
         active = self.store.tasks(ACTIVE)
-        snapshot = build_snapshot(time.time(), nodes, self.inventories, queued, active, self.preempted_at)
+        now = time.time()
+        inventories = with_pending_loads(self.inventories, self.pending_loads, now)
+        snapshot = build_snapshot(now, nodes, inventories, queued, active, self.preempted_at)
         decisions = decide(snapshot, self.policy)
         by_id = {t.id: t for t in queued}
         busy = {node: sum(t.node_id == node for t in active) for node in nodes}
+        for eviction in decisions.evictions:
+            self._evict(eviction.node, eviction.model)
+        for load in decisions.loads:  # the placed task starts the server; count its VRAM meanwhile
+            self.pending_loads[(load.node, load.model)] = (load.gpu_index, load.vram_mib, now)
         for placement in decisions.placements:
             # A yielding victim still holds its slot until its checkpoint: never double-book a node.
             if busy.get(placement.node, 0) >= slots(nodes[placement.node]):
                 continue
-            self._launch(by_id[placement.task_id], placement.node)
+            self._launch(by_id[placement.task_id], placement.node, placement.gpu_index)
             busy[placement.node] = busy.get(placement.node, 0) + 1
         for preempt in decisions.preemptions:
             victim = self.store.task(preempt.task_id)
@@ -237,7 +245,17 @@ class Scheduler:
             except (TimeoutError, ray.exceptions.RayError):
                 self.inventories.pop(node, None)
 
-    def _launch(self, task: TaskRow, node: str) -> None:
+    def _evict(self, node: str, model: str) -> None:
+        """Stop an idle model server on ``node`` (the policy needs its VRAM); forget it at once so
+        the next cycle does not plan with it."""
+        inventory = self.inventories.get(node)
+        if inventory is not None:
+            inventory["models"] = [m for m in inventory.get("models", []) if m.get("model") != model]
+        release_model.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False)).remote(model)
+        log.info("evicting %s on node %s", model, node[:12])
+
+    def _launch(self, task: TaskRow, node: str, gpu_index: int | None = None) -> None:
         attempt_no = task.attempts + 1
         attempt_id = f"{task.id}.{attempt_no}-{uuid.uuid4().hex[:6]}"
         resume = task.resume_node == node and task.resume_commit is not None
@@ -246,7 +264,8 @@ class Scheduler:
         actor = TaskActor.options(  # type: ignore[attr-defined]
             name=attempt_actor_name(attempt_id), namespace=NAMESPACE, lifetime="detached",
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
-        ).remote(task.spec, attempt_id, attempt_no, start_step, task.resume_commit if resume else None, answer)
+        ).remote(task.spec, attempt_id, attempt_no, start_step, task.resume_commit if resume else None, answer,
+                 gpu_index)
         self.store.start_attempt(task.id, attempt_id, attempt_no, node)
         self.store.set_state(task.id, S.placed,
                              TaskPlaced(task_id=task.id, attempt_id=attempt_id, node_id=node,
@@ -517,7 +536,7 @@ class Scheduler:
                 "node_id": node_id, "alive": bool(node.get("Alive")), "address": node.get("NodeManagerAddress", ""),
                 "gpus": gpus, "vram_total_mib": sum(g["total_vram_mib"] for g in gpus),
                 "vram_free_mib": sum(g["free_vram_mib"] for g in gpus), "nvml": inv.get("nvml", "unknown"),
-                "slots": slots(node),
+                "slots": slots(node), "models": inv.get("models", []),
                 "labels": node.get("Labels", {}), "running": running.get(node_id, []),
             })
         return result
@@ -528,6 +547,18 @@ class Scheduler:
     async def ping(self) -> str:
         self._ensure_started()
         return "ok"
+
+
+@ray.remote(num_cpus=0)
+def release_model(model: str) -> None:
+    """Stop this node's server for the ``docker:`` model ``model`` (an eviction)."""
+    from agent.models import split_spec
+    from agent.models.docker_runtime import DockerModelRuntime
+
+    runtime, name = split_spec(model)
+    if runtime == "docker":
+        with DockerModelRuntime() as models:
+            models.release(name)
 
 
 @ray.remote(num_cpus=0)

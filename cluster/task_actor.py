@@ -73,13 +73,16 @@ class RayController:
 @ray.remote(num_cpus=0, max_concurrency=4)  # type: ignore[call-overload]
 class TaskActor:
     def __init__(self, spec: dict[str, Any], attempt_id: str, attempt_no: int, start_step: int,
-                 resume_commit: str | None, answer: dict[str, str] | None = None) -> None:
+                 resume_commit: str | None, answer: dict[str, str] | None = None,
+                 gpu_index: int | None = None) -> None:
         self.spec = TaskSpec.model_validate(spec)
         self.attempt_id = attempt_id
         self.attempt_no = attempt_no
         self.start_step = start_step
         self.resume_commit = resume_commit
         self.answer = Answer.model_validate(answer) if answer else None
+        self.gpus = None if gpu_index is None else [str(gpu_index)]
+        """The GPU the scheduler planned the task's model server on (``docker:`` models)."""
         self._done = threading.Event()
         self._result: RunResult | None = None
         self._thread: threading.Thread | None = None
@@ -95,7 +98,7 @@ class TaskActor:
     def _run(self) -> None:
         try:
             project = Path(self.spec.project_path)
-            model = chat_model_for(self.spec.model)
+            model = chat_model_for(self.spec.model, gpus=self.gpus)
             runner = TaskRunner(
                 self.spec,
                 attempt_id=self.attempt_id,
@@ -106,7 +109,7 @@ class TaskActor:
                 start_step=self.start_step,
                 resume_commit=self.resume_commit,
                 answer=self.answer,
-                model_factory=lambda: chat_model_for(self.spec.model),
+                model_factory=lambda: chat_model_for(self.spec.model, gpus=self.gpus),
             )
             self._result = runner.run()
         except Exception as exc:  # the runner catches its own errors; this is set-up failing

@@ -420,3 +420,19 @@ def test_a_task_rides_out_its_model_container_being_killed(local_image: dict[str
             model.close()
         rt.release(LOCAL_MODEL)
         rt.close()
+
+
+@pytest.mark.docker
+def test_the_node_inventory_lists_the_model_containers_running_there(local_image: dict[str, float]) -> None:
+    from agent.models.docker_runtime import LOCAL_MODEL, DockerModelRuntime
+    from cluster.nodes import inventory
+
+    with DockerModelRuntime() as rt:  # the node's own runtime, as task actors use it
+        try:
+            rt.ensure(LOCAL_MODEL)
+            inv = inventory()
+            assert inv.docker == "ok"
+            assert [(m.model, m.gpu_index) for m in inv.models] == [(f"docker:{LOCAL_MODEL}", None)]
+        finally:
+            rt.release(LOCAL_MODEL)
+        assert inventory().models == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import git
 
@@ -64,3 +65,15 @@ def configure(project: Path, **values: object) -> None:
     repo = git.Repo(project)
     repo.git.add("hearth.toml")
     repo.git.commit("-m", "test policy", author="t <t@t>")
+
+
+def queued_row(task_id: str, model: str, *, node: str | None = None, project: str = "p") -> Any:
+    """A store row for a task of project ``project`` (placed on ``node`` if given, else queued)."""
+    from cluster.states import TaskState
+    from cluster.store import TaskRow
+
+    return TaskRow(id=task_id, number=int(task_id.split("-")[1]), project=project, name=task_id,
+                   state=TaskState.placed if node else TaskState.queued, priority=50, model=model,
+                   spec={"config": {"name": project}}, attempts=1 if node else 0, next_step=0,
+                   resume_commit=None, resume_node=None, node_id=node, attempt_id=None, waiting_for=None,
+                   answer=None, message="", created_at=0.0, updated_at=0.0, queued_since=0.0)

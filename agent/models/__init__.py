@@ -42,8 +42,9 @@ def split_spec(spec: str) -> tuple[str, str]:
     return runtime, name
 
 
-def chat_model_for(spec: str, *, state_dir: Path | None = None) -> ChatModel:
-    """A chat client for ``spec``, starting the model's server on this node if needed."""
+def chat_model_for(spec: str, *, state_dir: Path | None = None, gpus: list[str] | None = None) -> ChatModel:
+    """A chat client for ``spec``, starting the model's server on this node if needed (``docker:``
+    models on ``gpus`` when given: the scheduler's choice)."""
     runtime, name = split_spec(spec)
     if runtime == "scripted":
         from agent.models.scripted import scripted_model
@@ -62,5 +63,5 @@ def chat_model_for(spec: str, *, state_dir: Path | None = None) -> ChatModel:
         from agent.models.docker_runtime import DockerModelRuntime
 
         with DockerModelRuntime(state_dir=state_dir) as docker_runtime:
-            return OpenAIChat(docker_runtime.ensure(name))
+            return OpenAIChat(docker_runtime.ensure(name, gpus=gpus))
     raise ModelUnavailable(f"model runtime {runtime!r} is not available on this node yet")

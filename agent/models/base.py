@@ -54,6 +54,8 @@ class LoadedModel(BaseModel):
     endpoint: ModelEndpoint
     pid: int | None = None
     vram_mib: int = 0
+    gpus: list[str] = []
+    """The GPUs (indexes or UUIDs, as given to the engine) its server runs on; empty for CPU."""
 
 
 class ModelRuntime(Protocol):

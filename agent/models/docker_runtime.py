@@ -261,8 +261,10 @@ class DockerModelRuntime:
         except filelock.Timeout:
             raise ModelUnavailable(f"timed out waiting for another process to start model {name!r}") from None
         try:
-            spec = self.spec_for(name, gpus)
             for container in self._containers(name):
+                # Without a GPU choice, a running server on any GPU will do: judge it by its own GPUs.
+                own = [g for g in (container.labels or {}).get("hearth.gpus", "").split(",") if g]
+                spec = self.spec_for(name, gpus if gpus is not None or not own else own)
                 same = (container.labels or {}).get("hearth.spec") == spec.labels["hearth.spec"]
                 if container.status == "running" and same:
                     endpoint = self._endpoint(container)
@@ -277,7 +279,7 @@ class DockerModelRuntime:
                 self.progress(f"model {name}: container {container.name} {why}; replacing it")
                 with contextlib.suppress(Exception):
                     container.remove(force=True)
-            return self._start(spec, entry)
+            return self._start(self.spec_for(name, gpus), entry)
         finally:
             lock.release()
 
@@ -302,7 +304,9 @@ class DockerModelRuntime:
             vram = self._vram_of(container)
             if vram is None:
                 vram = int(labels.get("hearth.vram_mib", "0") or 0)
-            out.append(LoadedModel(name=labels.get("hearth.model", ""), endpoint=endpoint, pid=pid, vram_mib=vram))
+            gpus = [g for g in labels.get("hearth.gpus", "").split(",") if g]
+            out.append(LoadedModel(name=labels.get("hearth.model", ""), endpoint=endpoint, pid=pid, vram_mib=vram,
+                                   gpus=gpus))
         return out
 
     def check(self) -> list[ModelEvent]:
