@@ -381,6 +381,7 @@ def test_a_task_rides_out_its_model_container_being_killed(local_image: dict[str
     spec = spec_for(greeting_project)
     spec.model = f"docker:{LOCAL_MODEL}"
     rt = DockerModelRuntime()
+    mine = [f"hearth.model={LOCAL_MODEL}", f"hearth.node={rt.node}"]  # this node's server, as tasks use it
     killed: list[str] = []
 
     class KillAfterFirstReply:
@@ -391,7 +392,7 @@ def test_a_task_rides_out_its_model_container_being_killed(local_image: dict[str
                      *, temperature: float | None = None) -> Any:
             reply = self.inner.complete(messages, tools, temperature=temperature)
             if not killed:
-                [container] = rt.client.containers.list(filters={"label": [f"hearth.model={LOCAL_MODEL}"]})
+                [container] = rt.client.containers.list(filters={"label": mine})
                 container.kill()
                 killed.append(container.id)
             return reply
@@ -408,12 +409,12 @@ def test_a_task_rides_out_its_model_container_being_killed(local_image: dict[str
     try:
         controller = RecordingController()
         result = runner_for(spec, controller, KillAfterFirstReply(), model_factory=factory).run()
-        assert killed, "the container was never killed"
+        assert killed, f"the container was never killed: {result}"
         assert result.reason == TerminationReason.completed, result.message
         outages = [e for e in controller.events if isinstance(e, ModelOutage)]
         assert [(o.step_id, o.recovered) for o in outages] == [("US-001", True)], outages
         assert [s["passes"] for s in branch_prd(greeting_project)["userStories"]] == [True, True]  # type: ignore[index]
-        [container] = rt.client.containers.list(filters={"label": [f"hearth.model={LOCAL_MODEL}"]})
+        [container] = rt.client.containers.list(filters={"label": mine})
         assert container.id != killed[0]  # a fresh container serves the rest of the task
     finally:
         for model in made:
