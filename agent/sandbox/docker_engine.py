@@ -286,14 +286,19 @@ def docker_client(timeout_s: int = 120) -> Any:
     import docker
 
     base_url = docker_base_url()
+    hint = f"start one with `python -m agent.sandbox.docker_engine start` or set {HOST_ENV}"
+    if base_url is None and not DEFAULT_SOCKET.exists():  # nothing to ask (and no socket to leak)
+        raise SandboxUnavailable(f"no Docker engine: {DEFAULT_SOCKET} does not exist and DOCKER_HOST is unset; {hint}")
+    client = None
     try:
         client = (docker.DockerClient(base_url=base_url, timeout=timeout_s) if base_url
                   else docker.from_env(timeout=timeout_s))
         client.ping()
     except Exception as exc:
+        if client is not None:
+            client.close()
         raise SandboxUnavailable(
-            f"no Docker engine answers ({base_url or 'DOCKER_HOST / ' + str(DEFAULT_SOCKET)}): {exc}; "
-            f"start one with `python -m agent.sandbox.docker_engine start` or set {HOST_ENV}"
+            f"no Docker engine answers ({base_url or 'DOCKER_HOST / ' + str(DEFAULT_SOCKET)}): {exc}; {hint}"
         ) from exc
     return client
 
