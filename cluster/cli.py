@@ -7,10 +7,11 @@ Exit codes: 0 success, 1 a task ended failed/cancelled (``submit --follow``), 2 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import git
 import httpx
@@ -31,8 +32,8 @@ console = Console()
 err = Console(stderr=True)
 
 
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -224,6 +225,59 @@ def image_build(force: Annotated[bool, typer.Option(help="Rebuild even if the re
 
     info = build_guest_image(progress=lambda m: console.print(f"· {m}", highlight=False), force=force)
     console.print(f"guest image ready: {info.disk} (recipe {info.recipe_hash[:12]})")
+
+
+openclaw_app = typer.Typer(help="Chat through an OpenClaw gateway (docs/openclaw.md).", no_args_is_help=True)
+app.add_typer(openclaw_app, name="openclaw")
+
+
+@openclaw_app.command("connect")
+def openclaw_connect(
+    url: Annotated[str, typer.Option(help="The gateway's address, e.g. http://127.0.0.1:18789")],
+    token_file: Annotated[Path, typer.Option(help="A file holding the gateway's gateway.auth.token")],
+    sidecar: Annotated[str, typer.Option(help="Where the plugin reaches Hearth's sidecar")] = "http://127.0.0.1:8765",
+) -> None:
+    """Tell Hearth where the gateway is (it then sends questions and approval cards there), and print
+    the settings the gateway's hearth plugin needs."""
+    from cluster.api import PLUGIN_TOKEN_FILE, ensure_token_file
+    from cluster.openclaw import GATEWAY_CONFIG_FILE, GATEWAY_TOKEN_FILE
+
+    parsed = httpx.URL(url) if "://" in url else None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        fail(f"--url {url!r}: give the gateway's http(s) address, e.g. http://127.0.0.1:18789")
+    try:
+        token = token_file.read_text().strip()
+    except OSError as exc:
+        fail(f"--token-file {token_file}: cannot read: {exc.strerror}")
+    if not token:
+        fail(f"--token-file {token_file}: the file is empty; it must hold the gateway's gateway.auth.token")
+    state = local.state_dir()
+    secret = state / GATEWAY_TOKEN_FILE
+    partial = secret.with_suffix(".partial")
+    partial.unlink(missing_ok=True)
+    with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write(token + "\n")
+    partial.replace(secret)
+    (state / GATEWAY_CONFIG_FILE).write_text(json.dumps({"url": url.rstrip("/")}) + "\n")
+    plugin_token = state / PLUGIN_TOKEN_FILE
+    ensure_token_file(plugin_token)
+    try:
+        ready = httpx.get(url.rstrip("/") + "/readyz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        ready = False
+    console.print(f"· gateway {url}: " + ("ready" if ready else "[yellow]not answering /readyz yet[/yellow] "
+                                          "(messages wait in the outbox until it does)"))
+    console.print(f"· wrote {state / GATEWAY_CONFIG_FILE} and {secret} (0600)")
+    plugin = deploy_dir() / "openclaw" / "hearth-plugin"
+    console.print("In the gateway's openclaw.json, load the plugin with:")
+    console.print(json.dumps({"plugins": {"load": {"paths": [str(plugin)]}, "entries": {"hearth": {
+        "enabled": True, "config": {"sidecarUrl": sidecar, "tokenFile": str(plugin_token)}}}}}, indent=2),
+        highlight=False, soft_wrap=True)
+    console.print("Then restart the sidecar so it starts sending: hearth down && hearth up")
+
+
+def deploy_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "deploy"
 
 
 node_app = typer.Typer(help="This machine as a Ray node.", no_args_is_help=True)

@@ -312,3 +312,38 @@ def test_unreachable_starting_and_silent_gateways_are_told_apart() -> None:
     # a gateway that listens but is not ready yet gets nothing (it would hold the request, then send)
     not_ready = asyncio.run(attempt(starting))
     assert not_ready.maybe_delivered is False and "not ready" in str(not_ready) and posted == []
+
+
+def test_hearth_openclaw_connect_stores_the_gateway_and_prints_the_plugin_settings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from cluster.cli import app
+    from cluster.openclaw import load_gateway_settings
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("HEARTH_STATE_DIR", str(state))
+    monkeypatch.delenv("HEARTH_OPENCLAW_URL", raising=False)
+    monkeypatch.delenv("HEARTH_OPENCLAW_TOKEN_FILE", raising=False)
+    token = tmp_path / "gw-token"
+    token.write_text(TOKEN + "\n")
+    runner = CliRunner()
+    # Nothing listens on port 9 here: the gateway may come later, so this is a warning, not an error.
+    done = runner.invoke(app, ["openclaw", "connect", "--url", "http://127.0.0.1:9/", "--token-file", str(token)])
+    assert done.exit_code == 0, done.output
+    assert "not answering /readyz yet" in done.output and TOKEN not in done.output
+    settings = load_gateway_settings(state)
+    assert settings is not None and settings.url == "http://127.0.0.1:9"
+    assert settings.token.get_secret_value() == TOKEN
+    assert (state / "gateway-token").stat().st_mode & 0o777 == 0o600
+    assert str(state / "plugin-token") in done.output and (state / "plugin-token").stat().st_mode & 0o777 == 0o600
+
+    bad = runner.invoke(app, ["openclaw", "connect", "--url", "127.0.0.1:18789", "--token-file", str(token)])
+    assert bad.exit_code == 2 and "give the gateway's http(s) address" in bad.output
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    bad = runner.invoke(app, ["openclaw", "connect", "--url", "http://127.0.0.1:9", "--token-file", str(empty)])
+    assert bad.exit_code == 2 and "the file is empty" in bad.output
+    bad = runner.invoke(app, ["openclaw", "connect", "--url", "http://127.0.0.1:9", "--token-file",
+                              str(tmp_path / "missing")])
+    assert bad.exit_code == 2 and "cannot read: No such file or directory" in bad.output
