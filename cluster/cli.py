@@ -268,16 +268,12 @@ def openclaw_connect(
     console.print(f"· gateway {url}: " + ("ready" if ready else "[yellow]not answering /readyz yet[/yellow] "
                                           "(messages wait in the outbox until it does)"))
     console.print(f"· wrote {state / GATEWAY_CONFIG_FILE} and {secret} (0600)")
-    plugin = deploy_dir() / "openclaw" / "hearth-plugin"
+    plugin = Path(__file__).resolve().parents[1] / "deploy" / "openclaw" / "hearth-plugin"
     console.print("In the gateway's openclaw.json, load the plugin with:")
     console.print(json.dumps({"plugins": {"load": {"paths": [str(plugin)]}, "entries": {"hearth": {
         "enabled": True, "config": {"sidecarUrl": sidecar, "tokenFile": str(plugin_token)}}}}}, indent=2),
         highlight=False, soft_wrap=True)
     console.print("Then restart the sidecar so it starts sending: hearth down && hearth up")
-
-
-def deploy_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "deploy"
 
 
 node_app = typer.Typer(help="This machine as a Ray node.", no_args_is_help=True)

@@ -56,15 +56,16 @@ def slots(info: dict[str, Any]) -> int:
     return int(resources.get("hearth_slots", resources.get("CPU", 0)))
 
 
-def node_state(node_id: str, info: dict[str, Any], inventory: dict[str, Any], busy: int) -> NodeState:
+def node_state(node_id: str, info: dict[str, Any], inventory: dict[str, Any], busy: int,
+               models: dict[str, ModelSpec]) -> NodeState:
     gpus = [GpuState(index=g["index"], name=g.get("name", ""), total_vram_mib=g["total_vram_mib"],
                      free_vram_mib=g["free_vram_mib"]) for g in inventory.get("gpus", [])]
     labels = {str(k): str(v) for k, v in (info.get("Labels") or {}).items()}
     return NodeState(id=node_id, alive=bool(info.get("Alive")), cpus_free=max(0, slots(info) - busy),
-                     gpus=gpus, labels=labels, loaded=loaded_models(inventory))
+                     gpus=gpus, labels=labels, loaded=loaded_models(inventory, models))
 
 
-def loaded_models(inventory: dict[str, Any]) -> list[LoadedModelState]:
+def loaded_models(inventory: dict[str, Any], models: dict[str, ModelSpec]) -> list[LoadedModelState]:
     """The node's running model servers (from its inventory) as the policy sees them. A server on
     a GPU the inventory does not list (NVML gone) counts as a CPU server: it still holds a slot."""
     indexes = {g["index"] for g in inventory.get("gpus", [])}
@@ -74,7 +75,7 @@ def loaded_models(inventory: dict[str, Any]) -> list[LoadedModelState]:
         out.append(LoadedModelState(
             name=server["model"], gpu_index=gpu if gpu in indexes else None,
             vram_mib=server.get("vram_mib", 0) if gpu in indexes else 0,
-            slots_max=model_spec(server["model"]).max_concurrent))
+            slots_max=models[server["model"]].max_concurrent))
     return out
 
 
@@ -92,10 +93,11 @@ def build_snapshot(now: float, nodes: dict[str, dict[str, Any]], inventories: di
         if task.node_id:
             busy[task.node_id] = busy.get(task.node_id, 0) + 1
     projects = {t.project: project_policy(t.spec["config"]) for t in [*queued, *active]}
-    models = {t.model: model_spec(t.model) for t in [*queued, *active]}
+    served = [m["model"] for n in nodes for m in inventories.get(n, {}).get("models", [])]
+    models = {name: model_spec(name) for name in {*(t.model for t in [*queued, *active]), *served}}
     return Snapshot(
         now=now,
-        nodes=[node_state(n, info, inventories.get(n, {}), busy.get(n, 0)) for n, info in nodes.items()],
+        nodes=[node_state(n, info, inventories.get(n, {}), busy.get(n, 0), models) for n, info in nodes.items()],
         models=models,
         projects=projects,
         queued=[QueuedTask(id=t.id, project=t.project, model=t.model, priority=t.priority,

@@ -401,14 +401,11 @@ class Scheduler:
         return await future
 
     def _decision_made(self, task_id: str, attempt_id: str, step_id: str) -> dict[str, Any] | None:
-        """The decision on the attempt's latest checkpoint of ``step_id``, if one was journaled."""
-        for event in reversed(self.store.events(task_id, limit=1_000_000)):
-            if getattr(event, "attempt_id", None) != attempt_id:
-                continue
-            if isinstance(event, CheckpointReady):
-                return None
-            if isinstance(event, DecisionMade) and event.step_id == step_id:
-                return {"approve": event.approve, "reason": event.reason, "who": event.who}
+        """The decision on the attempt's latest checkpoint of ``step_id``, if one was journaled: the
+        task's last checkpoint-or-decision event is then that decision."""
+        event = self.store.last_event(task_id, "checkpoint_ready", "decision_made")
+        if isinstance(event, DecisionMade) and event.attempt_id == attempt_id and event.step_id == step_id:
+            return {"approve": event.approve, "reason": event.reason, "who": event.who}
         return None
 
     async def _expire_approvals(self) -> None:
@@ -418,9 +415,8 @@ class Scheduler:
             timeout = task.spec["config"].get("approval_timeout_s")
             if not timeout:
                 continue
-            ready = next((e.at for e in reversed(self.store.events(task.id, limit=1_000_000))
-                          if isinstance(e, CheckpointReady)), task.updated_at)
-            if now - ready < timeout:
+            checkpoint = self.store.last_event(task.id, "checkpoint_ready")
+            if now - (checkpoint.at if checkpoint else task.updated_at) < timeout:
                 continue
             action = task.spec["config"].get("approval_timeout_action", "approve")
             who = f"{SYSTEM_WHO} (approval timeout)"
@@ -441,8 +437,7 @@ class Scheduler:
         task = self.store.task(task_id)
         if task.state != S.waiting_input or task.answer is not None:
             raise Conflict(f"{task_id} is {task.state.value}, not waiting for an answer")
-        step_id = next((getattr(e, "step_id", "") for e in reversed(self.store.events(task_id))
-                        if e.kind == "clarification_requested"), "")
+        step_id = getattr(self.store.last_event(task_id, "clarification_requested"), "step_id", "")
         received = AnswerReceived(task_id=task_id, attempt_id=task.attempt_id, step_id=step_id, answer=text,
                                   who=who)
         answer = json.dumps({"text": text, "who": who})

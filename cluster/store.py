@@ -214,6 +214,15 @@ class Store:
             )
         return stored
 
+    def last_event(self, task_id: str, *kinds: str) -> Event | None:
+        """The task's most recent event of one of ``kinds`` (one indexed row, not the whole log)."""
+        marks = ", ".join("?" for _ in kinds)
+        row = self.db.execute(
+            f"SELECT body FROM events WHERE task_id = ? AND kind IN ({marks}) ORDER BY seq DESC LIMIT 1",
+            (task_id, *kinds),
+        ).fetchone()
+        return EventAdapter.validate_json(row["body"]) if row else None
+
     def events(self, task_id: str, after_seq: int = 0, limit: int = 1000) -> list[Event]:
         rows = self.db.execute(
             "SELECT body FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",

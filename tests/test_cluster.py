@@ -10,12 +10,11 @@ import git
 import pytest
 import ray
 from fastapi.testclient import TestClient
-from tests_support import configure
+from tests_support import configure, from_store
 
 from agent.project import task_branch
 from cluster.api import create_app
 from cluster.scheduler import wait_for
-from cluster.store import Store
 
 pytestmark = pytest.mark.ray
 TOKEN = "test-token"
@@ -28,11 +27,7 @@ def api(scheduler: Any) -> TestClient:
 
 
 def task_state(scheduler: Any, task_id: str) -> str:
-    store = Store(Path(scheduler.state_dir) / "hearth.db", readonly=True)
-    try:
-        return store.task(task_id).state.value
-    finally:
-        store.close()
+    return str(from_store(scheduler, lambda store: store.task(task_id).state.value))
 
 
 def wait_state(scheduler: Any, task_id: str, states: set[str], timeout_s: float = 90) -> str:
@@ -142,11 +137,7 @@ def test_prd_text_body_is_accepted(api: TestClient, scheduler: Any, greeting_pro
 
 
 def events_of(scheduler: Any, task_id: str) -> list[Any]:
-    store = Store(Path(scheduler.state_dir) / "hearth.db", readonly=True)
-    try:
-        return store.events(task_id)
-    finally:
-        store.close()
+    return list(from_store(scheduler, lambda store: store.events(task_id)))
 
 
 def test_an_unanswered_checkpoint_takes_the_projects_default_action(api: TestClient, scheduler: Any,

@@ -13,7 +13,7 @@ from typing import Any
 import git
 import pytest
 import ray
-from tests_support import configure
+from tests_support import configure, from_store
 
 from agent.project import task_branch
 from cluster.scheduler import wait_for
@@ -27,11 +27,7 @@ def store_of(scheduler: Any) -> Store:
 
 
 def task(scheduler: Any, task_id: str) -> Any:
-    db = store_of(scheduler)
-    try:
-        return db.task(task_id)
-    finally:
-        db.close()
+    return from_store(scheduler, lambda store: store.task(task_id))
 
 
 def test_node_loss_restarts_the_task_from_step_0_on_another_node(ray_cluster: Any, scheduler: Any,

@@ -77,3 +77,14 @@ def queued_row(task_id: str, model: str, *, node: str | None = None, project: st
                    spec={"config": {"name": project}}, attempts=1 if node else 0, next_step=0,
                    resume_commit=None, resume_node=None, node_id=node, attempt_id=None, waiting_for=None,
                    answer=None, message="", created_at=0.0, updated_at=0.0, queued_since=0.0)
+
+
+def from_store(scheduler: Any, read: Any) -> Any:
+    """``read(store)`` on a read-only view of the scheduler's store, closed afterwards."""
+    from cluster.store import Store
+
+    store = Store(Path(scheduler.state_dir) / "hearth.db", readonly=True)
+    try:
+        return read(store)
+    finally:
+        store.close()

@@ -51,9 +51,6 @@ class WorkspaceSnapshots:
         self._latest: str | None = None
         """The snapshot the workspace last matched: the next snapshot hard-links what is unchanged."""
 
-    def __contains__(self, snapshot_id: str) -> bool:
-        return snapshot_id in self._manifests
-
     def path(self, snapshot_id: str) -> Path:
         return self.root / snapshot_id
 
