@@ -13,9 +13,9 @@ with:
 * a worktree's git dirs (its ``.git`` file points outside the workspace) bind-mounted read-only at
   the same path, as the bwrap backend does.
 
-``exec`` runs ``bash -c COMMAND`` through ``docker exec`` and demultiplexes the attach stream
-itself, so output reaches ``on_output`` as it arrives. An exec's first process leads its own
-session; on timeout every process of that session is SIGKILLed from the host (found through
+``exec`` runs ``bash -c COMMAND`` through ``docker exec`` and reads the attach stream with
+docker-py's frame decoder, so output reaches ``on_output`` as it arrives. An exec's first process
+leads its own session; on timeout every process of that session is SIGKILLed from the host (found through
 ``/proc``: containers share the host's kernel), which stops a fork bomb even when the container's
 pid limit would refuse another ``docker exec``. The container, and any concurrent exec, lives on.
 When the command's shell exits, what it left running in the background is killed the same way
@@ -38,15 +38,16 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
-import signal
 import socket
-import struct
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from docker.utils.socket import STDERR, frames_iter
+
+from agent import processes
 from agent.sandbox.base import (
     GUEST_WORKSPACE,
     ExecResult,
@@ -186,18 +187,18 @@ class DockerSandbox:
                 timed_out = True
                 self._kill_exec(leader, local)
                 break
-            if local and not _alive(leader):
-                _kill_session(leader)  # the shell is gone: what it left behind goes too
+            if local and not processes.alive(leader):
+                processes.kill_session(leader)  # the shell is gone: what it left behind goes too
                 break
         if not reader.done.wait(10):
             if local:
-                _kill_session(leader)
+                processes.kill_session(leader)
             if not reader.done.wait(5):
                 reader.close()
         reader.thread.join(5)
         info = _exec_inspect(api, exec_id)
-        if local and not _alive(leader):
-            _kill_session(leader)  # background processes the shell left behind
+        if local and not processes.alive(leader):
+            processes.kill_session(leader)  # background processes the shell left behind
         duration_ms = (time.monotonic() - started) * 1000
         reader.emit.reraise()
         stdout, stderr = reader.text("stdout"), reader.text("stderr")
@@ -218,7 +219,7 @@ class DockerSandbox:
 
     def _kill_exec(self, leader: int, local: bool) -> None:
         if local:
-            _kill_session(leader)
+            processes.kill_session(leader)
             return
         # A remote daemon: no host pids to signal, so restart the container (its workspace survives).
         with contextlib.suppress(Exception):
@@ -332,24 +333,28 @@ class DockerSandbox:
 
 
 def _exec_inspect(api: Any, exec_id: str) -> dict[str, Any]:
-    for _ in range(100):
-        info: dict[str, Any] = api.exec_inspect(exec_id)
-        if not info.get("Running"):
-            return info
-        time.sleep(0.02)
-    return {}
+    """The exec's final state ({} if it still runs after two seconds)."""
+    info: dict[str, Any] = {}
+
+    def finished() -> bool:
+        nonlocal info
+        info = api.exec_inspect(exec_id)
+        return not info.get("Running")
+
+    return info if processes.wait_until(finished, 2.0, 0.02) else {}
 
 
 def _exec_pid(api: Any, exec_id: str) -> int:
     """The host pid of the exec's first process (0 if it has already ended or is not visible)."""
-    for _ in range(200):
+    pid = 0
+
+    def known() -> bool:
+        nonlocal pid
         info = api.exec_inspect(exec_id)
-        if info.get("Pid"):
-            return int(info["Pid"])
-        if info.get("ExitCode") is not None and not info.get("Running"):
-            return 0
-        time.sleep(0.01)
-    return 0
+        pid = int(info.get("Pid") or 0)
+        return bool(pid) or (info.get("ExitCode") is not None and not info.get("Running"))
+
+    return pid if processes.wait_until(known, 2.0, 0.01) else 0
 
 
 def _in_container(pid: int, container_id: str) -> bool:
@@ -358,42 +363,6 @@ def _in_container(pid: int, container_id: str) -> bool:
         return container_id in Path(f"/proc/{pid}/cgroup").read_text()
     except OSError:
         return False
-
-
-def _stat_fields(pid: int) -> list[str]:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rfind(")") + 2:].split()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return _stat_fields(pid)[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
-def _session_members(sid: int) -> list[int]:
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = _stat_fields(int(entry.name))
-        except (OSError, IndexError):
-            continue
-        if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
-
-
-def _kill_session(sid: int, timeout_s: float = 10.0) -> None:
-    """SIGKILL every process of session ``sid`` until none is left (a fork bomb keeps forking)."""
-    deadline = time.monotonic() + timeout_s
-    while (members := _session_members(sid)) and time.monotonic() < deadline:
-        for pid in members:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.01)
 
 
 class _Emitter:
@@ -415,7 +384,8 @@ class _Emitter:
 
 
 class _StreamReader:
-    """Reads a docker attach stream (8-byte frame headers: stream, 0, 0, 0, big-endian length)."""
+    """Reads a docker attach stream with docker-py's frame decoder (``frames_iter``, what
+    ``demux=True`` uses), on a socket of our own so that a stuck exec can be cut off."""
 
     def __init__(self, sock: Any, callback: OutputCallback | None) -> None:
         self._sock = sock
@@ -431,25 +401,12 @@ class _StreamReader:
     def _raw(self) -> Any:
         return getattr(self._sock, "_sock", self._sock)
 
-    def _read_exactly(self, n: int) -> bytes:
-        data = b""
-        raw = self._raw()
-        while len(data) < n:
-            chunk = raw.recv(n - len(data)) if isinstance(raw, socket.socket) else raw.read(n - len(data))
-            if not chunk:
-                raise EOFError
-            data += chunk
-        return data
-
     def _run(self) -> None:
         try:
-            while True:
-                header = self._read_exactly(8)
-                kind, length = header[0], struct.unpack(">I", header[4:])[0]
-                payload = self._read_exactly(length) if length else b""
-                stream = "stderr" if kind == 2 else "stdout"
+            for stream_id, payload in frames_iter(self._raw(), tty=False):
+                stream = "stderr" if stream_id == STDERR else "stdout"
                 self._add(stream, self._decoders[stream].decode(payload))
-        except (EOFError, OSError, ValueError):
+        except (OSError, ValueError):
             pass
         finally:
             for stream, decoder in self._decoders.items():
