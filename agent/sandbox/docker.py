@@ -58,7 +58,8 @@ from agent.sandbox.base import (
     SandboxUnavailable,
     resolve_inside,
 )
-from agent.sandbox.docker_engine import BASE_ENV, BASE_IMAGE, docker_client, image_exists
+from agent.sandbox.docker_base_image import BASE_ENV, BASE_IMAGE
+from agent.sandbox.docker_engine import docker_client, image_exists
 from agent.sandbox.files import safe_name
 from agent.sandbox.snapshots import WorkspaceSnapshots, snapshot_root
 
@@ -94,7 +95,7 @@ class DockerSandbox:
         if not image_exists(self.client, self.image):
             raise SandboxUnavailable(
                 f"docker image {self.image} is missing: build it with "
-                f"`python -m agent.sandbox.docker_engine base-image`"
+                f"`hearth docker base-image`"
             )
         self.snapshot_root = snapshot_root(self.workspace, self.name)
         self._files = WorkspaceSnapshots(self.workspace, self.snapshot_root)
