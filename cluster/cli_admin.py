@@ -52,7 +52,7 @@ def _errors_exit_1(*kinds: type[Exception]) -> Iterator[None]:
 def install_embedded(model: EmbeddedName = "smollm2-135m") -> None:
     """Install the embedded model: Node, node-llama-cpp and the GGUF (idempotent; deploy/setup.sh runs it)."""
     from agent.models.base import ModelUnavailable
-    from agent.models.embedded import install_embedded_model
+    from agent.models.embedded_install import install_embedded_model
 
     with _errors_exit_1(ModelUnavailable):
         install_embedded_model(name=model)

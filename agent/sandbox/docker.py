@@ -61,11 +61,11 @@ from agent.sandbox.base import (
 from agent.sandbox.docker_base_image import BASE_ENV, BASE_IMAGE
 from agent.sandbox.docker_engine import docker_client, image_exists
 from agent.sandbox.files import safe_name
+from agent.sandbox.output import OutputEmitter, TailBuffer
 from agent.sandbox.snapshots import WorkspaceSnapshots, snapshot_root
 
 IMAGE_ENV = "HEARTH_DOCKER_SANDBOX_IMAGE"
 SNAPSHOT_REPOSITORY = "hearth/snapshot"
-OUTPUT_CAP_CHARS = 1_000_000
 TIMEOUT_EXIT_CODE = 124
 SHELL = ["bash", "-c"]
 
@@ -366,36 +366,16 @@ def _in_container(pid: int, container_id: str) -> bool:
         return False
 
 
-class _Emitter:
-    def __init__(self, callback: OutputCallback | None) -> None:
-        self._callback = callback
-        self._error: BaseException | None = None
-
-    def __call__(self, stream: str, text: str) -> None:
-        if self._callback is None or self._error is not None:
-            return
-        try:
-            self._callback(stream, text)
-        except Exception as exc:
-            self._error = exc
-
-    def reraise(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-
 class _StreamReader:
     """Reads a docker attach stream with docker-py's frame decoder (``frames_iter``, what
     ``demux=True`` uses), on a socket of our own so that a stuck exec can be cut off."""
 
     def __init__(self, sock: Any, callback: OutputCallback | None) -> None:
         self._sock = sock
-        self.emit = _Emitter(callback)
+        self.emit = OutputEmitter(callback)
         self.done = threading.Event()
-        self._chunks: dict[str, list[str]] = {"stdout": [], "stderr": []}
-        self._sizes = {"stdout": 0, "stderr": 0}
-        self._dropped = {"stdout": 0, "stderr": 0}
-        self._decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in self._chunks}
+        self._buffers = {"stdout": TailBuffer(), "stderr": TailBuffer()}
+        self._decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in self._buffers}
         self.thread = threading.Thread(target=self._run, name="docker-exec-stream", daemon=True)
         self.thread.start()
 
@@ -421,25 +401,12 @@ class _StreamReader:
                 sock.close()
 
     def _add(self, stream: str, text: str) -> None:
-        if not text:
-            return
-        self.emit(stream, text)
-        self._chunks[stream].append(text)
-        self._sizes[stream] += len(text)
-        if self._sizes[stream] > 2 * OUTPUT_CAP_CHARS:
-            self._trim(stream)
-
-    def _trim(self, stream: str) -> None:
-        joined = "".join(self._chunks[stream])
-        self._dropped[stream] += max(0, len(joined) - OUTPUT_CAP_CHARS)
-        self._chunks[stream] = [joined[-OUTPUT_CAP_CHARS:]]
-        self._sizes[stream] = len(self._chunks[stream][0])
+        if text:
+            self.emit(stream, text)
+            self._buffers[stream].add(text)
 
     def text(self, stream: str) -> str:
-        self._trim(stream)
-        body = self._chunks[stream][0] if self._chunks[stream] else ""
-        dropped = self._dropped[stream]
-        return f"[… {dropped} earlier characters dropped …]\n{body}" if dropped else body
+        return self._buffers[stream].text()
 
     def close(self) -> None:
         raw = self._raw()
