@@ -21,16 +21,20 @@ _GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessLookupError)
 _SAME_START_S = 0.01  # create times come from clock ticks (1/100 s): equal ticks, same process
 
 
-def wait_until(predicate: Callable[[], object], timeout_s: float, interval_s: float = 0.05) -> bool:
+def wait_until(predicate: Callable[[], object], timeout_s: float, interval_s: float = 0.05, *,
+               backoff: float = 1.0, max_interval_s: float = 1.0) -> bool:
     """Poll ``predicate`` until it is truthy or ``timeout_s`` passes; one last look at the end.
 
-    An exception from ``predicate`` ends the wait (the way to say "this will never happen").
+    The pause starts at ``interval_s`` and grows by ``backoff`` up to ``max_interval_s`` (poll finely
+    at first where most waits are short). An exception from ``predicate`` ends the wait: the way to
+    say "this will never happen".
     """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return True
         time.sleep(max(0.0, min(interval_s, deadline - time.monotonic())))
+        interval_s = max(interval_s, min(interval_s * backoff, max_interval_s))
     return bool(predicate())
 
 

@@ -42,6 +42,7 @@ import filelock
 import httpx
 from pydantic import BaseModel
 
+from agent import processes
 from agent.models.base import LoadedModel, ModelEndpoint, ModelUnavailable
 from agent.models.catalogue import (
     Catalogue,
@@ -377,8 +378,9 @@ class DockerModelRuntime:
     def _wait_healthy(
         self, container: Any, spec: ContainerSpec, entry: ModelEntry, started: float | None = None
     ) -> ModelEndpoint:
-        deadline = (started or time.monotonic()) + self.startup_timeout_s
-        while True:
+        found: list[ModelEndpoint] = []
+
+        def healthy() -> bool:
             container.reload()
             if container.status in ("exited", "dead"):
                 code = (container.attrs.get("State") or {}).get("ExitCode")
@@ -390,17 +392,21 @@ class DockerModelRuntime:
                     f"starting; its last log lines:\n{logs}")
             endpoint = self._endpoint(container)
             if endpoint is not None and self._healthy(endpoint, spec.health_path):
-                if entry.engine == "ollama":
-                    self._ollama_load(endpoint, entry)
-                return endpoint
-            if time.monotonic() > deadline:
-                logs = _logs(container)
-                with contextlib.suppress(Exception):
-                    container.remove(force=True)
-                raise ModelUnavailable(
-                    f"model {entry.name!r}: container {container.name} was not healthy on "
-                    f"{spec.health_path} within {self.startup_timeout_s:.0f} s; its last log lines:\n{logs}")
-            time.sleep(0.1)
+                found.append(endpoint)
+                return True
+            return False
+
+        remaining = (started or time.monotonic()) + self.startup_timeout_s - time.monotonic()
+        if not processes.wait_until(healthy, remaining, 0.1):
+            logs = _logs(container)
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+            raise ModelUnavailable(
+                f"model {entry.name!r}: container {container.name} was not healthy on "
+                f"{spec.health_path} within {self.startup_timeout_s:.0f} s; its last log lines:\n{logs}")
+        if entry.engine == "ollama":
+            self._ollama_load(found[0], entry)
+        return found[0]
 
     @staticmethod
     def _healthy(endpoint: ModelEndpoint, path: str) -> bool:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.processes import wait_until
 from agent.sandbox.base import OutputCallback, SandboxError
 
 OUTPUT_CAP = 32 << 20  # per stream
@@ -32,19 +33,23 @@ class Channel:
     """Newline-delimited JSON over a unix socket, with a liveness check while waiting."""
 
     def __init__(self, path: Path, alive: Callable[[], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        connected: list[socket.socket] = []
+
+        def connect() -> bool:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 s.connect(str(path))
-                break
             except OSError:
                 s.close()
                 if not alive():
                     raise AgentDead(f"qemu exited before {path.name} was up") from None
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
+                return False
+            connected.append(s)
+            return True
+
+        if not wait_until(connect, timeout, 0.01):
+            raise TimeoutError(f"{path.name} did not accept a connection within {timeout:.0f} s")
+        s = connected[0]
         s.setblocking(False)
         self.sock = s
         self.alive = alive
@@ -171,18 +176,17 @@ class GuestAgent:
     def run(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
         """A plain guest-exec with captured output (internal commands): exit code, stdout, stderr."""
         pid = self.call("guest-exec", path=argv[0], arg=argv[1:], **{"capture-output": True})["pid"]
-        deadline = time.monotonic() + timeout
-        delay = 0.002
-        while True:
-            st = self.call("guest-exec-status", pid=pid)
-            if st.get("exited"):
-                out = base64.b64decode(st.get("out-data", "")).decode(errors="replace")
-                err = base64.b64decode(st.get("err-data", "")).decode(errors="replace")
-                return int(st.get("exitcode", -1)), out, err
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"guest command {argv!r} did not finish")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.05)
+        status: dict[str, Any] = {}
+
+        def exited() -> bool:
+            status.update(self.call("guest-exec-status", pid=pid))
+            return bool(status.get("exited"))
+
+        if not wait_until(exited, timeout, 0.002, backoff=1.5, max_interval_s=0.05):
+            raise TimeoutError(f"guest command {argv!r} did not finish")
+        out = base64.b64decode(status.get("out-data", "")).decode(errors="replace")
+        err = base64.b64decode(status.get("err-data", "")).decode(errors="replace")
+        return int(status.get("exitcode", -1)), out, err
 
     # file API -------------------------------------------------------------------------------
     def read_file(self, path: str, limit: int = 1 << 30) -> bytes:
