@@ -95,7 +95,7 @@ def status_embedded() -> None:
 def build_image() -> None:
     """Build hearth/llamacpp-cpu, the CPU llama.cpp model image (cached by recipe hash)."""
     from agent.models.base import ModelUnavailable
-    from agent.models.docker_runtime import LOCAL_IMAGE, build_local_llamacpp_image
+    from agent.models.llamacpp_image import LOCAL_IMAGE, build_local_llamacpp_image
 
     with _errors_exit_1(ModelUnavailable):
         started = time.monotonic()
