@@ -73,6 +73,14 @@ def _logs(container: Any, lines: int = LOG_LINES) -> str:
     return text or "(no output)"
 
 
+def _discarded(container: Any, entry: ModelEntry, what: str) -> ModelUnavailable:
+    """Remove a container that failed to start; the error says what happened, with its last logs."""
+    logs = _logs(container)
+    with contextlib.suppress(Exception):
+        container.remove(force=True)
+    return ModelUnavailable(f"model {entry.name!r}: container {container.name} {what}; its last log lines:\n{logs}")
+
+
 def _host_port(container: Any, container_port: int) -> int | None:
     ports = (container.attrs.get("NetworkSettings") or {}).get("Ports") or {}
     for binding in ports.get(f"{container_port}/tcp") or []:
@@ -318,12 +326,7 @@ class DockerModelRuntime:
             container.reload()
             if container.status in ("exited", "dead"):
                 code = (container.attrs.get("State") or {}).get("ExitCode")
-                logs = _logs(container)
-                with contextlib.suppress(Exception):
-                    container.remove(force=True)
-                raise ModelUnavailable(
-                    f"model {entry.name!r}: container {container.name} exited with code {code} while "
-                    f"starting; its last log lines:\n{logs}")
+                raise _discarded(container, entry, f"exited with code {code} while starting")
             endpoint = self._endpoint(container)
             if endpoint is not None and self._healthy(endpoint, spec.health_path):
                 found.append(endpoint)
@@ -332,12 +335,8 @@ class DockerModelRuntime:
 
         remaining = (started or time.monotonic()) + self.startup_timeout_s - time.monotonic()
         if not processes.wait_until(healthy, remaining, 0.1):
-            logs = _logs(container)
-            with contextlib.suppress(Exception):
-                container.remove(force=True)
-            raise ModelUnavailable(
-                f"model {entry.name!r}: container {container.name} was not healthy on "
-                f"{spec.health_path} within {self.startup_timeout_s:.0f} s; its last log lines:\n{logs}")
+            raise _discarded(container, entry,
+                             f"was not healthy on {spec.health_path} within {self.startup_timeout_s:.0f} s")
         if entry.engine == "ollama":
             self._ollama_load(found[0], entry)
         return found[0]

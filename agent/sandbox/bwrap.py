@@ -58,10 +58,9 @@ from agent.sandbox.base import (
     SandboxCrashed,
     SandboxError,
     SandboxUnavailable,
-    resolve_inside,
 )
 from agent.sandbox.cgroups import SandboxCgroup, pid_namespace
-from agent.sandbox.files import safe_name
+from agent.sandbox.files import guest_dir, read_inside, safe_name, worktree_git_dirs, write_inside
 from agent.sandbox.output import OutputEmitter, TailBuffer
 from agent.sandbox.snapshots import WorkspaceSnapshots, snapshot_root
 
@@ -129,7 +128,7 @@ class BwrapSandbox:
         on_output: OutputCallback | None = None,
     ) -> ExecResult:
         self._check_alive()
-        guest_cwd = self._guest_cwd(cwd)
+        guest_cwd = guest_dir(self.workspace, cwd)
         timeout = self.config.exec_timeout_s if timeout_s is None else timeout_s
         status_r, status_w = os.pipe()
         if env and "PATH" in env and self._shell[0] == "bash":  # -l sources /etc/profile, which resets PATH
@@ -226,25 +225,9 @@ class BwrapSandbox:
         return [*argv, "--"]
 
     def _git_binds(self) -> list[str]:
-        """A worktree's ``.git`` is a file naming a git dir elsewhere: show that dir read-only so
-        ``git status``/``diff``/``log`` work inside; commits are made host-side."""
-        dotgit = self.workspace / ".git"
-        if not dotgit.is_file():
-            return []
-        text = dotgit.read_text(errors="replace").strip()
-        if not text.startswith("gitdir:"):
-            return []
-        gitdir = (self.workspace / text.removeprefix("gitdir:").strip()).resolve()
-        common = gitdir / "commondir"
-        dirs = {gitdir, (gitdir / common.read_text().strip()).resolve() if common.is_file() else gitdir}
-        return [arg for d in sorted(dirs) if d.is_dir() for arg in ("--ro-bind", str(d), str(d))]
-
-    def _guest_cwd(self, cwd: str) -> str:
-        host = resolve_inside(self.workspace, cwd)
-        if not host.is_dir():
-            raise SandboxError(f"cwd {cwd!r} is not a directory in the workspace")
-        rel = host.relative_to(self.workspace).as_posix()
-        return GUEST_WORKSPACE if rel == "." else f"{GUEST_WORKSPACE}/{rel}"
+        """A worktree's git dirs, read-only, so ``git status``/``diff``/``log`` work inside;
+        commits are made host-side."""
+        return [arg for d in worktree_git_dirs(self.workspace) for arg in ("--ro-bind", str(d), str(d))]
 
     @staticmethod
     def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -266,13 +249,11 @@ class BwrapSandbox:
 
     def read_file(self, path: str) -> str:
         self._check_alive()
-        return resolve_inside(self.workspace, path).read_text()
+        return read_inside(self.workspace, path)
 
     def write_file(self, path: str, content: str) -> None:
         self._check_alive()
-        target = resolve_inside(self.workspace, path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
+        write_inside(self.workspace, path, content)
 
     # -- snapshots -------------------------------------------------------------------------------
 

@@ -56,11 +56,10 @@ from agent.sandbox.base import (
     SandboxCrashed,
     SandboxError,
     SandboxUnavailable,
-    resolve_inside,
 )
 from agent.sandbox.docker_base_image import BASE_ENV, BASE_IMAGE
 from agent.sandbox.docker_engine import docker_client, image_exists
-from agent.sandbox.files import safe_name
+from agent.sandbox.files import guest_dir, read_inside, safe_name, worktree_git_dirs, write_inside
 from agent.sandbox.output import OutputEmitter, TailBuffer
 from agent.sandbox.snapshots import WorkspaceSnapshots, snapshot_root
 
@@ -138,16 +137,7 @@ class DockerSandbox:
         """Whether the container's processes are this host's (so a timeout can kill them by pid)."""
 
     def _git_dirs(self) -> list[Path]:
-        dotgit = self.workspace / ".git"
-        if not dotgit.is_file():
-            return []
-        text = dotgit.read_text(errors="replace").strip()
-        if not text.startswith("gitdir:"):
-            return []
-        gitdir = (self.workspace / text.removeprefix("gitdir:").strip()).resolve()
-        common = gitdir / "commondir"
-        dirs = {gitdir, (gitdir / common.read_text().strip()).resolve() if common.is_file() else gitdir}
-        return [d for d in sorted(dirs) if d.is_dir() and not d.is_relative_to(self.workspace)]
+        return [d for d in worktree_git_dirs(self.workspace) if not d.is_relative_to(self.workspace)]
 
     def _remove_container(self) -> None:
         if self.container is None:
@@ -168,7 +158,7 @@ class DockerSandbox:
         on_output: OutputCallback | None = None,
     ) -> ExecResult:
         self._check_alive()
-        guest_cwd = self._guest_cwd(cwd)
+        guest_cwd = guest_dir(self.workspace, cwd)
         timeout = self.config.exec_timeout_s if timeout_s is None else timeout_s
         api = self.client.api
         started = time.monotonic()
@@ -241,24 +231,15 @@ class DockerSandbox:
         new, self._oom_seen = count > self._oom_seen, max(count, self._oom_seen)
         return new
 
-    def _guest_cwd(self, cwd: str) -> str:
-        host = resolve_inside(self.workspace, cwd)
-        if not host.is_dir():
-            raise SandboxError(f"cwd {cwd!r} is not a directory in the workspace")
-        rel = host.relative_to(self.workspace).as_posix()
-        return GUEST_WORKSPACE if rel == "." else f"{GUEST_WORKSPACE}/{rel}"
-
     # -- files -----------------------------------------------------------------------------------
 
     def read_file(self, path: str) -> str:
         self._check_alive()
-        return resolve_inside(self.workspace, path).read_text()
+        return read_inside(self.workspace, path)
 
     def write_file(self, path: str, content: str) -> None:
         self._check_alive()
-        target = resolve_inside(self.workspace, path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
+        write_inside(self.workspace, path, content)
 
     # -- snapshots -------------------------------------------------------------------------------
 

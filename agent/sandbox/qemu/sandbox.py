@@ -30,6 +30,7 @@ from agent.sandbox.base import (
     SandboxUnavailable,
     resolve_inside,
 )
+from agent.sandbox.files import read_inside, write_inside
 from agent.sandbox.image import ImageInfo, find_guest_image
 from agent.sandbox.qemu.guest_agent import QMP, AgentDead, GuestAgent, OutputTail
 from agent.sandbox.qemu.helper import HELPER, H, collect
@@ -360,13 +361,10 @@ class QemuSandbox:
         return scan_s
 
     def read_file(self, path: str) -> str:
-        target = resolve_inside(self.workspace, path)
-        return target.read_text()
+        return read_inside(self.workspace, path)
 
     def write_file(self, path: str, content: str) -> None:
-        target = resolve_inside(self.workspace, path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
+        write_inside(self.workspace, path, content)
 
     def snapshot(self) -> str:
         """savevm (RAM, processes, disk) into the overlay + a copy of the host workspace."""

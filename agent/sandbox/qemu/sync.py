@@ -14,6 +14,7 @@ import stat
 import struct
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,8 @@ _CLOCK_REALTIME_COARSE = 5  # Linux; file timestamps come from this clock
 Entry = tuple  # ('d', mode) | ('f', size, mtime_ns, mode) | ('l', target)
 
 
-def scan_workspace(root: Path) -> dict[str, Entry]:
-    """Every entry under ``root`` (not following symlinks), keyed by its relative path."""
-    out: dict[str, Entry] = {}
+def _walk(root: Path) -> Iterator[tuple[str, str, os.stat_result]]:
+    """(relative path, path, lstat) of every entry under ``root``, never following a symlink."""
     stack = [("", str(root))]
     while stack:
         rel, path = stack.pop()
@@ -38,18 +38,26 @@ def scan_workspace(root: Path) -> dict[str, Entry]:
             continue
         with it:
             for e in it:
-                r = f"{rel}{e.name}"
                 try:
                     st = e.stat(follow_symlinks=False)
                 except OSError:
                     continue
-                if stat.S_ISLNK(st.st_mode):
-                    out[r] = ("l", os.readlink(e.path))
-                elif stat.S_ISDIR(st.st_mode):
-                    out[r] = ("d", stat.S_IMODE(st.st_mode))
+                r = f"{rel}{e.name}"
+                if stat.S_ISDIR(st.st_mode):
                     stack.append((r + "/", e.path))
-                elif stat.S_ISREG(st.st_mode):
-                    out[r] = ("f", st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+                yield r, e.path, st
+
+
+def scan_workspace(root: Path) -> dict[str, Entry]:
+    """Every entry under ``root`` (not following symlinks), keyed by its relative path."""
+    out: dict[str, Entry] = {}
+    for r, path, st in _walk(root):
+        if stat.S_ISLNK(st.st_mode):
+            out[r] = ("l", os.readlink(path))
+        elif stat.S_ISDIR(st.st_mode):
+            out[r] = ("d", stat.S_IMODE(st.st_mode))
+        elif stat.S_ISREG(st.st_mode):
+            out[r] = ("f", st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
     return out
 
 
@@ -191,25 +199,11 @@ def copy_tree(src: Path, dst: Path) -> None:
 def identity(root: Path) -> dict[str, tuple[Any, ...]]:
     """Per entry: what tells that it was touched since (inode and ctime; ctime cannot be set)."""
     out: dict[str, tuple[Any, ...]] = {}
-    stack = [("", str(root))]
-    while stack:
-        rel, path = stack.pop()
-        try:
-            it = os.scandir(path)
-        except OSError:
-            continue
-        with it:
-            for e in it:
-                r = f"{rel}{e.name}"
-                try:
-                    st = e.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    out[r] = ("d", st.st_ino, st.st_mode)
-                    stack.append((r + "/", e.path))
-                else:
-                    out[r] = (stat.S_IFMT(st.st_mode), st.st_ino, st.st_ctime_ns, st.st_mode)
+    for r, _, st in _walk(root):
+        if stat.S_ISDIR(st.st_mode):
+            out[r] = ("d", st.st_ino, st.st_mode)
+        else:
+            out[r] = (stat.S_IFMT(st.st_mode), st.st_ino, st.st_ctime_ns, st.st_mode)
     return out
 
 
