@@ -139,12 +139,31 @@ def cleanup_stale(state_dir: Path | None = None) -> list[str]:
     return removed
 
 
-def finalize(proc: subprocess.Popen[bytes], run_dir: Path, sock_dir: Path) -> None:
-    """Kill QEMU and remove its run (and socket) directory: destroy(), a failed boot, or GC."""
+def kill_qemu(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL our QEMU child and reap it."""
     if proc.poll() is None:
         proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+
+
+def diagnostics(proc: subprocess.Popen[bytes], run_dir: Path) -> str:
+    """The tails of QEMU's stderr and the guest console, and QEMU's exit status: what a boot or
+    crash error shows."""
+    parts = []
+    for f in (run_dir / "qemu.err", run_dir / "console.log"):
+        with contextlib.suppress(OSError):
+            text = f.read_text(errors="replace").strip()
+            if text:
+                parts.append(f"{f.name}: {text[-1500:]}")
+    if proc.poll() is not None:
+        parts.append(f"qemu exit status {proc.returncode}")
+    return "\n".join(parts)
+
+
+def finalize(proc: subprocess.Popen[bytes], run_dir: Path, sock_dir: Path) -> None:
+    """Kill QEMU and remove its run (and socket) directory: destroy(), a failed boot, or GC."""
+    kill_qemu(proc)
     shutil.rmtree(run_dir, ignore_errors=True)
     if sock_dir != run_dir:
         shutil.rmtree(sock_dir, ignore_errors=True)

@@ -39,7 +39,9 @@ from agent.sandbox.qemu.machine import (
     cleanup_stale,
     default_state_dir,
     detect_accel,
+    diagnostics,
     finalize,
+    kill_qemu,
     qemu_argv,
     write_owner,
 )
@@ -142,7 +144,7 @@ class QemuSandbox:
                 self._save(CLEAN)
             self._initial_sync()
         except (AgentDead, TimeoutError, SandboxError, OSError) as e:
-            detail = self._diagnostics()
+            detail = diagnostics(self.proc, self.run_dir)
             self._finalizer()  # kills qemu, removes the run dir
             raise SandboxUnavailable(f"qemu sandbox failed to boot: {e}\n{detail}") from e
         self.boot_s = time.monotonic() - t0
@@ -156,28 +158,11 @@ class QemuSandbox:
     def _qemu_alive(self) -> bool:
         return self.proc.poll() is None
 
-    def _diagnostics(self) -> str:
-        parts = []
-        for f in (self.run_dir / "qemu.err", self.console_log):
-            with contextlib.suppress(OSError):
-                text = f.read_text(errors="replace").strip()
-                if text:
-                    parts.append(f"{f.name}: {text[-1500:]}")
-        if self.proc.poll() is not None:
-            parts.append(f"qemu exit status {self.proc.returncode}")
-        return "\n".join(parts)
-
-    def _kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
-
     def _crashed(self, what: str, last_output: str = "",
                  cause: BaseException | None = None) -> SandboxCrashed:
-        detail = self._diagnostics()
+        detail = diagnostics(self.proc, self.run_dir)
         self._dead = f"{what}: {cause}" if cause else what
-        self._kill()
+        kill_qemu(self.proc)
         msg = f"qemu sandbox {self.run_dir.name} died {what}"
         if detail:
             msg += f"\n{detail}"
@@ -409,7 +394,7 @@ class QemuSandbox:
                 try:
                     self.proc.wait(5)
                 except subprocess.TimeoutExpired:
-                    self._kill()
+                    kill_qemu(self.proc)
             for ch in (getattr(self, "_qmp", None), getattr(self, "_qga", None)):
                 if ch is not None:
                     ch.ch.close()
