@@ -43,6 +43,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sse_starlette.sse import EventSourceResponse
 
+from agent.events import EventAdapter
+from cluster.slack import decided_blocks, reply_in_thread
 from cluster.states import TERMINAL, TaskState
 from cluster.store import Store, TaskRow, UnknownTask
 
@@ -107,6 +109,15 @@ class DecisionRequest(BaseModel):
     channel: str = ""
     checkpoint: int | None = None
     """The seq of the CheckpointReady event this decides (a second click on the same card acts once)."""
+    dry_run: bool = False
+    """Only check that ``who`` may take this decision now (before a reason dialog opens); decide nothing."""
+
+
+class ThreadReplyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    who: str
+    """The chat user who wrote it (Slack: ``U…``)."""
 
 
 class PriorityRequest(BaseModel):
@@ -375,6 +386,10 @@ def create_app(scheduler: Callable[[], Any], store_path: Path, token: str, *, pl
                 return found
             raise HTTPException(status_code=409, detail=(
                 f"{task_id} is {task.state.value}; checkpoint #{body.checkpoint} no longer awaits approval"))
+        if body.dry_run:
+            if current is None:
+                raise HTTPException(status_code=409, detail=f"{task_id} is {task.state.value}; nothing awaits approval")
+            return {**read_task(task_id), "duplicate": False, "dry_run": True}
         try:
             result = dict(await call("decide", task_id, approve, body.reason, body.who))
         except HTTPException as exc:
@@ -386,6 +401,47 @@ def create_app(scheduler: Callable[[], Any], store_path: Path, token: str, *, pl
                 return found
             raise
         return {**result, "duplicate": False}
+
+    @app.post("/v1/chat/{channel}/threads/{thread_id}/reply")
+    async def thread_reply(channel: str, thread_id: str, body: ThreadReplyRequest,
+                           caller: Caller = need("answer")) -> dict[str, Any]:
+        """A message in a task's chat thread (cluster/slack.py): answers, decides, or says why not."""
+        db = store()
+        try:
+            task_id = db.task_of_thread(channel, thread_id)
+            if task_id is None:
+                return {"task_id": None, "text": ""}  # not a Hearth thread: the chat goes on as usual
+            pending = _pending(db, db.task(task_id))
+
+            async def answer_(tid: str, text: str, who: str, seq: int) -> dict[str, Any]:
+                return await answer(tid, AnswerRequest(text=text, who=who, channel=channel, question=seq), caller)
+
+            async def decide_(tid: str, approve: bool, reason: str, who: str, seq: int) -> dict[str, Any]:
+                request = DecisionRequest(decision="approve" if approve else "reject", reason=reason, who=who,
+                                          channel=channel, checkpoint=seq)
+                if "decide" not in caller.rights:
+                    raise HTTPException(status_code=403, detail="this token may not decide")
+                return await decision(tid, request, caller)
+
+            text = await reply_in_thread(db, task_id, pending, body.text, body.who, answer_, decide_)
+        finally:
+            db.close()
+        return {"task_id": task_id, "text": text}
+
+    @app.get("/v1/chat/{channel}/card/{task_id}/{seq}", dependencies=auth)
+    async def decided_card(channel: str, task_id: str, seq: int) -> dict[str, Any]:
+        """A decided checkpoint's card as the chat shows it after the decision (no buttons; who, when)."""
+        from cluster.openclaw import render
+
+        row = read_row(task_id)
+        pairs = [p for p in asks(task_id, "checkpoint_ready", "decision_made") if p[0]["seq"] == seq]
+        if not pairs or pairs[0][1] is None:
+            raise HTTPException(status_code=409, detail=f"{task_id} checkpoint #{seq} is not decided")
+        ask, reply = pairs[0]
+        assert reply is not None
+        text = render(EventAdapter.validate_python(ask), row).text
+        return {"text": text, "blocks": decided_blocks(text, bool(reply["approve"]), str(reply["who"]),
+                                                       float(reply["at"]))}
 
     @app.get("/v1/nodes", dependencies=[need("nodes")])
     async def nodes() -> list[dict[str, Any]]:

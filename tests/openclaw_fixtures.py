@@ -263,13 +263,15 @@ def _alive(pid: int) -> bool:
 
 
 class Gateway:
-    """One real ``openclaw gateway run`` with Telegram pointed at ``FakeTelegram`` and the Hearth plugin."""
+    """One real ``openclaw gateway run`` with Telegram pointed at ``FakeTelegram``, the Hearth plugin and,
+    given ``slack`` (a ``slack_fixtures.FakeSlack``), the official ``@openclaw/slack`` plugin in HTTP
+    (Events API) mode with its Web API pointed at that stand-in."""
 
     token = "gw-" + secrets.token_hex(16)
 
     def __init__(self, home: Path, root: Path, telegram: FakeTelegram, sidecar_url: str, plugin_token_file: Path,
-                 allow_from: list[str]) -> None:
-        self.home, self.root, self.telegram = home, root, telegram
+                 allow_from: list[str], slack: Any = None) -> None:
+        self.home, self.root, self.telegram, self.slack = home, root, telegram, slack
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -286,14 +288,33 @@ class Gateway:
                 "allowFrom": allow_from, "capabilities": {"inlineButtons": "dm"},
                 "network": {"dangerouslyAllowPrivateNetwork": True}}},
         }
+        if slack is not None:
+            self._add_slack(config, slack)
         (root / "openclaw.json").write_text(json.dumps(config, indent=2))
+
+    def _add_slack(self, config: dict[str, Any], slack: Any) -> None:
+        """Slack in HTTP mode. OpenClaw runs a channel plugin only when its state records the official
+        npm install, so the record install.sh made (slack-state/) is copied into this gateway's state."""
+        import shutil
+
+        record = self.home / "slack-state" / "state" / "openclaw.sqlite"
+        (self.root / "state" / "state").mkdir(parents=True, exist_ok=True)
+        shutil.copy(record, self.root / "state" / "state" / "openclaw.sqlite")
+        config["plugins"]["allow"].append("slack")
+        config["plugins"]["entries"]["slack"] = {"enabled": True}
+        config["channels"]["slack"] = {
+            "enabled": True, "mode": "http", "botToken": slack.bot_token, "signingSecret": slack.signing_secret,
+            "webhookPath": "/slack/events", "groupPolicy": "open", "dmPolicy": "open", "allowFrom": ["*"],
+            "requireMention": False, "commands": {"native": True}}
+        slack.webhook = f"{self.url}/slack/events"
 
     def env(self) -> dict[str, str]:
         path = f"{node_bin(self.home)}:{self.home / 'gateway' / 'node_modules' / '.bin'}:{os.environ['PATH']}"
         return {**os.environ, "PATH": path, "OPENCLAW_HOME": str(self.root / "home"),
                 "OPENCLAW_STATE_DIR": str(self.root / "state"),
                 "OPENCLAW_CONFIG_PATH": str(self.root / "openclaw.json"),
-                "OPENCLAW_DISABLE_BONJOUR": "1", "OPENCLAW_NO_AUTO_UPDATE": "1", "OPENCLAW_OFFLINE": "1"}
+                "OPENCLAW_DISABLE_BONJOUR": "1", "OPENCLAW_NO_AUTO_UPDATE": "1", "OPENCLAW_OFFLINE": "1",
+                **({"SLACK_API_URL": self.slack.api_url} if self.slack is not None else {})}
 
     def start(self, timeout_s: float = 240) -> float:
         """Start and wait until ``/readyz`` says ready; returns the seconds it took."""
