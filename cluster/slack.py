@@ -164,3 +164,37 @@ async def reply_in_thread(db: Store, task_id: str, pending: dict[str, Any] | Non
 
 def _mention(who: str) -> str:
     return f"<@{who}>" if who[:1] in ("U", "W") and who.isalnum() else who or "someone"
+
+
+def gateway_slack_config(*, bot_token: str, signing_secret: str, channels: list[str],
+                         webhook_path: str = "/slack/events") -> dict[str, Any]:
+    """The Slack part of the gateway's openclaw.json, as ``hearth openclaw connect --slack`` writes it.
+
+    HTTP (Events API) mode: Slack POSTs events, clicks, dialogs and ``/hearth`` to ``webhook_path``
+    on the gateway, signed with the app's signing secret (forged or stale requests get 401). Native
+    commands make ``/hearth`` the Hearth plugin's command; the project channels take messages without
+    an @mention, so a plain reply in a task's thread reaches the plugin.
+    """
+    return {
+        "plugins": {"entries": {"slack": {"enabled": True}}},
+        "channels": {"slack": {
+            "enabled": True, "mode": "http", "botToken": bot_token, "signingSecret": signing_secret,
+            "webhookPath": webhook_path, "groupPolicy": "allowlist",
+            "channels": {channel: {"requireMention": False} for channel in channels},
+            "commands": {"native": True},
+        }},
+    }
+
+
+def merge_config(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` laid over ``base``: objects merged key by key, lists joined (``plugins.load.paths``
+    keeps the gateway's other plugins), other values from ``extra``."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_config(merged[key], value)
+        elif isinstance(value, list) and isinstance(merged.get(key), list):
+            merged[key] = merged[key] + [item for item in value if item not in merged[key]]
+        else:
+            merged[key] = value
+    return merged
