@@ -169,11 +169,15 @@ async function listTasks(cfg: HearthConfig): Promise<string> {
   return [`Tasks (${open.length}):`, ...open.slice(0, 30).map((t) => `${t.id} (${t.project}) ${t.state}: ${t.name}`)].join("\n");
 }
 
+// OpenClaw lower-cases some Slack sender ids; Slack's own (U…, W…) are upper case, as approvers list them.
+const slackUser = (id: unknown): string => String(id ?? "").toUpperCase();
+
 async function command(cfg: HearthConfig, ctx: CommandContext): Promise<Reply> {
   const args = (ctx.args ?? "").trim();
   const [verb = "", ...rest] = args.split(/\s+/);
-  const who = String(ctx.senderId ?? "");
-  const channel = String(ctx.channelId ?? ctx.channel ?? "");
+  const isSlack = ctx.channel === "slack" || ctx.channelId === "slack";
+  const channel = isSlack ? "slack" : String(ctx.channelId ?? ctx.channel ?? "");
+  const who = isSlack ? slackUser(ctx.senderId) : String(ctx.senderId ?? "");
   const sub = verb.toLowerCase();
   if (sub === "status" && rest[0]) {
     const taskId = rest[0].toUpperCase();
@@ -264,7 +268,7 @@ function reasonFrom(interaction: SlackInteraction): string {
 async function slackClicked(cfg: HearthConfig, api: PluginApi, ctx: InteractiveContext): Promise<{ handled: boolean }> {
   const it = ctx.interaction ?? {};
   const payload = it.payload ?? (it.value ?? "").replace(/^hearth:/, "");
-  const who = String(ctx.senderId ?? "");
+  const who = slackUser(ctx.senderId);
   const say = async (text: string) => { await ctx.respond?.reply?.({ text }); };
   if (it.kind === "view_submission") {
     // The reason dialog: "reason:T-12:<seq>:<channel>:<card ts>" from its private metadata.
@@ -313,7 +317,7 @@ async function slackClicked(cfg: HearthConfig, api: PluginApi, ctx: InteractiveC
 async function threadReply(cfg: HearthConfig, event: DispatchEvent, ctx: DispatchContext) {
   const thread = String(event.replyToId ?? ctx.replyToId ?? "");
   if (!thread) return;
-  const who = String(event.senderId ?? ctx.senderId ?? "");
+  const who = slackUser(event.senderId ?? ctx.senderId);
   const r = await sidecar(cfg, "POST", `/v1/chat/slack/threads/${encodeURIComponent(thread)}/reply`, {
     text: (event.content ?? "").trim(), who,
   });
