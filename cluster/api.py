@@ -43,7 +43,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sse_starlette.sse import EventSourceResponse
 
-from cluster.states import TERMINAL, TaskState
+from cluster.scheduling.states import TERMINAL, TaskState
 from cluster.store import Store, TaskRow, UnknownTask
 
 if TYPE_CHECKING:
@@ -376,7 +376,7 @@ def create_app(scheduler: Callable[[], Any], store_path: Path, token: str, *, pl
             raise HTTPException(status_code=409, detail=(
                 f"{task_id} is {task.state.value}; checkpoint #{body.checkpoint} no longer awaits approval"))
         try:
-            result = dict(await call("decide", task_id, approve, body.reason, body.who))
+            result = dict(await call("approve_or_reject", task_id, approve, body.reason, body.who))
         except HTTPException as exc:
             if exc.status_code != 409 or current is None:
                 raise

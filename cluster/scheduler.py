@@ -46,10 +46,17 @@ from agent.models.scripted import scripted_model
 from agent.prd import PrdError, load_prd, parse_prd_text
 from agent.project import ProjectError, open_project
 from agent.runner import TaskSpec
-from cluster.placement import PendingLoads, build_snapshot, model_spec, project_policy, slots, with_pending_loads
-from cluster.policy import PolicyConfig, decide, feasible
-from cluster.policy_model import QueuedTask
-from cluster.states import TERMINAL, TaskState
+from cluster.scheduling.policy import PolicyConfig, decide, feasible
+from cluster.scheduling.snapshot import (
+    PendingLoads,
+    build_snapshot,
+    model_spec,
+    project_policy,
+    slots,
+    with_pending_loads,
+)
+from cluster.scheduling.states import TERMINAL, TaskState
+from cluster.scheduling.types import QueuedTask
 from cluster.store import SYSTEM_WHO, Store, TaskRow, UnknownTask
 from cluster.task_actor import NAMESPACE, SCHEDULER_NAME, TaskActor, attempt_actor_name
 
@@ -423,7 +430,7 @@ class Scheduler:
             if action == "cancel":
                 await self.cancel(task.id, who=who)
             else:
-                await self.decide(task.id, approve=action == "approve", who=who,
+                await self.approve_or_reject(task.id, approve=action == "approve", who=who,
                                   reason=f"no decision within {timeout:g} s; the project's default is {action}")
 
     # people ------------------------------------------------------------------------------------
@@ -449,7 +456,7 @@ class Scheduler:
         self.wake.set()
         return self.store.task(task_id).model_dump(mode="json")
 
-    async def decide(self, task_id: str, approve: bool, reason: str, who: str) -> dict[str, Any]:
+    async def approve_or_reject(self, task_id: str, approve: bool, reason: str, who: str) -> dict[str, Any]:
         self._ensure_started()
         task = self.store.task(task_id)
         if task.state != S.awaiting_approval:

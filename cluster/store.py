@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent.events import Event, EventAdapter
-from cluster.states import TaskState, transition
+from cluster.scheduling.states import TaskState, transition
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (

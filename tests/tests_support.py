@@ -69,7 +69,7 @@ def configure(project: Path, **values: object) -> None:
 
 def queued_row(task_id: str, model: str, *, node: str | None = None, project: str = "p") -> Any:
     """A store row for a task of project ``project`` (placed on ``node`` if given, else queued)."""
-    from cluster.states import TaskState
+    from cluster.scheduling.states import TaskState
     from cluster.store import TaskRow
 
     return TaskRow(id=task_id, number=int(task_id.split("-")[1]), project=project, name=task_id,

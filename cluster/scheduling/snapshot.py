@@ -1,6 +1,6 @@
 """From what the scheduler knows to the policy's ``Snapshot`` (gather), and back (what to apply).
 
-The policy (``cluster/policy.py``) is pure; this module is the only place that knows how store
+The policy (``cluster/scheduling/policy.py``) is pure; this module is the only place that knows how store
 rows, Ray's node table and the node inventories map onto it:
 
 * a node's task capacity is its ``hearth_slots`` resource (else its CPUs), given to the policy as
@@ -19,7 +19,7 @@ from typing import Any
 
 from agent.config import ProjectConfig
 from agent.models import ModelError, split_spec
-from cluster.policy_model import (
+from cluster.scheduling.types import (
     GpuState,
     LoadedModelState,
     ModelSpec,
