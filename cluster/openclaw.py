@@ -49,7 +49,6 @@ import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from agent.events import (
-    REASONS,
     AttemptEnded,
     CheckpointReady,
     ClarificationRequested,
@@ -61,6 +60,7 @@ from agent.events import (
     TaskFailed,
     TaskRequeued,
 )
+from cluster.scheduling.endings import ENDINGS
 from cluster.store import OutboxEntry, Store, TaskRow, UnknownTask
 
 log = logging.getLogger("hearth.openclaw")
@@ -165,10 +165,10 @@ def render(event: Event, task: TaskRow | None = None) -> Card:
                          + (f": {commits}" if commits else "") + ".")
     if isinstance(event, TaskFailed):
         return Card(text=f"{head} Failed{where}: {event.reason.value}. {_clip(event.message, 500)}\n"
-                         f"{REASONS[event.reason].sentence}")
+                         f"{ENDINGS[event.reason].sentence}")
     if isinstance(event, AttemptEnded):
         return Card(text=f"{head} Attempt {event.attempt_id or ''} ended: {event.reason.value}{where}. "
-                         f"{REASONS[event.reason].sentence} {_clip(event.message, 300)}".rstrip())
+                         f"{ENDINGS[event.reason].sentence} {_clip(event.message, 300)}".rstrip())
     if isinstance(event, ModelOutage):
         after = ("it is back and the step goes on" if event.recovered
                  else "it did not come back in time; the attempt ends and the task is retried")

@@ -46,6 +46,7 @@ from agent.models.scripted import scripted_model
 from agent.prd import PrdError, load_prd, parse_prd_text
 from agent.project import ProjectError, open_project
 from agent.runner import TaskSpec
+from cluster.scheduling.endings import ENDINGS
 from cluster.scheduling.policy import PolicyConfig, decide, feasible
 from cluster.scheduling.snapshot import (
     PendingLoads,
@@ -300,33 +301,31 @@ class Scheduler:
             self._finish(task_id, attempt_id, result)
 
     def _finish(self, task_id: str, attempt_id: str, result: dict[str, Any]) -> None:
+        """Apply an attempt's result: ``ENDINGS`` says where its reason takes the task."""
         task = self.store.task(task_id)
         if task.attempt_id != attempt_id or task.state in TERMINAL:
             return
         reason = TerminationReason(result["reason"])
         message = result.get("message", "")
+        ending = ENDINGS[reason]
         self.store.end_attempt(attempt_id, reason.value)
         ended = AttemptEnded(task_id=task_id, attempt_id=attempt_id, reason=reason, message=message)
-        if reason == TerminationReason.completed:
-            self.store.set_state(task_id, S.completed, ended, attempt_id=None, next_step=result["next_step"])
-        elif reason == TerminationReason.preempted:
-            self.store.set_state(task_id, S.queued, ended, attempt_id=None, resume_node=task.node_id,
-                                 next_step=result["next_step"], resume_commit=result.get("resume_commit"))
-            self.store.append_event(TaskRequeued(task_id=task_id, reason=reason, from_step=result["next_step"]))
-        elif reason == TerminationReason.waiting_input:
-            parked = {"attempt_id": None, "resume_node": task.node_id, "next_step": result["next_step"],
-                      "resume_commit": result.get("resume_commit")}
-            if task.answer is not None:
-                self.store.set_state(task_id, S.queued, ended, waiting_for=None, **parked)
-            else:
-                self.store.set_state(task_id, S.waiting_input, ended, **parked)
-        elif reason == TerminationReason.cancelled:
-            self.store.set_state(task_id, S.cancelled, ended, attempt_id=None)
-        elif reason == TerminationReason.error and task.attempts < self._max_attempts(task):
+        if ending.retry and task.attempts < self._max_attempts(task):
             self._requeue_from_zero(task, ended, reason)
-        else:
+        elif ending.retry or ending.next_state == S.failed:
             self.store.set_state(task_id, S.failed, ended, attempt_id=None, message=message)
             self.store.append_event(TaskFailed(task_id=task_id, reason=reason, message=message))
+        elif ending.keeps_work:
+            parked = {"attempt_id": None, "resume_node": task.node_id, "next_step": result["next_step"],
+                      "resume_commit": result.get("resume_commit")}
+            if ending.next_state == S.waiting_input and task.answer is not None:  # answered meanwhile
+                self.store.set_state(task_id, S.queued, ended, waiting_for=None, **parked)
+            else:
+                self.store.set_state(task_id, ending.next_state, ended, **parked)
+            if ending.next_state == S.queued:
+                self.store.append_event(TaskRequeued(task_id=task_id, reason=reason, from_step=result["next_step"]))
+        else:
+            self.store.set_state(task_id, ending.next_state, ended, attempt_id=None, next_step=result["next_step"])
         self.wake.set()
 
     def _max_attempts(self, task: TaskRow) -> int:
@@ -340,7 +339,7 @@ class Scheduler:
         reason = TerminationReason.node_lost if task.node_id not in alive else TerminationReason.error
         self.store.end_attempt(attempt_id, reason.value)
         ended = AttemptEnded(task_id=task.id, attempt_id=attempt_id, reason=reason, message=detail)
-        if task.attempts < self._max_attempts(task):
+        if ENDINGS[reason].retry and task.attempts < self._max_attempts(task):
             self._requeue_from_zero(task, ended, reason)
         else:
             message = f"gave up after {task.attempts} attempts: {detail}"
