@@ -31,8 +31,6 @@ import contextlib
 import hmac
 import json
 import logging
-import os
-import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +41,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sse_starlette.sse import EventSourceResponse
 
+from cluster.private_files import ensure_token_file
 from cluster.scheduling.states import TERMINAL, TaskState
 from cluster.store import Store, TaskRow, UnknownTask
 
@@ -62,17 +61,6 @@ class Caller(BaseModel):
 
 ADMIN = Caller(role="admin", rights=RIGHTS)
 PLUGIN = Caller(role="plugin", rights=PLUGIN_RIGHTS)
-
-
-def ensure_token_file(path: Path) -> str:
-    """The token in ``path``, made (random, 0600, never world-readable even briefly) if missing."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
 
 
 class SubmitRequest(BaseModel):

@@ -7,7 +7,6 @@ Exit codes: 0 success, 1 a task ended failed/cancelled (``submit --follow``), 2 
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -239,8 +238,9 @@ def openclaw_connect(
 ) -> None:
     """Tell Hearth where the gateway is (it then sends questions and approval cards there), and print
     the settings the gateway's hearth plugin needs."""
-    from cluster.api import PLUGIN_TOKEN_FILE, ensure_token_file
+    from cluster.api import PLUGIN_TOKEN_FILE
     from cluster.openclaw import GATEWAY_CONFIG_FILE, GATEWAY_TOKEN_FILE
+    from cluster.private_files import ensure_token_file, write_private
 
     parsed = httpx.URL(url) if "://" in url else None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
@@ -253,11 +253,7 @@ def openclaw_connect(
         fail(f"--token-file {token_file}: the file is empty; it must hold the gateway's gateway.auth.token")
     state = local.state_dir()
     secret = state / GATEWAY_TOKEN_FILE
-    partial = secret.with_suffix(".partial")
-    partial.unlink(missing_ok=True)
-    with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
-        handle.write(token + "\n")
-    partial.replace(secret)
+    write_private(secret, token + "\n")
     (state / GATEWAY_CONFIG_FILE).write_text(json.dumps({"url": url.rstrip("/")}) + "\n")
     plugin_token = state / PLUGIN_TOKEN_FILE
     ensure_token_file(plugin_token)

@@ -2,7 +2,7 @@
 
 Each cycle it gathers a picture (queued tasks, running attempts, alive nodes), decides where
 queued tasks go, creates ``TaskActor``s with hard node affinity, and reaps finished attempts.
-Reports from attempts arrive through ``report``/``at_checkpoint``/``await_*``; a report from an
+Reports from attempts arrive through ``report``/``at_checkpoint``/``await_decision``; a report from an
 attempt that is not the task's current one is dropped (a late reply from a dead attempt).
 
 Ray restarts the actor if it dies (``max_restarts=-1``); the new instance rebuilds from the
@@ -387,11 +387,6 @@ class Scheduler:
             return "cancel"
         return "yield" if task.state == S.yielding else "continue"
 
-    async def await_answer(self, attempt_id: str, step_id: str, question: str) -> None:
-        """Never blocks: the attempt parks itself (frees its slot) and a new one resumes on the answer."""
-        self._ensure_started()
-        return None
-
     async def await_decision(self, attempt_id: str, step_id: str) -> dict[str, Any]:
         self._ensure_started()
         task = self._current(attempt_id)
@@ -504,15 +499,6 @@ class Scheduler:
         self.store.update_task(task_id, priority=value)
         self.store.append_event(PriorityChanged(task_id=task_id, priority=value))
         self.wake.set()
-        return self.store.task(task_id).model_dump(mode="json")
-
-    async def preempt(self, task_id: str) -> dict[str, Any]:
-        """Ask a running task to yield at its next checkpoint (never mid-step)."""
-        self._ensure_started()
-        task = self.store.task(task_id)
-        if task.state != S.running:
-            raise Conflict(f"{task_id} is {task.state.value}; only running tasks can be pre-empted")
-        self.store.set_state(task_id, S.yielding)
         return self.store.task(task_id).model_dump(mode="json")
 
     async def nodes(self) -> list[dict[str, Any]]:

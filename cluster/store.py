@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent.events import Event, EventAdapter
+from cluster.private_files import create_private_file, private_dir
 from cluster.scheduling.states import TaskState, transition
 
 SCHEMA = """
@@ -93,7 +94,7 @@ class Store:
         if readonly:
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(private_dir(path.parent) / path.name)
             self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")

@@ -66,7 +66,6 @@ class RayController:
         return Decision.model_validate(self.link.call("await_decision", step_id))
 
     def await_answer(self, step_id: str, question: str) -> Answer | None:
-        self.link.call("await_answer", step_id, question)
         return None  # park: free the node while people think; the answer starts a new attempt
 
 
@@ -86,9 +85,6 @@ class TaskActor:
         self._done = threading.Event()
         self._result: RunResult | None = None
         self._thread: threading.Thread | None = None
-
-    def node_id(self) -> str:
-        return ray.get_runtime_context().get_node_id()
 
     def start(self) -> None:
         if self._thread is None:

@@ -10,7 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from openclaw_fixtures import make_project
 
-from cluster.api import create_app, ensure_token_file
+from cluster.api import create_app
+from cluster.private_files import ensure_token_file
 from cluster.scheduler import wait_for
 from cluster.store import Store
 
