@@ -60,8 +60,9 @@ from agent.events import (
     TaskFailed,
     TaskRequeued,
 )
+from cluster.errors import HearthError, UnknownTask
 from cluster.scheduling.endings import ENDINGS
-from cluster.store import OutboxEntry, Store, TaskRow, UnknownTask
+from cluster.store import OutboxEntry, Store, TaskRow
 
 log = logging.getLogger("hearth.openclaw")
 
@@ -118,9 +119,9 @@ def tag(event: Event) -> str:
 def _step_title(task: TaskRow | None, step_id: str) -> str:
     if task is None:
         return ""
-    for step in task.spec.get("plan", {}).get("steps", []):
-        if step.get("id") == step_id:
-            return str(step.get("title", ""))
+    for step in task.spec.plan.steps:
+        if step.id == step_id:
+            return step.title
     return ""
 
 
@@ -186,7 +187,7 @@ def render(event: Event, task: TaskRow | None = None) -> Card:
 
 
 # the gateway -------------------------------------------------------------------------------------
-class DeliveryError(Exception):
+class DeliveryError(HearthError):
     """The gateway did not acknowledge a message (the sentence never contains the token).
 
     ``maybe_delivered``: the request may have reached the gateway (a timeout or a dropped
@@ -371,8 +372,7 @@ class Notifier:
             task: TaskRow | None = store.task(entry.task_id)
         except UnknownTask:
             task = None
-        notify = (task.spec.get("config", {}).get("notify") or {}) if task else {}
-        channel, target = str(notify.get("channel", "")), str(notify.get("target", ""))
+        channel, target = (task.spec.config.notify.channel, task.spec.config.notify.target) if task else ("", "")
         if not channel or not target:
             store.outbox_ack(entry.event_id, message_id=None,
                              outcome="skipped: no [notify] channel and target")
