@@ -54,7 +54,10 @@ def create_app(scheduler: SchedulerClient, store_path: Path, token: str, *, plug
     app.state.store_path = store_path
     app.state.tokens = token_table(token, plugin_token)
     for router in ROUTERS:
-        app.include_router(router)
+        # Each router's prefix is already in its routes' paths. Added flat rather than with
+        # include_router (which FastAPI >= 0.165 keeps as one nested entry), so ``app.routes`` lists
+        # every endpoint: the token test walks it to prove no route is open.
+        app.router.routes.extend(router.routes)
 
     @app.exception_handler(HearthError)
     async def refused(_: Request, exc: HearthError) -> JSONResponse:
