@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -19,10 +20,11 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.config import ConfigError, parse_priority
-from agent.events import EventAdapter
+from agent.events import Event
 from agent.prd import PrdError, load_prd
 from agent.project import ProjectError, checkpoint_commits, init_project, task_branch
 from cluster import local
+from cluster.cli_client import SidecarClient, SidecarError
 from cluster.nodes import inventory, ray_start_args
 
 app = typer.Typer(help="Hearth: turn PRDs into finished work on your own boxes.", no_args_is_help=True,
@@ -36,38 +38,27 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-class Client:
-    """The sidecar, reached with the token ``hearth up`` wrote."""
+class Client(SidecarClient):
+    """The sidecar, reached with the token ``hearth up`` wrote; its errors end the command."""
 
     def __init__(self) -> None:
         info = local.read_up()
         if info is None:
             fail("Hearth is not running here; start it with `hearth up`", 3)
         assert info is not None
-        self.base = info.api_url
-        self.headers = {"Authorization": f"Bearer {local.ensure_token(local.state_dir())}"}
+        super().__init__(info.api_url, local.ensure_token(local.state_dir()))
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            reply = httpx.request(method, self.base + path, headers=self.headers, timeout=120, **kwargs)
-        except httpx.HTTPError as exc:
-            fail(f"cannot reach the sidecar at {self.base}: {exc}", 3)
-            raise
-        if reply.status_code >= 400:
-            detail = reply.json().get("detail", reply.text) if reply.headers.get("content-type", "").startswith(
-                "application/json") else reply.text
-            fail(str(detail), 2 if reply.status_code in (404, 409, 422) else 3)
-        return reply.json()
+            return super().request(method, path, **kwargs)
+        except SidecarError as exc:
+            fail(str(exc), exc.exit_code)
 
-    def stream_events(self, task_id: str, follow: bool = True) -> Any:
-        params = {"follow": str(follow).lower()}
-        with httpx.stream("GET", f"{self.base}/v1/tasks/{task_id}/events", headers=self.headers,
-                          params=params, timeout=None) as reply:
-            if reply.status_code >= 400:
-                fail(reply.read().decode(errors="replace"), 2)
-            for line in reply.iter_lines():
-                if line.startswith("data:"):
-                    yield EventAdapter.validate_json(line[5:].strip())
+    def stream_events(self, task_id: str, follow: bool = True) -> Iterator[Event]:
+        try:
+            yield from super().stream_events(task_id, follow)
+        except SidecarError as exc:
+            fail(str(exc), exc.exit_code)
 
 
 @app.command()
@@ -159,30 +150,29 @@ def submit(prd: Path,
         raise typer.Exit(_follow(task["id"]))
 
 
+_DESCRIBE: dict[str, Callable[[Any], str]] = {
+    "step_started": lambda e: f"[bold cyan]▶ step {e.index + 1}/{e.total} {e.step_id}[/]: {e.title}",
+    "agent_action": lambda e: f"   · turn {e.turn}: {e.tool} {e.summary}",
+    "check_ran": lambda e: f"   {'[green]✔ check passed' if e.passed else '[yellow]✘ check failed'}[/]",
+    "checkpoint_ready": lambda e: (f"   [green]● checkpoint[/] {e.commit[:10]} "
+                                   f"({', '.join(e.files_changed) or 'no files'})"
+                                   + (" — [magenta]awaiting approval[/]" if e.needs_approval else "")),
+    "clarification_requested": lambda e: (f"   [magenta]? question:[/] {e.question}  "
+                                          f"(answer: hearth answer {e.task_id} \"…\")"),
+    "task_placed": lambda e: f"[dim]placed on node {e.node_id[:12]} (attempt {e.attempt_no})[/]",
+    "task_completed": lambda e: f"[bold green]✔ completed[/] on branch {e.branch}",
+    "task_failed": lambda e: f"[bold red]✘ failed[/] ({e.reason}): {e.message}",
+    "attempt_ended": lambda e: f"[yellow]attempt ended: {e.reason}[/] {e.message}",
+    "task_requeued": lambda e: f"[yellow]re-queued ({e.reason}), from step {e.from_step}[/]",
+}
+"""How ``hearth logs`` shows each kind of event (others: their kind, dimmed)."""
+
+
 def _describe(event: Any) -> str:
-    kind = event.kind
-    if kind == "step_started":
-        return f"[bold cyan]▶ step {event.index + 1}/{event.total} {event.step_id}[/]: {event.title}"
-    if kind == "agent_action":
-        return f"   · turn {event.turn}: {event.tool} {event.summary}"
-    if kind == "check_ran":
-        return f"   {'[green]✔ check passed' if event.passed else '[yellow]✘ check failed'}[/]"
-    if kind == "checkpoint_ready":
-        note = " — [magenta]awaiting approval[/]" if event.needs_approval else ""
-        return f"   [green]● checkpoint[/] {event.commit[:10]} ({', '.join(event.files_changed) or 'no files'}){note}"
-    if kind == "clarification_requested":
-        return f"   [magenta]? question:[/] {event.question}  (answer: hearth answer {event.task_id} \"…\")"
-    if kind == "task_placed":
-        return f"[dim]placed on node {event.node_id[:12]} (attempt {event.attempt_no})[/]"
-    if kind == "task_completed":
-        return f"[bold green]✔ completed[/] on branch {event.branch}"
-    if kind == "task_failed":
-        return f"[bold red]✘ failed[/] ({event.reason}): {event.message}"
-    if kind == "attempt_ended" and event.reason != "completed":
-        return f"[yellow]attempt ended: {event.reason}[/] {event.message}"
-    if kind == "task_requeued":
-        return f"[yellow]re-queued ({event.reason}), from step {event.from_step}[/]"
-    return f"[dim]{kind}[/]"
+    describe = _DESCRIBE.get(event.kind)
+    if describe is None or (event.kind == "attempt_ended" and event.reason == "completed"):
+        return f"[dim]{event.kind}[/]"
+    return describe(event)
 
 
 def _follow(task_id: str) -> int:

@@ -30,7 +30,8 @@ from agent.events import (
     TaskSubmitted,
     TerminationReason,
 )
-from cluster.openclaw import Card, DeliveryError, GatewayClient, GatewaySettings, Notifier, render
+from cluster.chat_cards import Card, render
+from cluster.openclaw import DeliveryError, GatewayClient, GatewaySettings, Notifier
 from cluster.store import Store
 
 TOKEN = "gw-secret-token-never-logged-0123456789"

@@ -19,22 +19,22 @@ class SubmitRequest(BaseModel):
     model: str | None = None
 
 
-class AnswerRequest(BaseModel):
+class _Reply(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: str
     who: str = "api"
     channel: str = ""
     """The chat channel ``who`` is an id on (``telegram``, ``slack``…), when it comes from a chat."""
+
+
+class AnswerRequest(_Reply):
+    text: str
     question: int | None = None
     """The seq of the ClarificationRequested event this answers (stale or repeated replies are caught)."""
 
 
-class DecisionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DecisionRequest(_Reply):
     decision: str
     reason: str = ""
-    who: str = "api"
-    channel: str = ""
     checkpoint: int | None = None
     """The seq of the CheckpointReady event this decides (a second click on the same card acts once)."""
 
