@@ -21,6 +21,12 @@ pytestmark = pytest.mark.ray
 TOKEN = "logs-token"
 
 
+def _drop(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked in recv()
+    sock.close()
+
+
 class CuttableProxy:
     """A loopback TCP forwarder whose open connections can be cut mid-stream: to the client, a
     dropped connection (the response body ends before its last chunk)."""
@@ -53,14 +59,12 @@ class CuttableProxy:
             while data := src.recv(65536):
                 dst.sendall(data)
         for sock in (src, dst):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            _drop(sock)
 
     def cut(self) -> None:
         with self.lock:
             for sock in self.open:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+                _drop(sock)
             self.open.clear()
 
     def close(self) -> None:
