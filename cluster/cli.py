@@ -26,6 +26,7 @@ from agent.project import ProjectError, checkpoint_commits, init_project, task_b
 from cluster import local
 from cluster.cli_client import SidecarClient, SidecarError
 from cluster.nodes import inventory, ray_start_args
+from cluster.store import TaskRow
 
 app = typer.Typer(help="Hearth: turn PRDs into finished work on your own boxes.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -179,24 +180,22 @@ def _follow(task_id: str) -> int:
     client = Client()
     for event in client.stream_events(task_id):
         console.print(_describe(event), highlight=False)
-    task = client.request("GET", f"/v1/tasks/{task_id}")
-    if task["state"] == "completed":
+    task = TaskRow.model_validate(client.request("GET", f"/v1/tasks/{task_id}"))
+    if task.state == "completed":
         _print_result(task)
         return 0
-    console.print(f"{task_id} ended {task['state']}: {task['message']}")
+    console.print(f"{task_id} ended {task.state.value}: {task.message}")
     return 1
 
 
-def _print_result(task: dict[str, Any]) -> None:
-    spec = task["spec"]
-    branch = task_branch(task["id"])
-    console.print(f"\n[bold]branch[/bold] {branch} in {spec['project_path']}")
-    for commit, subject in checkpoint_commits(Path(spec["project_path"]), task["id"], spec["base_commit"]):
+def _print_result(task: TaskRow) -> None:
+    spec, branch = task.spec, task_branch(task.id)
+    console.print(f"\n[bold]branch[/bold] {branch} in {spec.project_path}")
+    for commit, subject in checkpoint_commits(Path(spec.project_path), task.id, spec.base_commit):
         console.print(f"  {commit[:10]} {subject}")
-    if spec.get("prd_relpath") and spec["plan"]["format"] == "prd-json":
-        repo = git.Repo(spec["project_path"])
-        prd = json.loads(repo.git.show(f"{branch}:{spec['prd_relpath']}"))
-        console.print(f"[bold]{spec['prd_relpath']}[/bold] on {branch}:")
+    if spec.prd_relpath and spec.plan.format == "prd-json":
+        prd = json.loads(git.Repo(spec.project_path).git.show(f"{branch}:{spec.prd_relpath}"))
+        console.print(f"[bold]{spec.prd_relpath}[/bold] on {branch}:")
         for story in prd["userStories"]:
             mark = "[green]passes: true[/]" if story.get("passes") else "[red]passes: false[/]"
             console.print(f"  {story['id']} {story['title']}: {mark}")
@@ -321,14 +320,14 @@ def tasks(state: Annotated[str | None, typer.Option(help="Only tasks in this sta
 @app.command()
 def show(task_id: str) -> None:
     """Show one task: state, steps and, once completed, its branch and checkpoints."""
-    task = Client().request("GET", f"/v1/tasks/{task_id}")
-    console.print(f"[bold]{task['id']}[/bold] {task['name']} — {task['state']} (priority {task['priority']})")
-    if task["message"]:
-        console.print(task["message"])
-    for number, step in enumerate(task["spec"]["plan"]["steps"], 1):
-        done = "✔" if number <= task["next_step"] else " "
-        console.print(f"  {done} {step['id']} {step['title']}")
-    if task["state"] == "completed":
+    task = TaskRow.model_validate(Client().request("GET", f"/v1/tasks/{task_id}"))
+    console.print(f"[bold]{task.id}[/bold] {task.name} — {task.state.value} (priority {task.priority})")
+    if task.message:
+        console.print(task.message)
+    for number, step in enumerate(task.spec.plan.steps, 1):
+        done = "✔" if number <= task.next_step else " "
+        console.print(f"  {done} {step.id} {step.title}")
+    if task.state == "completed":
         _print_result(task)
 
 

@@ -102,7 +102,7 @@ class Scheduler:
         missing = self._infeasible(config, spec.model)
         if missing:
             raise SubmitError(f"no node can ever run this task: {missing}")
-        self.store.put_project(config.name, spec.project_path, config.model_dump(mode="json"))
+        self.store.put_project(spec.project_path, config)
         row = self.store.create_task(project=config.name, name=spec.plan.name, priority=wanted, model=spec.model,
                                      spec=spec, submitted=submitted)
         self.wake.set()

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from agent.config import ProjectConfig
 from agent.events import Event, EventAdapter
 from agent.runner import TaskSpec
 from cluster.errors import UnknownTask
@@ -115,16 +116,16 @@ class Store:
         self.db.execute("COMMIT")
 
     # projects -----------------------------------------------------------------------------------
-    def put_project(self, name: str, path: str, config: dict[str, Any]) -> None:
+    def put_project(self, path: str, config: ProjectConfig) -> None:
         self.db.execute(
             "INSERT INTO projects VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE SET path=excluded.path,"
             " config=excluded.config, updated_at=excluded.updated_at",
-            (name, path, json.dumps(config), time.time()),
+            (config.name, path, config.model_dump_json(), time.time()),
         )
 
-    def projects(self) -> dict[str, dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM projects").fetchall()
-        return {r["name"]: {"path": r["path"], "config": json.loads(r["config"])} for r in rows}
+    def project_paths(self) -> dict[str, str]:
+        """Each project this cluster has run, by name → where it lives."""
+        return {r["name"]: r["path"] for r in self.db.execute("SELECT name, path FROM projects").fetchall()}
 
     # tasks --------------------------------------------------------------------------------------
     def create_task(self, *, project: str, name: str, priority: int, model: str, spec: TaskSpec,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import ProjectConfig
 from cluster import local
 from cluster.private_files import ensure_token_file, write_private
 from cluster.store import Store
@@ -37,7 +38,7 @@ def test_the_state_dir_is_made_0700(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_the_store_and_its_journal_are_made_0600(tmp_path: Path, open_umask: None) -> None:
     store = Store(tmp_path / "state" / "hearth.db")
     try:
-        store.put_project("p", "/nowhere", {})  # a write: the WAL file exists now
+        store.put_project("/nowhere", ProjectConfig(name="p"))  # a write: the WAL file exists now
         assert mode(tmp_path / "state") == 0o700
         assert mode(tmp_path / "state" / "hearth.db") == 0o600
         assert mode(tmp_path / "state" / "hearth.db-wal") == 0o600

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 from cluster.api.auth import need
 from cluster.api.deps import ReadStore, Scheduler
+from cluster.nodes import NodeView
 
 router = APIRouter(prefix="/v1")
 
@@ -18,8 +19,8 @@ async def health(scheduler: Scheduler) -> dict[str, str]:
 
 
 @router.get("/nodes", dependencies=[need("nodes")])
-async def nodes(scheduler: Scheduler) -> list[dict[str, Any]]:
-    return [node.model_dump(mode="json") for node in await scheduler.nodes()]
+async def nodes(scheduler: Scheduler) -> list[NodeView]:
+    return await scheduler.nodes()
 
 
 @router.get("/outbox", dependencies=[need("read")])

@@ -30,10 +30,10 @@ async def submit(store: Store, scheduler: SchedulerClient, body: SubmitRequest) 
     if (project_path is None) == (body.project is None):
         raise SubmitError("give exactly one of project_path or project (a name)")
     if body.project is not None:
-        known = store.projects()
+        known = store.project_paths()
         if body.project not in known:
             names = ", ".join(sorted(known)) or "none yet; submit by path once"
             raise SubmitError(f"unknown project {body.project!r} (known: {names})")
-        project_path = known[body.project]["path"]
+        project_path = known[body.project]
     assert project_path is not None
     return await scheduler.submit(project_path, body.prd_path, body.prd, body.priority, body.model)
