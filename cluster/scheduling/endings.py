@@ -1,4 +1,4 @@
-"""Why an attempt ended decides what happens to its task: one table, read by the scheduler's ``_finish``.
+"""Why an attempt ended decides what happens to its task: one table, read by ``Attempts.finish``
 
 Each ``TerminationReason`` (agent/events.py) maps to the task's next state, whether a new attempt is
 tried from step 0 (while the project's ``max_attempts`` allows; the task fails after), whether the

@@ -15,7 +15,7 @@ rows, Ray's node table and the node inventories map onto it:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import ProjectConfig
 from agent.models import ModelError, split_spec
@@ -29,7 +29,9 @@ from cluster.scheduling.types import (
     RunningTask,
     Snapshot,
 )
-from cluster.store import TaskRow
+
+if TYPE_CHECKING:  # rows are read, never made here: the store sits above the Ray-free scheduling package
+    from cluster.store import TaskRow
 
 RayNode = dict[str, Any]
 """One row of Ray's node table, as ``ray.nodes()`` gives it (``NodeID``, ``Alive``, ``Resources``, ``Labels``)."""
