@@ -207,6 +207,12 @@ class Notifier:
         delay = min(self.backoff_cap_s, self.backoff_base_s * 2 ** max(0, tries - 1))
         return delay * random.uniform(0.8, 1.0)
 
+    async def aclose(self) -> None:
+        """Release the sender's connections (the sidecar is stopping)."""
+        close = getattr(self.sender, "aclose", None)
+        if close is not None:
+            await close()
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Deliver until cancelled (or ``stop`` is set). Waits for the outbox lock first."""
         lock = filelock.FileLock(str(self.lock_path))

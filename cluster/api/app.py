@@ -48,6 +48,8 @@ def create_app(scheduler: SchedulerClient, store_path: Path, token: str, *, plug
                 job.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await job
+            if notifier is not None:
+                await notifier.aclose()
 
     app = FastAPI(title="Hearth sidecar", version="0.1.0", lifespan=lifespan)
     app.state.scheduler = scheduler
