@@ -8,21 +8,17 @@ kept in the store (``chat_threads``) and every later message of the task goes in
 
 The ``hearth`` OpenClaw plugin brings the team's side back: a reply in a task's thread
 (``POST /v1/chat/slack/reply``, ``thread_reply`` below), a button click, the reason dialog and
-``/hearth`` commands. After a decision the plugin replaces the card with ``decided_blocks``: the same
-card without buttons, saying who decided and when.
+``/hearth`` commands; cluster/api/services/chat.py says what a thread reply does. After a decision the
+plugin replaces the card with ``decided_blocks``: the same card without buttons, who decided and when.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import HTTPException
-
 from agent.events import CheckpointReady, ClarificationRequested, Event, TaskPlaced
-from cluster.states import TERMINAL
-from cluster.store import Store, TaskRow
+from cluster.store import TaskRow
 
 SLACK = "slack"
 CALLBACK = "hearth"
@@ -43,9 +39,8 @@ def people_to_ask(task: TaskRow | None) -> list[str]:
     """Whom a question mentions: ``[notify] ask`` if set, else the project's Slack approvers."""
     if task is None:
         return []
-    config = task.spec.get("config", {})
-    ask = list((config.get("notify") or {}).get("ask") or [])
-    return slack_users(ask or list(config.get("approvers") or []))
+    config = task.spec.config
+    return slack_users(config.notify.ask or config.approvers)
 
 
 def _clip(text: str, limit: int) -> str:
@@ -58,21 +53,19 @@ def _code(text: str, limit: int) -> str:
     return f"```{text}```" if text else "_(none)_"
 
 
-def slack_presentation(event: Event, task: TaskRow | None, text: str) -> dict[str, Any] | None:
-    """The Block Kit form of a card (as an OpenClaw presentation), or None for plain text."""
+def slack_presentation(event: Event, task: TaskRow | None) -> dict[str, Any] | None:
+    """The Block Kit form of a card (as an OpenClaw presentation) below its first line (which carries
+    the ``[task T-12 #7]`` tag), or None where the plain text says it all."""
     where = f"{task.project}: {task.name}" if task else event.task_id
     if isinstance(event, TaskPlaced):
-        return {"title": f"{event.task_id} · {where}"[:150], "blocks": [
-            {"type": "text", "text": f"Placed on node `{event.node_id}` (attempt {event.attempt_no}). "
-                                     "Everything about this task follows in this thread."},
-            {"type": "context", "text": f"[task {event.task_id} #{event.seq}]"}]}
+        return {"blocks": [{"type": "context", "text": "Everything about this task follows in this thread."}]}
     if isinstance(event, ClarificationRequested):
         mentions = " ".join(f"<@{user}>" for user in people_to_ask(task))
         return {"title": f"Question from {event.task_id}"[:150], "blocks": [
             {"type": "text", "text": (mentions + " " if mentions else "") + f"*Step {event.step_id}* asks:"},
             {"type": "text", "text": _clip(event.question, 2500)},
-            {"type": "context", "text": f"[task {event.task_id} #{event.seq}] Question. Reply in this thread "
-                                        f"to answer, or `/hearth answer {event.task_id} <text>`."}]}
+            {"type": "context", "text": f"Reply in this thread to answer, or `/hearth answer {event.task_id} "
+                                        "<text>`."}]}
     if isinstance(event, CheckpointReady) and event.needs_approval:
         files = "\n".join(f"• `{name}`" for name in event.files_changed[:10]) or "_(none)_"
         if len(event.files_changed) > 10:
@@ -84,21 +77,21 @@ def slack_presentation(event: Event, task: TaskRow | None, text: str) -> dict[st
             {"type": "text", "text": "*Diff*\n" + _code(event.diff_stat, 1200)},
             {"type": "text", "text": "*Check*\n" + _code(event.check_summary, 1200)},
             {"type": "text", "text": "*Artifacts*\n" + files},
-            {"type": "context", "text": f"[task {event.task_id} #{event.seq}] Checkpoint. Reject rolls the "
-                                        "step back and redoes it; reply `reject <reason>` here to say why."},
+            {"type": "context", "text": "Reject rolls the step back and redoes it; it asks why, or reply "
+                                        "`reject <reason>` in this thread."},
             {"type": "buttons", "buttons": [
                 {"label": "Approve", "style": "primary",
                  "action": {"type": "callback", "value": value.format("approve")}},
                 {"label": "Reject", "style": "danger",
                  "action": {"type": "callback", "value": value.format("reject")}}]}]}
-    return {"blocks": [{"type": "text", "text": _clip(text, 2900)}]}
+    return None
 
 
 def decided_blocks(card_text: str, approve: bool, who: str, at: float | None = None) -> list[dict[str, Any]]:
     """Raw Block Kit for ``chat.update`` after a decision: the card's text, no buttons, who and when."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at if at is not None else time.time()))
     verdict = ":white_check_mark: Approved" if approve else ":x: Rejected"
-    user = _mention(who)
+    user = mention(who)
     return [{"type": "section", "text": {"type": "mrkdwn", "text": _clip(card_text, 2900) or "Checkpoint"}},
             {"type": "context", "elements": [{"type": "mrkdwn", "text": f"{verdict} by {user} at {when}"}]}]
 
@@ -118,51 +111,7 @@ def thread_reply(text: str, pending_kind: str | None) -> tuple[str, str]:
     return "none", ""
 
 
-Answer = Callable[[str, str, str, int], Awaitable[dict[str, Any]]]
-"""``answer(task_id, text, who, question_seq)`` → the sidecar's answer reply (raises HTTPException)."""
-Decide = Callable[[str, bool, str, str, int], Awaitable[dict[str, Any]]]
-"""``decide(task_id, approve, reason, who, checkpoint_seq)`` → the sidecar's decision reply."""
-
-
-async def reply_in_thread(db: Store, task_id: str, pending: dict[str, Any] | None, text: str, who: str,
-                          answer: Answer, decide: Decide) -> str:
-    """What a message in ``task_id``'s thread does, as the sentence the thread shows back.
-
-    A question waits: the message is the answer, verbatim. A checkpoint waits: ``approve`` or
-    ``reject <reason>`` decides it. The task ended, or its question was already answered, or it
-    waits for nothing: the sentence says so and nothing changes.
-    """
-    task = db.task(task_id)
-    if task.state in TERMINAL:
-        return (f"{task_id} has ended ({task.state.value}); this thread no longer takes answers or "
-                "decisions. Nothing was changed.")
-    kind, value = thread_reply(text, pending["kind"] if pending else None)
-    try:
-        if kind == "answer" and pending is not None:
-            reply = await answer(task_id, value, who, int(pending["seq"]))
-            if reply.get("duplicate"):
-                return f"That answer for {task_id} was already recorded."
-            return f"Answer for {task_id} recorded from <@{who}>; the task resumes."
-        if kind in ("approve", "reject") and pending is not None:
-            reply = await decide(task_id, kind == "approve", value, who, int(pending["seq"]))
-            verb = "approved" if kind == "approve" else "rejected"
-            if reply.get("duplicate"):
-                return f"{task_id} was already {verb}."
-            redo = "" if kind == "approve" else " The step is rolled back and redone" + (
-                f" with: {value}" if value else ".")
-            return f"{task_id} {verb} by <@{who}>.{redo}"
-    except HTTPException as exc:
-        return str(exc.detail)
-    if pending is not None and pending["kind"] == "approval":
-        return f'Reply "approve" or "reject <reason>" in this thread to decide {task_id}, or use the buttons.'
-    last = db.last_event(task_id, "clarification_requested", "answer_received")
-    if last is not None and last.kind == "answer_received":
-        return (f"{task_id}'s question was already answered by {_mention(getattr(last, 'who', ''))}; "
-                "your reply was not passed on.")
-    return f"{task_id} is {task.state.value} and asks nothing now; your reply was not passed on."
-
-
-def _mention(who: str) -> str:
+def mention(who: str) -> str:
     return f"<@{who}>" if who[:1] in ("U", "W") and who.isalnum() else who or "someone"
 
 

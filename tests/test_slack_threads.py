@@ -48,7 +48,7 @@ def test_each_slack_task_gets_one_thread_that_outlives_the_sender(tmp_path: Path
     asyncio.run(drain(Notifier(path, sender, poll_s=0.01), store))
     first = {s["card"].text.split("]")[0]: s for s in sender.sent if s["thread"] is None}
     assert sorted(first) == [f"[task {a} #2", f"[task {b} #2"]  # placements open the threads, only Slack's
-    question = next(s for s in sender.sent if "Which colour?" in s["card"].text)
+    question = next(s for s in sender.sent if "Which colour?" in json.dumps(s["card"].presentation()))
     assert question["thread"] == first[f"[task {a} #2"]["ts"]
     store.close()
     again = Store(path)  # a new sidecar: the thread is remembered in the store
@@ -64,10 +64,10 @@ def test_slack_cards_are_block_kit_with_mentions_buttons_and_a_decided_form(tmp_
     task_id = make_task(store, {**SLACK, "ask": ["slack:U0BOB"]})
     task = store.task(task_id)
     ask = store.append_event(ClarificationRequested(task_id=task_id, step_id="US-001", question="Which colour?"))
-    shown = slack_presentation(ask, task, "fallback")
+    shown = slack_presentation(ask, task)
     assert shown is not None and "<@U0BOB>" in json.dumps(shown) and "Which colour?" in json.dumps(shown)
     card = store.append_event(checkpoint(task_id))
-    shown = slack_presentation(card, task, "fallback")
+    shown = slack_presentation(card, task)
     assert shown is not None and shown["title"].startswith("Checkpoint")
     text = json.dumps(shown)
     for needle in ("0123456789ab", "1 file changed", "check passed", "hello.txt"):
