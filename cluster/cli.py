@@ -264,24 +264,12 @@ def openclaw_connect(
                                           "(messages wait in the outbox until it does)"))
     console.print(f"· wrote {state / GATEWAY_CONFIG_FILE} and {secret} (0600)")
     plugin = Path(__file__).resolve().parents[1] / "deploy" / "openclaw" / "hearth-plugin"
-    settings: dict[str, Any] = {"plugins": {"load": {"paths": [str(plugin)]}, "entries": {"hearth": {
-        "enabled": True, "config": {"sidecarUrl": sidecar, "tokenFile": str(plugin_token)}}}}}
-    if slack_channel:
-        from cluster.slack import gateway_slack_config, merge_config
+    from cluster.slack import gateway_settings, merge_config
 
-        def secret_of(path: Path | None, placeholder: str) -> str:
-            # Secrets go into the written file only; a printed block names where they are.
-            if path is None:
-                return placeholder
-            return path.read_text().strip() if write is not None else f"<the contents of {path}>"
-
-        settings = merge_config(settings, gateway_slack_config(
-            bot_token=secret_of(slack_bot_token_file, "xoxb-…"),
-            signing_secret=secret_of(slack_signing_secret_file, "<the app's signing secret>"),
-            channels=slack_channel))
+    settings = gateway_settings(plugin_dir=plugin, sidecar=sidecar, plugin_token_file=plugin_token,
+                                slack_channels=slack_channel or [], bot_token_file=slack_bot_token_file,
+                                signing_secret_file=slack_signing_secret_file, reveal_secrets=write is not None)
     if write is not None:
-        from cluster.slack import merge_config
-
         current = json.loads(write.read_text()) if write.exists() and write.read_text().strip() else {}
         write_private(write, json.dumps(merge_config(current, settings), indent=2) + "\n")
         console.print(f"· merged the hearth plugin{' and Slack' if slack_channel else ''} into {write}; "

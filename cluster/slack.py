@@ -15,6 +15,7 @@ plugin replaces the card with ``decided_blocks``: the same card without buttons,
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from agent.events import CheckpointReady, ClarificationRequested, Event, TaskPlaced
@@ -147,3 +148,24 @@ def merge_config(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def gateway_settings(*, plugin_dir: Path, sidecar: str, plugin_token_file: Path, slack_channels: list[str],
+                     bot_token_file: Path | None, signing_secret_file: Path | None,
+                     reveal_secrets: bool) -> dict[str, Any]:
+    """What ``hearth openclaw connect`` prints or merges into openclaw.json: the hearth plugin and, with
+    ``slack_channels``, the Slack part. Secrets are read from their files only when ``reveal_secrets``
+    (the file is written, 0600); a printed block names the files instead."""
+    settings: dict[str, Any] = {"plugins": {"load": {"paths": [str(plugin_dir)]}, "entries": {"hearth": {
+        "enabled": True, "config": {"sidecarUrl": sidecar, "tokenFile": str(plugin_token_file)}}}}}
+    if not slack_channels:
+        return settings
+
+    def secret(path: Path | None, placeholder: str) -> str:
+        if path is None:
+            return placeholder
+        return path.read_text().strip() if reveal_secrets else f"<the contents of {path}>"
+
+    return merge_config(settings, gateway_slack_config(
+        bot_token=secret(bot_token_file, "xoxb-…"), signing_secret=secret(signing_secret_file, "<signing secret>"),
+        channels=slack_channels))

@@ -289,24 +289,8 @@ class Gateway:
                 "network": {"dangerouslyAllowPrivateNetwork": True}}},
         }
         if slack is not None:
-            self._add_slack(config, slack)
+            slack.configure(config, home, root, self.url)
         (root / "openclaw.json").write_text(json.dumps(config, indent=2))
-
-    def _add_slack(self, config: dict[str, Any], slack: Any) -> None:
-        """Slack in HTTP mode. OpenClaw runs a channel plugin only when its state records the official
-        npm install, so the record install.sh made (slack-state/) is copied into this gateway's state."""
-        import shutil
-
-        record = self.home / "slack-state" / "state" / "openclaw.sqlite"
-        (self.root / "state" / "state").mkdir(parents=True, exist_ok=True)
-        shutil.copy(record, self.root / "state" / "state" / "openclaw.sqlite")
-        config["plugins"]["allow"].append("slack")
-        config["plugins"]["entries"]["slack"] = {"enabled": True}
-        config["channels"]["slack"] = {
-            "enabled": True, "mode": "http", "botToken": slack.bot_token, "signingSecret": slack.signing_secret,
-            "webhookPath": "/slack/events", "groupPolicy": "open", "dmPolicy": "open", "allowFrom": ["*"],
-            "requireMention": False, "commands": {"native": True}}
-        slack.webhook = f"{self.url}/slack/events"
 
     def env(self) -> dict[str, str]:
         path = f"{node_bin(self.home)}:{self.home / 'gateway' / 'node_modules' / '.bin'}:{os.environ['PATH']}"

@@ -18,11 +18,13 @@ import hmac
 import itertools
 import json
 import secrets
+import shutil
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -151,6 +153,21 @@ class FakeSlack:
         if method == "team.info":
             return {"ok": True, "team": {"id": TEAM, "name": "Hearth", "domain": "hearth-test"}}
         return {"ok": True}
+
+    def configure(self, config: dict[str, Any], home: Path, root: Path, gateway_url: str) -> None:
+        """Add Slack in HTTP mode to a test gateway's ``config`` (state under ``root``). OpenClaw runs a
+        channel plugin only when its state records the official npm install, so the record
+        deploy/openclaw/install.sh made (``<home>/slack-state``) is copied into this gateway's state."""
+        record = home / "slack-state" / "state" / "openclaw.sqlite"
+        (root / "state" / "state").mkdir(parents=True, exist_ok=True)
+        shutil.copy(record, root / "state" / "state" / "openclaw.sqlite")
+        config["plugins"]["allow"].append("slack")
+        config["plugins"]["entries"]["slack"] = {"enabled": True}
+        config["channels"]["slack"] = {
+            "enabled": True, "mode": "http", "botToken": self.bot_token, "signingSecret": self.signing_secret,
+            "webhookPath": "/slack/events", "groupPolicy": "open", "dmPolicy": "open", "allowFrom": ["*"],
+            "requireMention": False, "commands": {"native": True}}
+        self.webhook = f"{gateway_url}/slack/events"
 
     # what the team sees ----------------------------------------------------------------------------
     def posted(self, channel: str | None = None) -> list[dict[str, Any]]:
