@@ -84,7 +84,9 @@ class FakeSlack:
                     if isinstance(body.get(key), str):
                         with contextlib.suppress(ValueError):
                             body[key] = json.loads(body[key])
-                data = json.dumps(outer._answer(method, body)).encode()
+                bearer = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+                authed = outer.bot_token in (bearer, body.get("token"))
+                data = json.dumps(outer._answer(method, body, authed)).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -104,9 +106,9 @@ class FakeSlack:
     def _ts(self) -> str:
         return f"{1_800_000_000 + next(self._clock)}.{secrets.randbelow(10**6):06d}"
 
-    def _answer(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _answer(self, method: str, body: dict[str, Any], authed: bool) -> dict[str, Any]:
         with self.cond:
-            call = {"method": method, "body": body, "t": time.time()}
+            call = {"method": method, "body": body, "t": time.time(), "authed": authed}
             self.calls.append(call)
             self.cond.notify_all()
             return self._result(method, body)
@@ -178,9 +180,10 @@ class FakeSlack:
                      what: str = "a message") -> dict[str, Any]:
         return dict(wait_until(lambda: next((m for m in self.posted() if predicate(m)), None), timeout_s, what))
 
-    def method_calls(self, method: str) -> list[dict[str, Any]]:
+    def method_calls(self, method: str, *, authed_only: bool = False) -> list[dict[str, Any]]:
+        """The bodies of calls to ``method`` (only those carrying the bot token, if ``authed_only``)."""
         with self.cond:
-            return [c["body"] for c in self.calls if c["method"] == method]
+            return [c["body"] for c in self.calls if c["method"] == method and (c["authed"] or not authed_only)]
 
     # what the team does ----------------------------------------------------------------------------
     def post(self, body: bytes, content_type: str, *, secret: str = SIGNING_SECRET,

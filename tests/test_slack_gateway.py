@@ -47,8 +47,10 @@ def wait_said(slack: FakeSlack, predicate: Any, what: str, timeout_s: float = 90
 
 
 def responses(slack: FakeSlack) -> list[str]:
-    """What was said through response URLs (ephemeral answers to a click or a slash command)."""
-    return [str(b.get("text", "")) for b in slack.method_calls("response_url")]
+    """What only the asker saw: said through a response URL or ``chat.postEphemeral`` (the answers to a
+    click or a slash command; both are shown in the channel where it happened, to that person only)."""
+    said = slack.method_calls("response_url") + slack.method_calls("chat.postEphemeral")
+    return [str(b.get("text", "")) for b in said]
 
 
 def test_a_task_has_one_thread_where_replies_answer_its_questions(chat: Chat, tmp_path: Path) -> None:
@@ -126,7 +128,7 @@ def test_checkpoint_cards_approve_reject_with_a_reason_and_refuse_others(chat: C
     # Reject opens a dialog for the reason; submitting it rejects with that reason and updates the card.
     card2 = wait_tagged(slack, task_id, "Checkpoint", after=tagged(slack, task_id).index(card1) + 1)
     slack.click(ALICE, card2, "Reject")
-    dialog = wait_until(lambda: slack.method_calls("views.open"), 90, "the reason dialog")[-1]
+    dialog = wait_until(lambda: slack.method_calls("views.open", authed_only=True), 90, "the reason dialog")[-1]
     assert dialog["view"]["type"] == "modal" and task_id in dialog["view"]["title"]["text"]
     assert slack.submit_view(ALICE, dialog, {"reason": "say hello to the whole world"}).status_code == 200
     wait_until(lambda: len(chat.events(task_id, "decision_made")) == 2, 90, "the rejection")
