@@ -53,6 +53,24 @@ def responses(slack: FakeSlack) -> list[str]:
     return [str(b.get("text", "")) for b in said]
 
 
+SLASH_FAILED = "Sorry, something went wrong handling that command."
+"""What @openclaw/slack answers when the gateway refused to run a slash command: OpenClaw 2026.9.6
+refuses new command sessions while it runs its own SQLite maintenance ("Gateway is draining; new tasks
+are not accepted" in its log), which on a loaded machine takes seconds. A person sends it again."""
+
+
+def slash(slack: FakeSlack, user: str, channel: str, text: str, expect: str, tries: int = 6) -> str:
+    """``user`` types ``/hearth text`` (again, if the gateway refused it) until the answer has ``expect``."""
+    for _ in range(tries):
+        seen = len(responses(slack))
+        assert slack.slash(user, channel, text).status_code == 200
+        answers = wait_until(lambda n=seen: responses(slack)[n:], 90, f"an answer to /hearth {text}")
+        if any(expect in answer for answer in answers):
+            return str(next(a for a in answers if expect in a))
+        assert all(answer == SLASH_FAILED for answer in answers), answers
+    raise AssertionError(f"/hearth {text}: the gateway refused it {tries} times")
+
+
 def test_a_task_has_one_thread_where_replies_answer_its_questions(chat: Chat, tmp_path: Path) -> None:
     slack = chat.slack
     project = slack_project(tmp_path, "sl-ask")
@@ -68,7 +86,7 @@ def test_a_task_has_one_thread_where_replies_answer_its_questions(chat: Chat, tm
     after = tagged(slack, task_id).index(question) + 1
     second = wait_tagged(slack, task_id, "What should answer.txt say?", after=after)
     assert second["thread_ts"] == opened["ts"]
-    chat.slack.slash(ALICE, CHANNEL, f"answer {task_id} navy")  # or the command
+    slash(slack, ALICE, CHANNEL, f"answer {task_id} navy", f"Answer for {task_id} recorded")  # or the command
     assert chat.wait_state(task_id, {"completed", "failed"}) == "completed"
     answers = [(e["answer"], e["who"]) for e in chat.events(task_id, "answer_received")]
     assert answers == [("teal, the colour", ALICE), ("navy", ALICE)]  # verbatim, with the Slack user
@@ -82,7 +100,7 @@ def test_a_task_has_one_thread_where_replies_answer_its_questions(chat: Chat, tm
     assert len(chat.events(task_id, "answer_received")) == 2
 
 
-def test_a_second_answer_to_one_question_is_refused_in_the_thread(chat: Chat, tmp_path: Path) -> None:
+def test_a_second_answer_to_an_answered_question_is_refused_and_changes_nothing(chat: Chat, tmp_path: Path) -> None:
     slack = chat.slack
     task_id = chat.submit(slack_project(tmp_path, "sl-twice"), "scripted:ask")
     opened = wait_tagged(slack, task_id, "Placed on node")
@@ -92,9 +110,8 @@ def test_a_second_answer_to_one_question_is_refused_in_the_thread(chat: Chat, tm
     wait_until(lambda: chat.events(task_id, "answer_received"), 90, "the first answer")
     # The same question again through the command, naming its number: refused, nothing recorded.
     asked = chat.events(task_id, "clarification_requested")[0]["seq"]
-    slack.slash(MALLORY, CHANNEL, f"answer {task_id} #{asked} crimson")
-    wait_until(lambda: any("already answered by" in r and task_id in r for r in responses(slack)), 90,
-               "the refusal of a second answer")
+    refusal = slash(slack, MALLORY, CHANNEL, f"answer {task_id} #{asked} crimson", "already answered by")
+    assert refusal.startswith(f"{task_id}: that question was already answered by {ALICE}")
     assert [e["answer"] for e in chat.events(task_id, "answer_received")] == ["teal"]
     httpx.post(f"{chat.sidecar.url}/v1/tasks/{task_id}/cancel", headers=chat.admin, timeout=30)
 
@@ -107,7 +124,7 @@ def test_checkpoint_cards_approve_reject_with_a_reason_and_refuse_others(chat: C
     card1 = wait_tagged(slack, task_id, "Checkpoint")
     assert card1["thread_ts"] == opened["ts"]
     kinds = [b["type"] for b in card1["blocks"]]
-    assert kinds[0] == "header" and "actions" in kinds, kinds
+    assert kinds[:2] == ["section", "header"] and kinds[-1] == "actions", kinds  # tag line, then Block Kit
     text = "\n".join(b.get("text", {}).get("text", "") for b in card1["blocks"] if b["type"] == "section")
     for needle in ("*Commit*", "*Diff*", "*Check*", "ok: US-001", "*Artifacts*", "hello.txt"):
         assert needle in text, text
@@ -152,9 +169,7 @@ def test_hearth_commands_answer_in_the_asking_channel_and_name_unknowns(chat: Ch
     for text, expect in ((f"status {task_id}", f"{task_id} (sl-cmds: "), ("tasks", f"{task_id} (sl-cmds) running"),
                          ("status T-99999", "There is no task T-99999."),
                          ("submit no-such-project tasks/prd.json", "Not submitted: ")):
-        asked = slack.slash(ALICE, "C0ELSEWHERE", text)
-        assert asked.status_code == 200
-        wait_until(lambda e=expect: any(e in r for r in responses(slack)), 90, f"the answer to /hearth {text}")
+        slash(slack, ALICE, "C0ELSEWHERE", text, expect)
     posts = slack.method_calls("chat.postMessage")[before:]
     assert not [p for p in posts if p.get("channel") == "C0ELSEWHERE" or "There is no task" in str(p)]
     httpx.post(f"{chat.sidecar.url}/v1/tasks/{task_id}/cancel", headers=chat.admin, timeout=30)
