@@ -35,6 +35,7 @@ from agent.events import (
     TaskCompleted,
     TerminationReason,
 )
+from agent.host_git import open_task_repo, task_git_dir
 from agent.loop import StepContext, StepResult, answer_message, run_step
 from agent.models.base import ChatModel, ModelError
 from agent.prd import TaskPlan, mark_story_passed
@@ -113,7 +114,7 @@ SandboxFactory = Callable[[str, Path, SandboxConfig, str], Sandbox]
 
 
 def _default_sandbox(kind: str, workspace: Path, config: SandboxConfig, name: str) -> Sandbox:
-    return open_sandbox(kind, workspace, config, name=name)
+    return open_sandbox(kind, workspace, config, name=name, git_dir=task_git_dir(workspace))
 
 
 class TaskRunner:
@@ -155,14 +156,14 @@ class TaskRunner:
 
     def _workspace(self) -> tuple[git.Repo, int]:
         """The clone to work in and the step to start from (0 unless resuming at a checkpoint here)."""
-        if self.start_step is not None and self.resume_commit and (self.workdir / ".git").exists():
-            repo = git.Repo(self.workdir)
+        if self.start_step is not None and self.resume_commit:
             try:
+                repo = open_task_repo(self.workdir)
                 repo.commit(self.resume_commit)
                 if not (self.answer and repo.head.commit.hexsha == self.resume_commit):
                     reset_workspace(repo, self.resume_commit)  # after an answer: keep the step's work
                 return repo, self.start_step
-            except (git.BadName, ValueError, git.GitCommandError):
+            except (git.BadName, ValueError, git.GitCommandError, git.InvalidGitRepositoryError):
                 pass
         return prepare_workspace(Path(self.spec.project_path), self.spec.task_id, self.spec.base_commit,
                                  self.workdir), 0

@@ -6,7 +6,8 @@ What a command sees (built per ``exec``; nothing survives between calls except t
   host (symlinks stay symlinks). ``/etc/shadow``-style files are masked and ``/etc/ssh`` is empty.
   Nothing else of the host: no ``/root``, ``/home``, ``/work``, ``/run``, ``/var``, ``/sys`` and no
   host ``/tmp`` — a sibling task's workspace is not there to be named.
-* ``/workspace``: the host workspace, read-write — the only host path a command can change.
+* ``/workspace``: the host workspace, read-write — the only host path a command can change. The
+  task clone's git dir (host-private, ``agent.host_git``) is shown read-only at ``/workspace/.git``.
 * A private ``/tmp`` (tmpfs, also ``HOME`` and ``/var/tmp``), fresh ``/proc``, minimal ``/dev``;
   the root itself is read-only, so ``echo x > ../escape`` fails.
 * New user, pid, ipc, uts, cgroup and (unless ``network="nat"``) network namespaces; all
@@ -60,7 +61,7 @@ from agent.sandbox.base import (
     SandboxUnavailable,
     resolve_inside,
 )
-from agent.sandbox.files import safe_name
+from agent.sandbox.files import git_mount_point, safe_name
 from agent.sandbox.snapshots import WorkspaceSnapshots, snapshot_root
 
 CGROUP_PARENT_ENV = "HEARTH_CGROUP_PARENT"
@@ -97,9 +98,11 @@ class BwrapSandbox:
     kind = "bwrap"
 
     def __init__(
-        self, workspace: Path, config: SandboxConfig, *, name: str = "", extra_ro_binds: tuple[Path, ...] = ()
+        self, workspace: Path, config: SandboxConfig, *, name: str = "", extra_ro_binds: tuple[Path, ...] = (),
+        git_dir: Path | None = None,
     ) -> None:
-        """``extra_ro_binds``: more host paths (toolchains) to expose read-only at the same place."""
+        """``extra_ro_binds``: more host paths (toolchains) to expose read-only at the same place.
+        ``git_dir``: the workspace's host-private git dir, shown read-only at ``/workspace/.git``."""
         bwrap = shutil.which("bwrap")
         if bwrap is None:
             raise SandboxUnavailable("bwrap (bubblewrap) is not installed: install it or use another backend")
@@ -113,6 +116,7 @@ class BwrapSandbox:
         self._bwrap = bwrap
         self._shell = ["bash", "-lc"] if shutil.which("bash") else ["sh", "-c"]
         self._extra_ro_binds = tuple(p.resolve() for p in extra_ro_binds)
+        self._git_dir = git_dir.resolve() if git_dir is not None and git_dir.is_dir() else None
         self.snapshot_root = snapshot_root(self.workspace, self.name)
         self._snapshots = WorkspaceSnapshots(self.workspace, self.snapshot_root)
         label = f"hearth-{safe_name(self.name)}-{_pid_namespace()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -220,8 +224,8 @@ class BwrapSandbox:
         argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm",
                  "--size", str(self.config.memory_mib * 2**20), "--tmpfs", "/tmp",
                  "--symlink", "../tmp", "/var/tmp"]
-        argv += self._git_binds()
-        argv += ["--bind", str(self.workspace), GUEST_WORKSPACE, "--remount-ro", "/", "--chdir", guest_cwd]
+        argv += ["--bind", str(self.workspace), GUEST_WORKSPACE, *self._git_binds(),
+                 "--remount-ro", "/", "--chdir", guest_cwd]
         guest_env = {"PATH": GUEST_PATH, "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
                      "HEARTH_SANDBOX": self.kind, **env}
         argv.append("--clearenv")
@@ -230,18 +234,13 @@ class BwrapSandbox:
         return [*argv, "--"]
 
     def _git_binds(self) -> list[str]:
-        """A worktree's ``.git`` is a file naming a git dir elsewhere: show that dir read-only so
-        ``git status``/``diff``/``log`` work inside; commits are made host-side."""
-        dotgit = self.workspace / ".git"
-        if not dotgit.is_file():
+        """The host-private git dir, read-only at /workspace/.git, so ``git status``/``diff``/``log``
+        work inside; commits are made host-side. Never anything named by a file in the workspace:
+        a ``.git`` file there is sandbox output, and following it would bind whatever it names."""
+        if self._git_dir is None:
             return []
-        text = dotgit.read_text(errors="replace").strip()
-        if not text.startswith("gitdir:"):
-            return []
-        gitdir = (self.workspace / text.removeprefix("gitdir:").strip()).resolve()
-        common = gitdir / "commondir"
-        dirs = {gitdir, (gitdir / common.read_text().strip()).resolve() if common.is_file() else gitdir}
-        return [arg for d in sorted(dirs) if d.is_dir() for arg in ("--ro-bind", str(d), str(d))]
+        git_mount_point(self.workspace)
+        return ["--ro-bind", str(self._git_dir), f"{GUEST_WORKSPACE}/.git"]
 
     def _guest_cwd(self, cwd: str) -> str:
         host = resolve_inside(self.workspace, cwd)

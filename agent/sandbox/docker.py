@@ -10,8 +10,8 @@ with:
 * ``cap_drop=["ALL"]``, ``no-new-privileges``, a read-only root filesystem with tmpfs ``/tmp``
   (also ``HOME``), ``/var/tmp`` and ``/run``; the user is the workspace's owner (uid:gid), so files
   made inside belong to the same user as on the host;
-* a worktree's git dirs (its ``.git`` file points outside the workspace) bind-mounted read-only at
-  the same path, as the bwrap backend does.
+* the task clone's host-private git dir (``agent.host_git``) mounted read-only at
+  ``/workspace/.git``, as the bwrap backend does.
 
 ``exec`` runs ``bash -c COMMAND`` through ``docker exec`` and demultiplexes the attach stream
 itself, so output reaches ``on_output`` as it arrives. An exec's first process leads its own
@@ -58,7 +58,7 @@ from agent.sandbox.base import (
     resolve_inside,
 )
 from agent.sandbox.docker_engine import BASE_ENV, BASE_IMAGE, docker_client, image_exists
-from agent.sandbox.files import safe_name
+from agent.sandbox.files import git_mount_point, safe_name
 from agent.sandbox.snapshots import WorkspaceSnapshots, snapshot_root
 
 IMAGE_ENV = "HEARTH_DOCKER_SANDBOX_IMAGE"
@@ -80,7 +80,9 @@ class DockerSandbox:
         client: Any = None,
         image: str | None = None,
         writable_root: bool = False,
+        git_dir: Path | None = None,
     ) -> None:
+        """``git_dir``: the workspace's host-private git dir, mounted read-only at ``/workspace/.git``."""
         if not workspace.is_dir():
             raise SandboxError(f"workspace {workspace} is not a directory")
         self.workspace = workspace.resolve()
@@ -88,6 +90,7 @@ class DockerSandbox:
         self.name = name or self.workspace.name
         self.image = image or os.environ.get(IMAGE_ENV) or BASE_IMAGE
         self.writable_root = writable_root
+        self._git_dir = git_dir.resolve() if git_dir is not None and git_dir.is_dir() else None
         self._own_client = client is None
         self.client = client if client is not None else docker_client()
         if not image_exists(self.client, self.image):
@@ -113,8 +116,10 @@ class DockerSandbox:
     def _start(self, image: str) -> None:
         cfg = self.config
         volumes: dict[str, dict[str, str]] = {str(self.workspace): {"bind": GUEST_WORKSPACE, "mode": "rw"}}
-        for gitdir in self._git_dirs():
-            volumes[str(gitdir)] = {"bind": str(gitdir), "mode": "ro"}
+        if self._git_dir is not None:
+            # Never a dir named by a `.git` file in the workspace: that file is sandbox output.
+            git_mount_point(self.workspace)
+            volumes[str(self._git_dir)] = {"bind": f"{GUEST_WORKSPACE}/.git", "mode": "ro"}
         memory = f"{cfg.memory_mib}m"
         tmpfs = {"/tmp": "rw,nosuid,nodev,size=512m,mode=1777", "/var/tmp": "rw,nosuid,nodev,size=64m,mode=1777",
                  "/run": "rw,nosuid,nodev,size=16m,mode=755"}
@@ -134,18 +139,6 @@ class DockerSandbox:
         init_pid = int(self.container.attrs.get("State", {}).get("Pid") or 0)
         self._local = init_pid > 0 and _in_container(init_pid, self.container.id)
         """Whether the container's processes are this host's (so a timeout can kill them by pid)."""
-
-    def _git_dirs(self) -> list[Path]:
-        dotgit = self.workspace / ".git"
-        if not dotgit.is_file():
-            return []
-        text = dotgit.read_text(errors="replace").strip()
-        if not text.startswith("gitdir:"):
-            return []
-        gitdir = (self.workspace / text.removeprefix("gitdir:").strip()).resolve()
-        common = gitdir / "commondir"
-        dirs = {gitdir, (gitdir / common.read_text().strip()).resolve() if common.is_file() else gitdir}
-        return [d for d in sorted(dirs) if d.is_dir() and not d.is_relative_to(self.workspace)]
 
     def _remove_container(self) -> None:
         if self.container is None:

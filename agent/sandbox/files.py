@@ -50,3 +50,26 @@ def remove_tree(path: Path) -> None:
 def safe_name(name: str) -> str:
     """``name`` as a fragment of a file, cgroup or image name: [A-Za-z0-9-_.], at most 40 characters."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40].strip("-_.") or "sandbox"
+
+
+def git_mount_point(workspace: Path) -> None:
+    """Make ``<workspace>/.git`` a plain empty directory to mount the host-private git dir on.
+
+    Whatever a command left there (a file, a symlink, a planted repository) is removed first, never
+    followed: the host does not read it, and a mount over a symlink would land where it points.
+    """
+    target = workspace / ".git"
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not (stat.S_ISDIR(mode) and _is_empty(target)):
+        remove_entry(target)
+        mode = None
+    if mode is None:
+        os.mkdir(target, 0o755)
+
+
+def _is_empty(directory: Path) -> bool:
+    with os.scandir(directory) as entries:
+        return next(entries, None) is None
