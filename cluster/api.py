@@ -9,6 +9,12 @@ Every route needs a bearer token (the OpenAPI document stays public). Two tokens
   plugin's decision must come from one of the project's ``approvers`` (channel user ids) when
   hearth.toml lists any.
 
+A submit's ``model`` may name a catalogue model (``docker:``, ``embedded:``, ``scripted:``) with the
+``submit`` right. Naming a server by URL (``openai:<url>#<model>``) needs the ``endpoint`` right,
+which only the admin token holds: the worker node would connect wherever the URL says (any host
+its network reaches), and whoever answers there writes every command the task's steps run.
+A project's own ``model`` in hearth.toml is the project owner's choice and needs no extra right.
+
 Writes go to the scheduler (the store's only writer of tasks and events); reads (task lists, event
 streams) go straight to SQLite, read-only. The event stream is server-sent events, resumable with
 ``Last-Event-ID`` (the per-task event number). With a gateway configured
@@ -49,7 +55,7 @@ from cluster.store import Store, TaskRow, UnknownTask
 if TYPE_CHECKING:
     from cluster.openclaw import Notifier
 
-RIGHTS = ("read", "submit", "answer", "decide", "cancel", "restart", "priority", "nodes")
+RIGHTS = ("read", "submit", "answer", "decide", "cancel", "restart", "priority", "nodes", "endpoint")
 PLUGIN_RIGHTS = ("read", "submit", "answer", "decide")
 PLUGIN_TOKEN_FILE = "plugin-token"
 
@@ -231,8 +237,14 @@ def create_app(scheduler: Callable[[], Any], store_path: Path, token: str, *, pl
     async def health() -> dict[str, str]:
         return {"status": await call("ping")}
 
-    @app.post("/v1/tasks", status_code=201, dependencies=[need("submit")])
-    async def submit(body: SubmitRequest) -> dict[str, Any]:
+    @app.post("/v1/tasks", status_code=201)
+    async def submit(body: SubmitRequest, caller: Caller = need("submit")) -> dict[str, Any]:
+        if body.model is not None and body.model.partition(":")[0] == "openai" and "endpoint" not in caller.rights:
+            raise HTTPException(status_code=403, detail=(
+                f"the {caller.role} token lacks the 'endpoint' right, which a model given by URL "
+                f"({body.model!r}) needs: it would make a node connect there and let that server drive "
+                "the task. Name a catalogue model (docker:<name> from models.toml, embedded:<name>) or "
+                "set the project's model in hearth.toml"))
         project_path = body.project_path
         if (project_path is None) == (body.project is None):
             raise HTTPException(status_code=422,
