@@ -38,7 +38,7 @@ from agent.events import (
 from agent.host_git import open_task_repo, task_git_dir
 from agent.loop import StepContext, StepResult, answer_message, run_step
 from agent.models.base import ChatModel, ModelError
-from agent.prd import TaskPlan, mark_story_passed
+from agent.prd import PrdError, TaskPlan, with_story_passed
 from agent.project import (
     checkpoint_commit,
     diff_summary,
@@ -48,6 +48,7 @@ from agent.project import (
     task_branch,
 )
 from agent.sandbox import Sandbox, SandboxConfig, open_sandbox
+from agent.sandbox.files import read_workspace_file, write_workspace_file
 
 
 class TaskSpec(BaseModel):
@@ -316,6 +317,18 @@ class TaskRunner:
         messages: list[dict[str, Any]] = body["messages"]
         return [*messages, answer_message(body["call_id"], self.answer.text, self.answer.who)]
 
+    def _mark_passed(self, relpath: str, step_id: str, notes: str) -> None:
+        """Write ``passes`` into the workspace's prd.json. The file is sandbox output: a link there
+        (into the user's checkout, say) is refused, never followed (``agent.sandbox.files``)."""
+        data = read_workspace_file(self.workdir, relpath)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PrdError(relpath, "not UTF-8 any more (a step rewrote it)") from None
+        updated = with_story_passed(text, relpath, step_id, notes)
+        if updated != text:
+            write_workspace_file(self.workdir, relpath, updated.encode("utf-8"))
+
     def _needs_approval(self, index: int, total: int) -> bool:
         mode = self.spec.config.approval
         return mode == "each-step" or (mode == "final" and index == total - 1)
@@ -325,7 +338,7 @@ class TaskRunner:
     ) -> tuple[str, str]:
         spec, step = self.spec, self.spec.plan.steps[index]
         if spec.prd_relpath and spec.plan.format == "prd-json":
-            mark_story_passed(self.workdir / spec.prd_relpath, step.id, f"Completed by Hearth: {summary}"[:500])
+            self._mark_passed(spec.prd_relpath, step.id, f"Completed by Hearth: {summary}"[:500])
         commit = checkpoint_commit(repo, task_id=spec.task_id, step_id=step.id, attempt_id=self.attempt_id,
                                    message=f"{step.id}: {step.title}")
         publish_branch(repo, spec.task_id)

@@ -61,7 +61,7 @@ from agent.sandbox.base import (
     SandboxUnavailable,
     resolve_inside,
 )
-from agent.sandbox.files import git_mount_point, safe_name
+from agent.sandbox.files import git_mount_point, read_text_in_workspace, safe_name, write_text_in_workspace
 from agent.sandbox.snapshots import WorkspaceSnapshots, snapshot_root
 
 CGROUP_PARENT_ENV = "HEARTH_CGROUP_PARENT"
@@ -269,13 +269,11 @@ class BwrapSandbox:
 
     def read_file(self, path: str) -> str:
         self._check_alive()
-        return resolve_inside(self.workspace, path).read_text()
+        return read_text_in_workspace(self.workspace, path)
 
     def write_file(self, path: str, content: str) -> None:
         self._check_alive()
-        target = resolve_inside(self.workspace, path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
+        write_text_in_workspace(self.workspace, path, content)
 
     # -- snapshots -------------------------------------------------------------------------------
 

@@ -58,7 +58,7 @@ from agent.sandbox.base import (
     resolve_inside,
 )
 from agent.sandbox.docker_engine import BASE_ENV, BASE_IMAGE, docker_client, image_exists
-from agent.sandbox.files import git_mount_point, safe_name
+from agent.sandbox.files import git_mount_point, read_text_in_workspace, safe_name, write_text_in_workspace
 from agent.sandbox.snapshots import WorkspaceSnapshots, snapshot_root
 
 IMAGE_ENV = "HEARTH_DOCKER_SANDBOX_IMAGE"
@@ -243,15 +243,11 @@ class DockerSandbox:
 
     def read_file(self, path: str) -> str:
         self._check_alive()
-        return resolve_inside(self.workspace, path).read_text()
+        return read_text_in_workspace(self.workspace, path)
 
     def write_file(self, path: str, content: str) -> None:
         self._check_alive()
-        target = resolve_inside(self.workspace, path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
-
-    # -- snapshots -------------------------------------------------------------------------------
+        write_text_in_workspace(self.workspace, path, content)
 
     def snapshot(self) -> str:
         self._check_alive()

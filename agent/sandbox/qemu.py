@@ -61,7 +61,7 @@ from agent.sandbox.base import (
     SandboxUnavailable,
     resolve_inside,
 )
-from agent.sandbox.files import remove_entry
+from agent.sandbox.files import read_text_in_workspace, remove_entry, write_text_in_workspace
 from agent.sandbox.image import ImageInfo, find_guest_image
 
 log = logging.getLogger("hearth.sandbox.qemu")
@@ -1046,13 +1046,10 @@ class QemuSandbox:
         return stdout, stderr
 
     def read_file(self, path: str) -> str:
-        target = resolve_inside(self.workspace, path)
-        return target.read_text()
+        return read_text_in_workspace(self.workspace, path)
 
     def write_file(self, path: str, content: str) -> None:
-        target = resolve_inside(self.workspace, path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
+        write_text_in_workspace(self.workspace, path, content)
 
     def snapshot(self) -> str:
         """savevm (RAM, processes, disk) into the overlay + a copy of the host workspace."""

@@ -1,0 +1,62 @@
+"""The host never writes through a link a sandbox left (scripted model, named so; real bwrap, real git).
+
+The runner writes ``passes`` into the workspace's prd.json at each checkpoint. A step that replaced
+that file (or its directory, or the lock file beside it) with a symbolic link into the user's
+checkout must not get the host to write there: the README promises the checkout is never touched.
+The FIFO and sparse-file cases of the same rule are in tests/sandbox_contract.py (every backend).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import git
+import pytest
+from tests_support import RecordingController, runner_for, spec_for
+
+from agent.events import TerminationReason
+from agent.models.scripted import ScriptedChat
+from agent.sandbox import SandboxError
+from agent.sandbox.files import read_workspace_file, write_workspace_file
+
+
+def checkout_digest(project: Path) -> dict[str, str]:
+    return {str(p.relative_to(project)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(project.rglob("*")) if p.is_file() and ".hearth" not in p.parts and ".git" not in p.parts}
+
+
+@pytest.mark.parametrize("plant", [
+    "rm tasks/prd.json && ln -s {project}/tasks/prd.json tasks/prd.json",
+    "rm -rf tasks && ln -s {project}/tasks tasks",
+    "ln -s {project}/hearth.toml tasks/prd.json.lock && ln -s {project}/README.md tasks/prd.json.tmp",
+], ids=["prd-file-link", "prd-dir-link", "lock-file-link"])
+def test_a_prd_link_into_the_users_checkout_is_never_written_through(greeting_project: Path, plant: str) -> None:
+    before = checkout_digest(greeting_project)
+    command = plant.format(project=greeting_project)
+    model = ScriptedChat([{"name": "shell", "arguments": {"command": command}}])
+    result = runner_for(spec_for(greeting_project, check="true"), RecordingController(), model).run()
+    assert checkout_digest(greeting_project) == before, "the user's checkout was written"
+    user = git.Repo(greeting_project)
+    assert not user.is_dirty(untracked_files=True)
+    if result.reason != TerminationReason.completed:  # refused: the step's error names the link
+        assert result.reason == TerminationReason.error and "symbolic link" in result.message, result.message
+
+
+def test_workspace_reads_and_writes_never_follow_links(tmp_path: Path) -> None:
+    ws, outside = tmp_path / "ws", tmp_path / "outside"
+    ws.mkdir()
+    outside.mkdir()
+    (outside / "f").write_text("host\n")
+    (ws / "dir-link").symlink_to(outside)
+    (ws / "file-link").symlink_to(outside / "f")
+    for path in ("dir-link/f", "file-link"):
+        with pytest.raises(SandboxError, match="symbolic link"):
+            read_workspace_file(ws, path)
+    with pytest.raises(SandboxError, match="symbolic link"):
+        write_workspace_file(ws, "dir-link/f", b"x")
+    write_workspace_file(ws, "file-link", b"replaced\n")  # the link itself is replaced
+    assert (outside / "f").read_text() == "host\n" and (ws / "file-link").read_bytes() == b"replaced\n"
+    assert not (ws / "file-link").is_symlink()
+    with pytest.raises(SandboxError, match="inside the workspace"):
+        read_workspace_file(ws, "../outside/f")
