@@ -48,7 +48,7 @@ from agent.project import (
     task_branch,
 )
 from agent.sandbox import Sandbox, SandboxConfig, open_sandbox
-from agent.sandbox.files import read_workspace_file, write_workspace_file
+from agent.sandbox.files import check_disk_limit, read_workspace_file, write_workspace_file
 
 
 class TaskSpec(BaseModel):
@@ -229,10 +229,7 @@ class TaskRunner:
                 on_check=lambda passed, output: self._emit(
                     CheckRan, step_id=step.id, passed=passed, output_tail=output[-1500:]
                 ),
-                on_checkpoint=lambda summary: checkpoint_commit(
-                    repo, task_id=spec.task_id, step_id=step.id, attempt_id=self.attempt_id,
-                    message=f"{step.id} (work in progress): {summary}"[:200],
-                ),
+                on_checkpoint=lambda summary: self._work_in_progress(repo, step.id, summary),
                 feedback=feedback,
             )
             pending = self._take_pending(step.id)
@@ -317,6 +314,12 @@ class TaskRunner:
         messages: list[dict[str, Any]] = body["messages"]
         return [*messages, answer_message(body["call_id"], self.answer.text, self.answer.who)]
 
+    def _work_in_progress(self, repo: git.Repo, step_id: str, summary: str) -> str:
+        """The loop's ``checkpoint`` tool; over the disk limit it is refused and the model is told."""
+        check_disk_limit(self.workdir, self.spec.config.limits)
+        return checkpoint_commit(repo, task_id=self.spec.task_id, step_id=step_id, attempt_id=self.attempt_id,
+                                 message=f"{step_id} (work in progress): {summary}"[:200])
+
     def _mark_passed(self, relpath: str, step_id: str, notes: str) -> None:
         """Write ``passes`` into the workspace's prd.json. The file is sandbox output: a link there
         (into the user's checkout, say) is refused, never followed (``agent.sandbox.files``)."""
@@ -337,6 +340,7 @@ class TaskRunner:
         self, index: int, repo: git.Repo, sandbox: Sandbox, summary: str, check_output: str, parent: str
     ) -> tuple[str, str]:
         spec, step = self.spec, self.spec.plan.steps[index]
+        check_disk_limit(self.workdir, spec.config.limits)  # before git and the snapshot copy it all
         if spec.prd_relpath and spec.plan.format == "prd-json":
             self._mark_passed(spec.prd_relpath, step.id, f"Completed by Hearth: {summary}"[:500])
         commit = checkpoint_commit(repo, task_id=spec.task_id, step_id=step.id, attempt_id=self.attempt_id,

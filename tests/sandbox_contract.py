@@ -262,7 +262,9 @@ def check_file_api_never_blocks_on_a_fifo(make: SandboxFactory, tmp: Path) -> No
     with opened(make, ws) as sb:
         ok(sb.exec("mkfifo pipe && mkdir -p d && mkfifo d/pipe2"))
         read = _returns_within(lambda: sb.read_file("pipe"), 60)
-        assert isinstance(read, SandboxError) and "FIFO" in str(read), read
+        # Refused as a FIFO, or absent on the host (qemu syncs back only files, dirs and links).
+        refused = isinstance(read, SandboxError) and "FIFO" in str(read)
+        assert refused or isinstance(read, FileNotFoundError), read
         assert _returns_within(lambda: sb.write_file("d/pipe2", "plain\n"), 60) is None
         assert sb.read_file("d/pipe2") == "plain\n"  # the FIFO was replaced, not written through
         assert ok(sb.exec("test -f d/pipe2 && cat d/pipe2")).stdout == "plain\n"
@@ -273,7 +275,7 @@ def check_file_api_reads_a_bounded_amount(make: SandboxFactory, tmp: Path) -> No
     with opened(make, ws) as sb:
         ok(sb.exec("truncate -s 1G sparse.bin"))
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        with pytest.raises(SandboxError, match="larger than"):
+        with pytest.raises(SandboxError, match=r"larger than|not a regular file"):  # qemu: not synced back
             sb.read_file("sparse.bin")
         grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
         assert grown_mib < 64, f"reading a 1 GiB sparse file grew the host by {grown_mib:.0f} MiB"

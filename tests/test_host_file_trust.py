@@ -9,6 +9,7 @@ The FIFO and sparse-file cases of the same rule are in tests/sandbox_contract.py
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import git
@@ -17,8 +18,8 @@ from tests_support import RecordingController, runner_for, spec_for
 
 from agent.events import TerminationReason
 from agent.models.scripted import ScriptedChat
-from agent.sandbox import SandboxError
-from agent.sandbox.files import read_workspace_file, write_workspace_file
+from agent.sandbox import SandboxConfig, SandboxError
+from agent.sandbox.files import read_workspace_file, workspace_disk_bytes, write_workspace_file
 
 
 def checkout_digest(project: Path) -> dict[str, str]:
@@ -60,3 +61,24 @@ def test_workspace_reads_and_writes_never_follow_links(tmp_path: Path) -> None:
     assert not (ws / "file-link").is_symlink()
     with pytest.raises(SandboxError, match="inside the workspace"):
         read_workspace_file(ws, "../outside/f")
+
+
+def test_no_file_outgrows_the_disk_limit_and_a_full_workspace_fails_its_step(greeting_project: Path) -> None:
+    limits = SandboxConfig(disk_mib=64)
+    huge = "fallocate -l 20G huge.bin; echo rc=$?; ls -s huge.bin 2>/dev/null | cut -d' ' -f1"
+    fill = "for i in 1 2 3; do head -c 40M /dev/zero > fill$i.bin; done; echo done"
+    model = ScriptedChat([{"name": "shell", "arguments": {"command": huge}},
+                          {"name": "shell", "arguments": {"command": fill}}])
+    result = runner_for(spec_for(greeting_project, check="true", limits=limits), RecordingController(), model).run()
+    huge_reply = next(m["content"] for m in model.calls[1] if m["role"] == "tool")
+    assert "rc=0" not in huge_reply, huge_reply  # a 20 GiB file is refused at once (RLIMIT_FSIZE)
+    assert result.reason == TerminationReason.error, result
+    assert "disk" in result.message and "64 MiB" in result.message, result.message
+
+
+def test_disk_use_counts_allocated_blocks_once(tmp_path: Path) -> None:
+    (tmp_path / "sparse").write_bytes(b"")
+    os.truncate(tmp_path / "sparse", 2**30)  # 1 GiB apparent, nothing allocated
+    (tmp_path / "data").write_bytes(b"x" * 2**20)
+    os.link(tmp_path / "data", tmp_path / "hardlink")
+    assert 2**20 <= workspace_disk_bytes(tmp_path) < 2 * 2**20

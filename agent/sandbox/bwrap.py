@@ -20,7 +20,9 @@ Limits (``SandboxConfig``) are enforced by a cgroup per sandbox that every ``exe
 bwrap starts: ``pids.max``, memory (``memory.max`` / ``memory.limit_in_bytes``, swap included) and
 CPU quota, through cgroup v2 where its controllers can be delegated and cgroup v1 otherwise. Where
 no cgroup is writable, ``prlimit`` sets RLIMIT_NPROC (ignored for root) and RLIMIT_AS (per
-process). ``enforcement`` says which mechanism holds each limit on this host.
+process). ``enforcement`` says which mechanism holds each limit on this host. Disk: ``prlimit
+--fsize`` (RLIMIT_FSIZE) keeps every file under ``disk_mib``; the runner checks the workspace's
+total at each checkpoint (``agent.sandbox.files.check_disk_limit``).
 
 Snapshots are full, immutable copies of the workspace (``.git`` included) under
 ``$HEARTH_SNAPSHOT_DIR/<name>/<id>``, default ``<workspace>/../.hearth-snapshots/<name>/<id>``. The
@@ -115,6 +117,7 @@ class BwrapSandbox:
         self.name = name or self.workspace.name
         self._bwrap = bwrap
         self._shell = ["bash", "-lc"] if shutil.which("bash") else ["sh", "-c"]
+        self._prlimit = shutil.which("prlimit") is not None
         self._extra_ro_binds = tuple(p.resolve() for p in extra_ro_binds)
         self._git_dir = git_dir.resolve() if git_dir is not None and git_dir.is_dir() else None
         self.snapshot_root = snapshot_root(self.workspace, self.name)
@@ -200,6 +203,8 @@ class BwrapSandbox:
         rlimits = [f"--nproc={self.config.pids}"] if self.enforcement["pids"] == "rlimit" else []
         if self.enforcement["memory"] == "rlimit":
             rlimits.append(f"--as={self.config.memory_mib * 2**20}")
+        if self._prlimit:  # no file may outgrow the disk limit (the runner checks the total)
+            rlimits.append(f"--fsize={self.config.disk_mib * 2**20}")
         return [*argv, "prlimit", *rlimits, "--"] if rlimits else argv
 
     def _bwrap_argv(self, guest_cwd: str, env: dict[str, str], status_fd: int) -> list[str]:

@@ -6,7 +6,8 @@ The container (``hearth-sb-<name>-<hex>``, labels ``hearth.sandbox``/``hearth.wo
 with:
 
 * ``network_mode="none"`` unless ``config.network == "nat"`` (then the engine's default bridge);
-* ``nano_cpus``, ``mem_limit`` (= ``memswap_limit``: no swap) and ``pids_limit`` from the config;
+* ``nano_cpus``, ``mem_limit`` (= ``memswap_limit``: no swap) and ``pids_limit`` from the config,
+  and an ``fsize`` ulimit of ``disk_mib`` (no file grows past the disk limit);
 * ``cap_drop=["ALL"]``, ``no-new-privileges``, a read-only root filesystem with tmpfs ``/tmp``
   (also ``HOME``), ``/var/tmp`` and ``/run``; the user is the workspace's owner (uid:gid), so files
   made inside belong to the same user as on the host;
@@ -46,6 +47,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import docker
 
 from agent.sandbox.base import (
     GUEST_WORKSPACE,
@@ -133,6 +136,9 @@ class DockerSandbox:
             network_mode="none" if cfg.network != "nat" else "bridge",
             nano_cpus=int(cfg.cpus * 1e9), mem_limit=memory, memswap_limit=memory, pids_limit=cfg.pids,
             cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            # No file may outgrow the disk limit (the workspace is a bind mount, which storage_opt
+            # would not cover; the runner checks the total at each checkpoint).
+            ulimits=[docker.types.Ulimit(name="fsize", soft=cfg.disk_mib * 2**20, hard=cfg.disk_mib * 2**20)],
             read_only=not self.writable_root, tmpfs=tmpfs,
         )
         self.container.reload()

@@ -20,7 +20,7 @@ import subprocess
 import uuid
 from pathlib import Path, PurePosixPath
 
-from agent.sandbox.base import SandboxError, SandboxEscape, resolve_inside
+from agent.sandbox.base import SandboxConfig, SandboxDiskFull, SandboxError, SandboxEscape, resolve_inside
 
 READ_LIMIT_BYTES = 4 * 2**20
 """The most the host reads of one file a sandbox wrote (the read_file tool, the PRD write-back)."""
@@ -215,3 +215,30 @@ def read_text_in_workspace(workspace: Path, path: str) -> str:
 def write_text_in_workspace(workspace: Path, path: str, content: str) -> None:
     """What a backend's ``write_file`` does."""
     write_workspace_file(workspace, workspace_relpath(workspace, path), content.encode("utf-8"))
+
+
+def workspace_disk_bytes(workspace: Path) -> int:
+    """Bytes the workspace's files take on disk (allocated blocks: a sparse file counts what it
+    really holds, a hard-linked file once); links are not followed."""
+    total, seen = 0, set()
+    stack = [str(workspace)]
+    while stack:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError, PermissionError), os.scandir(stack.pop()) as it:
+            for entry in it:
+                with contextlib.suppress(FileNotFoundError):
+                    info = entry.stat(follow_symlinks=False)
+                    if (info.st_dev, info.st_ino) in seen:
+                        continue
+                    seen.add((info.st_dev, info.st_ino))
+                    total += info.st_blocks * 512
+                    if stat.S_ISDIR(info.st_mode):
+                        stack.append(entry.path)
+    return total
+
+
+def check_disk_limit(workspace: Path, config: SandboxConfig) -> None:
+    """``SandboxDiskFull`` naming the figures when the workspace is over ``config.disk_mib``."""
+    used = workspace_disk_bytes(workspace)
+    if used > config.disk_mib * 2**20:
+        raise SandboxDiskFull(f"the workspace uses {used / 2**20:.0f} MiB of disk, over its "
+                              f"{config.disk_mib} MiB limit (limits.disk_mib in hearth.toml)")
