@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -118,6 +119,13 @@ class ModelEntry(BaseModel):
     def _check(self) -> ModelEntry:
         if self.cpu_only and self.engine not in ("llamacpp", "ollama"):
             raise ValueError(f"cpu_only is for llamacpp or ollama, not {self.engine}")
+        try:  # the scheduler computes this for every entry: it must be a number
+            estimate = self.weights_estimate_mib() + self.kv_cache_mib()
+        except OverflowError:
+            estimate = math.inf
+        if not math.isfinite(estimate):
+            raise ValueError("the VRAM estimate is not a finite number: check params_b, bytes_per_weight, "
+                             "layers, kv_heads, head_dim, kv_bytes, context and parallel (or give vram_mib)")
         return self
 
     @property
@@ -216,7 +224,7 @@ def load_catalogue(path: Path | None = None, *, state_dir: Path | None = None) -
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise CatalogueError(f"no model catalogue at {path}: add models there (see docs/models.md)") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise CatalogueError(f"{path}: {exc}") from None
     return parse_catalogue(data, str(path))
 
