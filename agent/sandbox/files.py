@@ -20,7 +20,14 @@ import subprocess
 import uuid
 from pathlib import Path, PurePosixPath
 
-from agent.sandbox.base import SandboxConfig, SandboxDiskFull, SandboxError, SandboxEscape, resolve_inside
+from agent.sandbox.base import (
+    GUEST_WORKSPACE,
+    SandboxConfig,
+    SandboxDiskFull,
+    SandboxError,
+    SandboxEscape,
+    resolve_inside,
+)
 
 READ_LIMIT_BYTES = 4 * 2**20
 """The most the host reads of one file a sandbox wrote (the read_file tool, the PRD write-back)."""
@@ -207,14 +214,25 @@ def workspace_relpath(workspace: Path, path: str) -> str:
     return rel
 
 
-def read_text_in_workspace(workspace: Path, path: str) -> str:
-    """What a backend's ``read_file`` returns: the file's text (invalid UTF-8 replaced)."""
+def read_inside(workspace: Path, path: str) -> str:
+    """What a backend's ``read_file`` returns: the file's text (invalid UTF-8 replaced), read by
+    ``read_workspace_file`` (no link followed, regular files only, bounded)."""
     return read_workspace_file(workspace, workspace_relpath(workspace, path)).decode("utf-8", errors="replace")
 
 
-def write_text_in_workspace(workspace: Path, path: str, content: str) -> None:
-    """What a backend's ``write_file`` does."""
+def write_inside(workspace: Path, path: str, content: str) -> None:
+    """What a backend's ``write_file`` does, through ``write_workspace_file``."""
     write_workspace_file(workspace, workspace_relpath(workspace, path), content.encode("utf-8"))
+
+
+def guest_dir(workspace: Path, cwd: str) -> str:
+    """``cwd`` (relative to the workspace, or under /workspace) as the guest's path; it must be a
+    directory in the workspace."""
+    host = resolve_inside(workspace, cwd)
+    if not host.is_dir():
+        raise SandboxError(f"cwd {cwd!r} is not a directory in the workspace")
+    rel = host.relative_to(workspace).as_posix()
+    return GUEST_WORKSPACE if rel == "." else f"{GUEST_WORKSPACE}/{rel}"
 
 
 def workspace_disk_bytes(workspace: Path) -> int:
