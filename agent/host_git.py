@@ -14,8 +14,10 @@ sandbox's code on the host, outside every limit. Two rules stop it:
   or the GitPython repo ``open_task_repo`` returns: ``GIT_DIR``/``GIT_WORK_TREE`` named
   explicitly (no discovery of a planted ``.git``), no system or global config, and command-line
   config (which outranks every file) that turns off hooks, fsmonitor, submodule recursion and
-  the ``ext::`` transport. Command-line config reaches child git processes too, so a nested
-  repository the sandbox planted cannot switch them back on.
+  the ``ext::`` transport. Command-line config also reaches the git processes git starts in a
+  nested repository (it is not asked to: submodule recursion is off), so a repository the sandbox
+  planted cannot switch them back on. (The receiving side of a push into the user's repository
+  runs with that repository's own config: it is the user's, not the sandbox's.)
 
 What ``.gitattributes`` in the work tree can still name is harmless: a filter or diff driver
 only runs if some config defines it, and the only config read is the private one Hearth wrote.
