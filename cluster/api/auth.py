@@ -1,0 +1,67 @@
+"""Bearer tokens and the rights they carry: ``need("submit")`` is a route's dependency."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import Depends, Header, HTTPException, Request
+from pydantic import BaseModel, ConfigDict
+
+RIGHTS = ("read", "submit", "answer", "decide", "cancel", "restart", "priority", "nodes", "endpoint")
+PLUGIN_RIGHTS = ("read", "submit", "answer", "decide")
+PLUGIN_TOKEN_FILE = "plugin-token"
+
+
+class Caller(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    role: str
+    rights: tuple[str, ...]
+
+
+ADMIN = Caller(role="admin", rights=RIGHTS)
+PLUGIN = Caller(role="plugin", rights=PLUGIN_RIGHTS)
+
+
+def token_table(token: str, plugin_token: str | None) -> list[tuple[Caller, bytes]]:
+    tokens = [(ADMIN, token.encode())]
+    if plugin_token:
+        tokens.append((PLUGIN, plugin_token.encode()))
+    return tokens
+
+
+def caller(request: Request, authorization: str = Header(default="")) -> Caller:
+    """Who presents this bearer token (every token is compared, in constant time)."""
+    scheme, _, presented = authorization.partition(" ")
+    found = None
+    for who, secret in request.app.state.tokens:
+        if hmac.compare_digest(presented.encode(), secret) and scheme.lower() == "bearer":
+            found = who
+    if found is None:
+        raise HTTPException(status_code=401, detail="missing or wrong bearer token")
+    return found
+
+
+def require_endpoint_right(who: Caller, model: str | None) -> None:
+    """A model named by URL (``openai:<url>``) needs the ``endpoint`` right, which only the admin
+    token holds: the worker node would connect wherever the URL says (any host its network
+    reaches), and whoever answers there writes every command the task's steps run. Catalogue
+    models (``docker:``, ``embedded:``, ``scripted:``) and the project's own hearth.toml model need
+    no more than ``submit``."""
+    if model is not None and model.partition(":")[0] == "openai" and "endpoint" not in who.rights:
+        raise HTTPException(status_code=403, detail=(
+            f"the {who.role} token lacks the 'endpoint' right, which a model given by URL ({model!r}) "
+            "needs: it would make a node connect there and let that server drive the task. Name a "
+            "catalogue model (docker:<name> from models.toml, embedded:<name>) or set the project's "
+            "model in hearth.toml"))
+
+
+def need(right: str) -> Any:
+    """A dependency: the caller, if their token carries ``right`` (else 403 naming what it has)."""
+    def check(who: Caller = Depends(caller)) -> Caller:
+        if right not in who.rights:
+            has = ", ".join(who.rights)
+            raise HTTPException(status_code=403,
+                                detail=f"the {who.role} token lacks the '{right}' right (it has: {has})")
+        return who
+    return Depends(check)
