@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import ProjectConfig
 from agent.events import TaskSubmitted
-from agent.prd import MAX_PRD_BYTES, PrdError, load_prd, parse_prd_text
-from cluster.states import TaskState
+from agent.prd import MAX_PRD_BYTES, PrdError, Step, TaskPlan, load_prd, parse_prd_text
+from agent.runner import TaskSpec
+from cluster.scheduling.states import TaskState
 from cluster.store import Store
 
 
@@ -54,10 +56,13 @@ def test_active_task_queries_do_not_parse_finished_tasks(tmp_path: Path) -> None
     """The idle scheduler asks for active tasks every cycle; finished ones (whose spec holds a whole
     PRD) must not be read at all. A finished row with an unreadable spec proves it."""
     store = Store(tmp_path / "hearth.db")
+    plan = TaskPlan(name="p", format="prd-json", source="prd.json", steps=[Step(id="S1", title="one")])
+    spec = TaskSpec(task_id="pending", project_path="/p", plan=plan, model="scripted:demo", base_commit="0" * 40,
+                    config=ProjectConfig(name="p"))
     submitted = TaskSubmitted(task_id="pending", name="n", steps=["S1"], priority=50)
-    done = store.create_task(project="p", name="n", priority=50, model="scripted:demo", spec={}, submitted=submitted)
+    done = store.create_task(project="p", name="n", priority=50, model="scripted:demo", spec=spec, submitted=submitted)
     store.update_task(done.id, state=TaskState.completed.value)
     store.db.execute("UPDATE tasks SET spec = ? WHERE id = ?", ("{not json", done.id))
-    live = store.create_task(project="p", name="n", priority=50, model="scripted:demo", spec={}, submitted=submitted)
+    live = store.create_task(project="p", name="n", priority=50, model="scripted:demo", spec=spec, submitted=submitted)
     assert [t.id for t in store.tasks({TaskState.queued, TaskState.running})] == [live.id]
     store.close()
