@@ -43,8 +43,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sse_starlette.sse import EventSourceResponse
 
+from cluster import metrics
 from cluster.states import TERMINAL, TaskState
 from cluster.store import Store, TaskRow, UnknownTask
+from cluster.web.app import mount_web
 
 if TYPE_CHECKING:
     from cluster.openclaw import Notifier
@@ -272,6 +274,11 @@ def create_app(scheduler: Callable[[], Any], store_path: Path, token: str, *, pl
         after = int(last) if last.isdigit() else 0
 
         async def stream() -> AsyncIterator[dict[str, Any]]:
+            with metrics.sse_client("events"):
+                async for item in events_after():
+                    yield item
+
+        async def events_after() -> AsyncIterator[dict[str, Any]]:
             nonlocal after
             while True:
                 db = store()
@@ -416,6 +423,7 @@ def create_app(scheduler: Callable[[], Any], store_path: Path, token: str, *, pl
     async def unknown(_: Request, exc: UnknownTask) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
 
+    mount_web(app, scheduler, store_path, token, plugin_token)  # the page under /ui, and /metrics
     return app
 
 

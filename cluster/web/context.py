@@ -1,0 +1,85 @@
+"""What the web pages share: the scheduler, the store (read-only), logins, templates and node data.
+
+The pages use the same two paths as the JSON API: writes are calls on the scheduler actor (its errors
+translated into a sentence and a status), reads go straight to SQLite, read-only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.templating import Jinja2Templates
+
+from cluster.store import Store
+from cluster.web.sessions import Authenticator, Sessions
+
+HERE = Path(__file__).parent
+NODES_FRESH_S = 5.0
+"""Node inventories are gathered from every box (NVML, Docker): pages and scrapes share one result
+for this long."""
+
+
+class ActionError(Exception):
+    """A scheduler call refused: ``status`` (409 conflict, 422 bad input, 404 unknown) and its sentence."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def translate(exc: BaseException) -> ActionError:
+    """The scheduler's errors (wrapped by Ray) → a status and the scheduler's own sentence."""
+    cause = getattr(exc, "cause", None) or exc
+    status = {"SubmitError": 422, "Conflict": 409, "UnknownTask": 404}.get(type(cause).__name__, 500)
+    message = str(cause) if not isinstance(cause, KeyError) else f"no task {cause.args[0]!r}"
+    return ActionError(status, message)
+
+
+NodesSource = Callable[[], Awaitable[list[dict[str, Any]]]]
+
+
+class WebContext:
+    def __init__(self, scheduler: Callable[[], Any], store_path: Path, auth: Authenticator,
+                 nodes: NodesSource | None = None) -> None:
+        self.scheduler = scheduler
+        self.store_path = store_path
+        self.auth = auth
+        self.sessions = Sessions()
+        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        self.nodes_source: NodesSource = nodes or (lambda: self.call("nodes"))
+        """Where node inventories come from: the scheduler, or a recorded inventory (no GPU here)."""
+        self._nodes: tuple[float, list[dict[str, Any]]] | None = None
+        self._nodes_lock = asyncio.Lock()
+
+    @contextlib.contextmanager
+    def store(self) -> Iterator[Store]:
+        db = Store(self.store_path, readonly=True)
+        try:
+            yield db
+        finally:
+            db.close()
+
+    async def call(self, method: str, *args: Any) -> Any:
+        try:
+            return await getattr(self.scheduler(), method).remote(*args)
+        except Exception as exc:
+            raise translate(exc) from None
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        """Every node with its inventory, at most ``NODES_FRESH_S`` old."""
+        async with self._nodes_lock:
+            if self._nodes is None or time.monotonic() - self._nodes[0] > NODES_FRESH_S:
+                self._nodes = (time.monotonic(), list(await self.nodes_source()))
+            return self._nodes[1]
+
+
+def web_context(request: Request) -> WebContext:
+    context: WebContext = request.app.state.hearth_web
+    return context
