@@ -88,8 +88,35 @@ def screenshot_dir(tmp_path: Path) -> Path:
     return target
 
 
+def full_page_screenshot(driver: Any, path: Path) -> None:
+    """The whole page, not only the window (the window grows to the page's height for the shot)."""
+    width, height = driver.get_window_size()["width"], driver.get_window_size()["height"]
+    full = driver.execute_script("return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight);")
+    driver.set_window_size(width, min(int(full) + 40, 4000))
+    try:
+        driver.save_screenshot(str(path))
+    finally:
+        driver.set_window_size(width, height)
+
+
 def wait_until(driver: Any, condition: Callable[[Any], Any], timeout_s: float = 120, what: str = "") -> Any:
-    """Wait (with a deadline, polling the live page) until ``condition(driver)`` is truthy."""
+    """Wait (with a deadline, polling the live page) until ``condition(driver)`` is truthy. A live
+    swap may replace an element between finding and using it: such a try just counts as not yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout_s, poll_frequency=0.2).until(condition, message=what)
+    wait = WebDriverWait(driver, timeout_s, poll_frequency=0.2,
+                         ignored_exceptions=[StaleElementReferenceException, NoSuchElementException])
+    return wait.until(condition, message=what)
+
+
+def fill_and_press(driver: Any, fields: dict[str, str], button: str) -> bool:
+    """Type into the inputs with these ids, then press the button with id ``button`` (one try)."""
+    from selenium.webdriver.common.by import By
+
+    for field_id, text in fields.items():
+        element = driver.find_element(By.ID, field_id)
+        element.clear()
+        element.send_keys(text)
+    driver.find_element(By.ID, button).click()
+    return True

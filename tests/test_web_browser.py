@@ -13,7 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
-from browser_support import browser, live_site, screenshot_dir, wait_until  # noqa: F401
+from browser_support import (  # noqa: F401
+    browser,
+    fill_and_press,
+    full_page_screenshot,
+    live_site,
+    screenshot_dir,
+    wait_until,
+)
 from openclaw_fixtures import make_project
 from web_support import recorded_nodes
 
@@ -86,10 +93,9 @@ def test_answer_a_question_on_the_task_page_and_the_task_resumes_scripted_ask_mo
     task_id = submit(site, project, "scripted:ask")
     browser.get(f"{site.url}/ui/tasks/{task_id}")
     for answer in ("teal", "navy"):  # scripted:ask asks once per story
-        question = wait_until(browser, lambda d: d.find_elements(By.ID, "question"), 120, "the question")[0]
-        assert "What should answer.txt say?" in question.text
-        browser.find_element(By.ID, "answer-text").send_keys(answer)
-        browser.find_element(By.ID, "answer-send").click()
+        wait_until(browser, lambda d: "What should answer.txt say?" in d.find_element(By.ID, "question").text, 120,
+                   "the question")
+        wait_until(browser, lambda d, a=answer: fill_and_press(d, {"answer-text": a}, "answer-send"), 30, "answering")
         wait_until(browser, lambda d, a=answer: f"answered: {a}" in d.find_element(By.ID, "events").text, 60,
                    "the answer in the live event log")
         if answer == "teal":
@@ -112,10 +118,10 @@ def test_approve_a_checkpoint_and_reject_one_with_a_reason_scripted_model(
     wait_until(browser, lambda d: d.find_elements(By.ID, "approval"), 120, "the first checkpoint")
     diff = browser.find_element(By.CSS_SELECTOR, "details.checkpoint .diff")
     assert "hello.txt" in diff.text and diff.find_elements(By.CSS_SELECTOR, "span.gi")  # highlighted "+" lines
-    browser.save_screenshot(str(screenshot_dir(tmp_path) / "task-checkpoint.png"))
+    full_page_screenshot(browser, screenshot_dir(tmp_path) / "task-checkpoint.png")
     first = browser.find_element(By.NAME, "checkpoint").get_attribute("value")
-    browser.find_element(By.ID, "reject-reason").send_keys("say hello to the team too")
-    browser.find_element(By.ID, "reject").click()
+    wait_until(browser, lambda d: fill_and_press(d, {"reject-reason": "say hello to the team too"}, "reject"), 30,
+               "rejecting")
     wait_until(browser, lambda d: "rejected by" in d.find_element(By.ID, "work").text, 60, "the rejection shown")
     assert "say hello to the team too" in browser.find_element(By.ID, "events").text
 
@@ -126,7 +132,7 @@ def test_approve_a_checkpoint_and_reject_one_with_a_reason_scripted_model(
     for _ in range(2):  # US-001 redone after the rejection, then US-002
         wait_until(browser, next_card, 120, "a new checkpoint awaiting a decision")
         first = browser.find_element(By.NAME, "checkpoint").get_attribute("value")
-        browser.find_element(By.ID, "approve").click()
+        wait_until(browser, lambda d: fill_and_press(d, {}, "approve"), 30, "approving")
     wait_until(browser, lambda d: d.find_element(By.ID, "task-state").text == "completed", 180, "completed")
     log = browser.find_element(By.ID, "events").text
     assert f"{name} rejected US-001: say hello to the team too" in log and f"{name} approved US-002" in log

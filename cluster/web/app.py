@@ -24,6 +24,8 @@ def mount_web(app: FastAPI, scheduler: Callable[[], Any], store_path: Path, toke
     ``nodes`` replaces the scheduler's node inventory (a recorded one, where this machine has no GPU).
     """
     web = WebContext(scheduler, store_path, Authenticator(store_path.parent, token, plugin_token), nodes)
+    for name in web.templates.env.list_templates():  # compile now, so the first page is not the slow one
+        web.templates.env.get_template(name)
     app.state.hearth_web = web
     for router in (pages.router, actions.router, live.router, metrics.router):
         app.include_router(router)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
-from typing import Any
 
 from pydantic import BaseModel
 
 from agent.config import PRIORITY_NAMES
-from agent.events import CheckpointReady, ClarificationRequested, StepStarted
+from agent.events import CheckpointReady, ClarificationRequested
 from cluster.states import TaskState
 from cluster.store import Store, TaskRow
 
@@ -74,41 +75,49 @@ class Board(BaseModel):
     total: int
 
 
-def card(db: Store, task: TaskRow, now: float) -> Card:
-    steps = task.spec.get("plan", {}).get("steps", [])
-    total = len(steps)
-    index, step_id = 0, ""
-    if task.state == S.completed:
-        index = total
-        step_id = steps[-1]["id"] if steps else ""
-    elif task.state != S.queued or task.attempts:
-        started = db.last_event(task.id, "step_started")
-        if isinstance(started, StepStarted):
-            index, total, step_id = started.index + 1, started.total, started.step_id
-    node = (task.node_id or task.resume_node or "")[:12]
-    return Card(id=task.id, name=task.name, project=task.project, state=task.state.value, priority=task.priority,
-                priority_label=priority_label(task.priority), node=node, step_index=index, step_total=total,
-                step_id=step_id, age=age(now - task.created_at), in_state=age(now - task.updated_at),
-                message=task.message)
+# The board is read with one query (no pydantic parsing of specs and events per task): it is the
+# first page people open, and it must stay fast with hundreds of tasks.
+CARDS_SQL = """
+SELECT t.id, t.project, t.name, t.state, t.priority, t.node_id, t.resume_node, t.attempts, t.created_at,
+       t.updated_at, t.message, json_array_length(t.spec, '$.plan.steps') AS total,
+       json_extract(t.spec, '$.plan.steps[#-1].id') AS last_step,
+       (SELECT e.body FROM events e WHERE e.task_id = t.id AND e.kind = 'step_started'
+        ORDER BY e.seq DESC LIMIT 1) AS started
+FROM tasks t
+"""
+
+
+def _card(row: sqlite3.Row, now: float) -> Card:
+    total, index, step_id = int(row["total"] or 0), 0, ""
+    if row["state"] == S.completed:
+        index, step_id = total, row["last_step"] or ""
+    elif row["started"] and (row["state"] != S.queued or row["attempts"]):
+        started = json.loads(row["started"])
+        index, total, step_id = int(started["index"]) + 1, int(started["total"]), str(started["step_id"])
+    return Card(id=row["id"], name=row["name"], project=row["project"], state=row["state"],
+                priority=row["priority"], priority_label=priority_label(row["priority"]),
+                node=(row["node_id"] or row["resume_node"] or "")[:12], step_index=index, step_total=total,
+                step_id=step_id, age=age(now - row["created_at"]), in_state=age(now - row["updated_at"]),
+                message=row["message"])
 
 
 def board(db: Store, project: str | None = None, now: float | None = None) -> Board:
     now = time.time() if now is None else now
-    tasks = db.tasks()
-    projects = sorted({t.project for t in tasks} | set(db.projects()))
-    shown = [t for t in tasks if project in (None, "", t.project)]
+    rows = db.db.execute(CARDS_SQL + (" WHERE t.project = ?" if project else ""),
+                         (project,) if project else ()).fetchall()
+    names = {r[0] for r in db.db.execute("SELECT DISTINCT project FROM tasks UNION SELECT name FROM projects")}
     columns = []
     for key, title, states in COLUMNS:
-        members = [t for t in shown if t.state in states]
+        members = [r for r in rows if r["state"] in states]
         hidden = 0
         if key in {"done", "failed"}:
-            members.sort(key=lambda t: t.updated_at, reverse=True)
+            members.sort(key=lambda r: r["updated_at"], reverse=True)
             hidden = max(0, len(members) - FINISHED_SHOWN)
             members = members[:FINISHED_SHOWN]
         else:  # what runs next first: highest priority, then oldest
-            members.sort(key=lambda t: (-t.priority, t.created_at))
-        columns.append(Column(key=key, title=title, cards=[card(db, t, now) for t in members], hidden=hidden))
-    return Board(columns=columns, projects=projects, project=project or None, total=len(shown))
+            members.sort(key=lambda r: (-r["priority"], r["created_at"]))
+        columns.append(Column(key=key, title=title, cards=[_card(r, now) for r in members], hidden=hidden))
+    return Board(columns=columns, projects=sorted(names), project=project or None, total=len(rows))
 
 
 class Waiting(BaseModel):
@@ -148,13 +157,34 @@ def pending(db: Store, task: TaskRow, now: float | None = None) -> Waiting | Non
     return None
 
 
+INBOX_SQL = """
+SELECT t.id, t.name, t.project, t.state, t.answer,
+       (SELECT e.body FROM events e WHERE e.task_id = t.id AND e.kind IN
+         ('clarification_requested', 'answer_received', 'checkpoint_ready', 'decision_made')
+        ORDER BY e.seq DESC LIMIT 1) AS ask
+FROM tasks t WHERE t.state IN ('waiting_input', 'awaiting_approval')
+"""
+ASKS = {"waiting_input": "clarification_requested", "awaiting_approval": "checkpoint_ready"}
+
+
 def inbox(db: Store, now: float | None = None) -> list[Waiting]:
-    """Every question and approval waiting for someone, oldest first."""
+    """Every question and approval waiting for someone, oldest first (one query)."""
     now = time.time() if now is None else now
-    found = [pending(db, t, now) for t in db.tasks({S.waiting_input, S.awaiting_approval})]
-    return sorted((w for w in found if w is not None), key=lambda w: w.asked_at)
+    found = []
+    for row in db.db.execute(INBOX_SQL).fetchall():
+        ask = json.loads(row["ask"]) if row["ask"] else {}
+        if ask.get("kind") != ASKS[row["state"]] or (row["state"] == S.waiting_input and row["answer"]):
+            continue
+        question = ask["kind"] == "clarification_requested"
+        found.append(Waiting(
+            task_id=row["id"], task_name=row["name"], project=row["project"],
+            kind="question" if question else "approval", seq=ask["seq"], step_id=ask["step_id"],
+            text=ask["question"] if question else ask["diff_stat"], commit=ask.get("commit", ""),
+            check_summary=ask.get("check_summary", ""), asked_at=ask["at"], waited=age(now - ask["at"])))
+    return sorted(found, key=lambda w: w.asked_at)
 
 
-def summary(db: Store) -> dict[str, Any]:
-    """Counts for the navigation bar: how many things wait for a person."""
-    return {"inbox": len(inbox(db))}
+def inbox_count(db: Store) -> int:
+    """How many tasks wait for a person (the navigation bar's number)."""
+    return int(db.db.execute("SELECT COUNT(*) FROM tasks WHERE state = 'awaiting_approval' OR"
+                             " (state = 'waiting_input' AND answer IS NULL)").fetchone()[0])

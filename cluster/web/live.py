@@ -46,7 +46,7 @@ async def board(request: Request, project: str | None = None, web: WebContext = 
                         seen = version
                         data = board_view.board(db, project)
                         yield {"event": "board", "data": _html(request, web, "_board.html", board=data)}
-                        yield {"event": "inbox", "data": str(len(board_view.inbox(db)))}
+                        yield {"event": "inbox", "data": str(board_view.inbox_count(db))}
                     await asyncio.sleep(POLL_S)
         finally:
             db.close()
@@ -91,6 +91,7 @@ async def task(request: Request, task_id: str, after: int = 0, web: WebContext =
                                     request, web, "_task_status.html", page=page, csrf=session.csrf,
                                     session=session, approver_note=note)}
                                 yield {"event": "work", "data": _html(request, web, "_task_work.html", page=page)}
+                                yield {"event": "inbox", "data": str(board_view.inbox_count(db))}
                             shape = now_shape
                     await asyncio.sleep(POLL_S)
         finally:

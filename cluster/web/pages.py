@@ -24,7 +24,7 @@ def render(request: Request, web: WebContext, template: str, session: Session | 
     inbox_count = None
     if session is not None:
         with web.store() as db:
-            inbox_count = len(board_view.inbox(db))
+            inbox_count = board_view.inbox_count(db)
     flash, session_flash = [], getattr(session, "flash", None)
     if session_flash:
         flash, session_flash[:] = list(session_flash), []
