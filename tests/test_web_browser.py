@@ -63,6 +63,8 @@ def column_of(driver: Any, task_id: str) -> str | None:
 
 def test_log_in_and_see_a_submitted_task_cross_the_board_live_scripted_model(
         site: Any, browser: Any, tmp_path: Path) -> None:  # noqa: F811
+    neighbours = [submit(site, make_project(tmp_path, "ask-demo"), "scripted:ask"),
+                  submit(site, make_project(tmp_path, "review-demo", approval="each-step"), "scripted:demo")]
     project = make_project(tmp_path, "board-demo")
     log_in(browser, site)
     browser.execute_script("window.notReloaded = true;")
@@ -76,12 +78,17 @@ def test_log_in_and_see_a_submitted_task_cross_the_board_live_scripted_model(
         return where == column
 
     wait_until(browser, lambda d: moved_to("running"), 120, f"{task_id} in the running column")
+    wait_until(browser, lambda d: [column_of(d, t) for t in neighbours] == ["waiting_input", "awaiting_approval"],
+               120, "the other tasks waiting for people")
     browser.save_screenshot(str(screenshot_dir(tmp_path) / "board.png"))
     wait_until(browser, lambda d: moved_to("done"), 180, f"{task_id} in the done column")
     assert browser.execute_script("return window.notReloaded === true;"), "the page reloaded"
     assert seen[-1] == "done" and "running" in seen, seen
     card = browser.find_element("id", f"card-{task_id}")
     assert "board-demo" in card.text and "step 2/2" in card.text
+    for other in neighbours:  # they wait for people who will not come: free their slots
+        httpx.post(f"{site.url}/v1/tasks/{other}/cancel", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    wait_until(browser, lambda d: [column_of(d, t) for t in neighbours] == ["failed", "failed"], 60, "cancelled")
 
 
 def test_answer_a_question_on_the_task_page_and_the_task_resumes_scripted_ask_model(
