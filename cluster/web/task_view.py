@@ -94,8 +94,9 @@ def describe(event: Event) -> str:
         "decision_made": lambda: f"{body['who']} {'approved' if body['approve'] else 'rejected'} {body['step_id']}"
                                  + (f": {body['reason']}" if body["reason"] else ""),
         "step_completed": lambda: f"{body['step_id']} done in {body['turns']} turns, {body['duration_s']:.1f} s",
-        "attempt_ended": lambda: f"attempt ended: {body['reason']}" + (f": {body['message']}" if body["message"]
-                                                                       else ""),
+        "attempt_ended": lambda: "parked until someone answers (its model slot is free)"
+        if body["reason"] == "waiting_input" else
+        f"attempt ended: {body['reason']}" + (f": {body['message']}" if body["message"] else ""),
         "task_requeued": lambda: f"re-queued ({body['reason']}) from step {body['from_step'] + 1}",
         "task_completed": lambda: f"completed on {body['branch']} ({len(body['commits'])} commits)",
         "task_failed": lambda: f"failed ({body['reason']}): {body['message']}",
