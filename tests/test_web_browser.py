@@ -166,3 +166,34 @@ def test_nodes_page_shows_vram_bars_from_a_hand_made_nvml_shaped_inventory(
     lost = browser.find_element(By.CSS_SELECTOR, ".node.lost")
     assert "lost" in lost.text and "none (CPU only)" in lost.text
     browser.save_screenshot(str(screenshot_dir(tmp_path) / "nodes.png"))
+
+
+def test_submit_page_shows_prd_problems_and_the_plan_before_submitting_scripted_model(
+        site: Any, browser: Any, tmp_path: Path) -> None:  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    project = make_project(tmp_path, "submit-demo")
+    submit(site, project, "scripted:demo")  # the cluster knows a project once something was submitted to it
+    prd = (project / "tasks" / "prd.json").read_text()
+    log_in(browser, site)
+    browser.get(f"{site.url}/ui/submit")
+    Select(browser.find_element(By.ID, "project")).select_by_visible_text("submit-demo")
+
+    def paste(text: str) -> None:
+        browser.execute_script("const box = document.getElementById('prd'); box.value = arguments[0];"
+                               "box.dispatchEvent(new Event('input', {bubbles: true}));", text)
+
+    paste(prd.replace('"dependsOn": [\n        "US-001"\n      ]', '"dependsOn": ["US-404"]'))
+    wait_until(browser, lambda d: d.find_element(By.ID, "prd-error-story").text == "US-002", 30, "the PRD error")
+    assert browser.find_element(By.ID, "prd-error-field").text == "dependsOn"
+    paste(prd)
+    table = wait_until(browser, lambda d: d.find_elements(By.ID, "plan-table"), 30, "the plan table")[0]
+    rows = [r.text for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+    assert rows[0].startswith("1 US-001") and rows[1].startswith("2 US-002"), rows
+    browser.find_element(By.ID, "model").send_keys("scripted:demo")
+    browser.save_screenshot(str(screenshot_dir(tmp_path) / "submit.png"))
+    browser.find_element(By.ID, "submit").click()
+    wait_until(browser, lambda d: "/ui/tasks/T-" in d.current_url, 60, "the new task's page")
+    assert "Submitted T-" in browser.find_element(By.CSS_SELECTOR, ".flash.ok").text
+    wait_until(browser, lambda d: d.find_element(By.ID, "task-state").text == "completed", 180, "completed")
