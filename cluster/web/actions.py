@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from agent.prd import PrdError, TaskPlan, parse_prd_text
 from cluster.store import TaskRow, UnknownTask
+from cluster.web.board import priority_label
 from cluster.web.context import ActionError, WebContext, web_context
 from cluster.web.guards import Refused, Upload, check_approver, checked_form, current_session, need, safe_next
 from cluster.web.pages import fragment, render
@@ -36,16 +37,17 @@ def _seq(form: dict[str, Any], key: str) -> int | None:
     return int(raw) if raw.isdigit() else None
 
 
-async def _act(web: WebContext, session: Session, ok: str, method: str, *args: Any) -> None:
+async def _act(web: WebContext, session: Session, ok: str, method: str, *args: Any) -> Any:
     """Call the scheduler; its refusal (409, 422) becomes a note on the next page, not an error page."""
     try:
-        await web.call(method, *args)
+        result = await web.call(method, *args)
     except ActionError as exc:
         if exc.status >= 500:
             raise
         session.flash.append(("error", exc.message))
-    else:
-        session.flash.append(("ok", ok))
+        return None
+    session.flash.append(("ok", ok))
+    return result
 
 
 def _waiting_for(web: WebContext, task: TaskRow, kind: str) -> int | None:
@@ -127,7 +129,10 @@ async def priority(request: Request, task_id: str, web: WebContext = Depends(web
     need(session, "priority", "change priorities")
     _task(web, task_id)
     value = str(form.get("priority") or "").strip()
-    await _act(web, session, f"Priority of {task_id} set to {value}", "set_priority", task_id, value)
+    row = await _act(web, session, f"Priority of {task_id} set to {value}", "set_priority", task_id, value)
+    if row is not None and priority_label(int(row["priority"])) != value:
+        session.flash[-1] = ("ok", f"Priority of {task_id} set to {row['priority']}: {value} is above what "
+                                   f"project {row['project']} allows")
     return _back(form, task_id)
 
 
