@@ -77,6 +77,9 @@ def test_login_sets_an_httponly_session_and_never_puts_a_token_in_a_url(site: tu
     assert "httponly" in cookie and "samesite=strict" in cookie and ADMIN_TOKEN.lower() not in cookie
     board = client.get("/ui/")
     assert board.status_code == 200 and ADMIN_TOKEN not in board.text
+    assert "script-src 'self';" in board.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in board.headers["content-security-policy"]
+    assert board.headers["x-frame-options"] == "DENY"  # an Approve button cannot be clickjacked
     assert all(ADMIN_TOKEN not in str(r.url) for r in [*board.history, board])
     client.post("/ui/logout", data={"csrf": csrf_of(board.text)})
     assert client.get("/ui/", follow_redirects=False).status_code == 303

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile
 
 from cluster.store import TaskRow
-from cluster.web.context import WebContext, web_context
+from cluster.web.context import PAGE_HEADERS, WebContext, web_context
 from cluster.web.sessions import COOKIE, Session, csrf_ok
 
 UPLOAD_LIMIT = 2 * 1024 * 1024
@@ -129,5 +129,6 @@ def refused_page(request: Request, exc: Refused) -> Response:
         back = "/ui/"
     context: dict[str, Any] = {"message": exc.message, "back": back, "session": session, "nav": "",
                                "inbox_count": None, "flash": [], "csrf": session.csrf if session else ""}
-    response: HTMLResponse = web.templates.TemplateResponse(request, "error.html", context, status_code=exc.status)
+    response: HTMLResponse = web.templates.TemplateResponse(request, "error.html", context, status_code=exc.status,
+                                                            headers=PAGE_HEADERS)
     return response

@@ -28,6 +28,16 @@ router = APIRouter(prefix="/ui/live", include_in_schema=False)
 POLL_S = 0.25
 
 
+RECHECK_EVERY = 20
+"""Polls between checks that the session is still open and its token not removed (about 5 s)."""
+
+
+def _still_open(web: WebContext, session: Session, polls: int) -> bool:
+    if polls % RECHECK_EVERY:
+        return True
+    return web.sessions.get(session.id) is not None and web.auth.still_valid(session.identity)
+
+
 def _html(request: Request, web: WebContext, template: str, **context: Any) -> str:
     return str(web.templates.get_template(template).render(request=request, **context))
 
@@ -37,10 +47,10 @@ async def board(request: Request, project: str | None = None, web: WebContext = 
                 session: Session = Depends(current_session)) -> EventSourceResponse:
     async def stream() -> AsyncIterator[dict[str, str]]:
         db = Store(web.store_path, readonly=True)
-        seen = -1
+        seen, polls = -1, 0
         try:
             with metrics.sse_client("board"):
-                while not await request.is_disconnected():
+                while not await request.is_disconnected() and _still_open(web, session, polls := polls + 1):
                     version = db.data_version()
                     if version != seen:
                         seen = version
@@ -68,10 +78,10 @@ async def task(request: Request, task_id: str, after: int = 0, web: WebContext =
     async def stream() -> AsyncIterator[dict[str, str]]:
         nonlocal after
         db = Store(web.store_path, readonly=True)
-        seen, shape = -1, None
+        seen, shape, polls = -1, None, 0
         try:
             with metrics.sse_client("task"):
-                while not await request.is_disconnected():
+                while not await request.is_disconnected() and _still_open(web, session, polls := polls + 1):
                     version = db.data_version()
                     if version != seen:
                         seen = version

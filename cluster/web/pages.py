@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse,
 from cluster.store import UnknownTask
 from cluster.web import board as board_view
 from cluster.web import nodes_view, task_view
-from cluster.web.context import WebContext, web_context
+from cluster.web.context import PAGE_HEADERS, WebContext, web_context
 from cluster.web.guards import Refused, approver_note_for, checked_form, current_session, safe_next
 from cluster.web.sessions import COOKIE, PluginTokenRefused, Session
 
@@ -31,12 +31,12 @@ def render(request: Request, web: WebContext, template: str, session: Session | 
     base = {"session": session, "nav": nav, "inbox_count": inbox_count, "flash": flash,
             "csrf": session.csrf if session else ""}
     response: HTMLResponse = web.templates.TemplateResponse(request, template, base | context,
-                                                            status_code=status_code)
+                                                            status_code=status_code, headers=PAGE_HEADERS)
     return response
 
 
 def fragment(request: Request, web: WebContext, template: str, **context: Any) -> HTMLResponse:
-    response: HTMLResponse = web.templates.TemplateResponse(request, template, context)
+    response: HTMLResponse = web.templates.TemplateResponse(request, template, context, headers=PAGE_HEADERS)
     return response
 
 

@@ -27,6 +27,14 @@
       if (count) { count.textContent = event.data; count.classList.toggle("zero", event.data === "0"); }
     });
   }
+  // No inline handlers (the Content-Security-Policy forbids them): behaviour hangs off data- attributes.
+  document.addEventListener("change", function (event) {
+    if (event.target.matches && event.target.matches("[data-autosubmit]")) event.target.form.submit();
+  });
+  document.addEventListener("submit", function (event) {
+    var question = event.target.dataset && event.target.dataset.confirm;
+    if (question && !window.confirm(question)) event.preventDefault();
+  });
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-live]").forEach(connect);
   });
