@@ -4,6 +4,7 @@ through its lifecycle); these pages only read."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -93,3 +94,25 @@ def test_the_nodes_cards_show_vram_from_a_hand_made_nvml_shaped_inventory(site: 
     assert "17.5 GiB used" in html and "6.5 GiB free" in html and 'style="width: 73.0%"' in html
     assert "1 / 4 busy" in html and 'href="/ui/tasks/T-2"' in html
     assert 'class="card node lost"' in html
+
+
+def test_a_steps_transcript_is_readable_and_only_the_tasks_own_files_are(site: tuple[TestClient, Store],
+                                                                        tmp_path: Path) -> None:
+    client, db = site
+    task_id = seed_task(db, "running", project_path=str(tmp_path / "proj"))
+    folder = tmp_path / "proj" / ".hearth" / "tasks" / task_id / "transcripts"
+    folder.mkdir(parents=True)
+    (folder / "US-001.attempt-1.json").write_text(json.dumps([
+        {"role": "user", "content": "Write hello.txt"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function",
+             "function": {"name": "write_file", "arguments": '{"path": "hello.txt"}'}}]},
+    ]))
+    (tmp_path / "secret.json").write_text("[]")
+    login(client, TOKEN)
+    link = f'href="/ui/tasks/{task_id}/transcripts/US-001.attempt-1.json"'
+    assert link in client.get(f"/ui/tasks/{task_id}").text
+    page = client.get(f"/ui/tasks/{task_id}/transcripts/US-001.attempt-1.json").text
+    assert "Write hello.txt" in page and "write_file(" in page
+    for name in ("..%2F..%2F..%2F..%2Fsecret.json", "secret.json"):
+        assert client.get(f"/ui/tasks/{task_id}/transcripts/{name}").status_code == 404

@@ -19,9 +19,9 @@ RECORDED_NODES = DATA / "nodes" / "two-gpu-box.nodes.json"
 
 
 def seed_task(db: Store, state: str, *, project: str = "web-demo", approvers: list[str] | None = None,
-              name: str = "Greeting") -> str:
+              name: str = "Greeting", project_path: str = "/nonexistent") -> str:
     """A task driven through the lifecycle to ``state`` (queued, running, waiting_input, awaiting_approval)."""
-    spec = {"project_path": "/nonexistent", "base_commit": "0" * 40, "model": "scripted:demo",
+    spec = {"project_path": project_path, "base_commit": "0" * 40, "model": "scripted:demo",
             "plan": {"name": name, "source": "prd.json", "format": "prd-json",
                      "steps": [{"id": "US-001", "title": "Write hello.txt"}, {"id": "US-002", "title": "Say bye"}]},
             "config": {"name": project, "approvers": approvers or []}}
