@@ -71,8 +71,8 @@ def seed(db: Store, count: int, repo: Path, base: str, commit: str) -> str:
     for index in range(count):
         seed_task(db, states[index % len(states)], project=f"project-{index % 5}", name=f"Feature {index}")
     task_id = seed_task(db, "running", project="diffs", name="With a diff")
-    spec = db.task(task_id).spec | {"project_path": str(repo), "base_commit": base}
-    db.update_task(task_id, spec=spec)
+    spec = db.task(task_id).spec.model_copy(update={"project_path": str(repo), "base_commit": base})
+    db.update_task(task_id, spec=spec.model_dump(mode="json"))
     db.append_event(CheckpointReady(task_id=task_id, attempt_id=db.task(task_id).attempt_id, step_id="US-001",
                                     commit=commit, snapshot_id="s", diff_stat="app.py | 40 +", files_changed=["app.py"],
                                     check_summary="check passed"))
@@ -136,6 +136,7 @@ def main() -> None:
 
     from cluster.api import create_app
     from cluster.scheduler import get_or_create_scheduler
+    from cluster.scheduler_client import RaySchedulerClient
 
     work = Path(tempfile.mkdtemp(prefix="hearth-bench-web-"))
     say("starting a Ray head and the scheduler actor")
@@ -147,7 +148,7 @@ def main() -> None:
         db = Store(work / "pages" / "hearth.db")
         say(f"seeding {args.tasks} tasks")
         diff_task = seed(db, args.tasks, repo, base, commit)
-        app = create_app(lambda: scheduler, work / "pages" / "hearth.db", TOKEN)
+        app = create_app(RaySchedulerClient(scheduler), work / "pages" / "hearth.db", TOKEN)
         site = LiveSite(app)
         try:
             result = measure(site.url, diff_task, args)

@@ -34,7 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cluster.states import TaskState
+from cluster.scheduling.states import TaskState
 from cluster.store import Store
 from cluster.web.context import WebContext, web_context
 from cluster.web.sessions import COOKIE, PluginTokenRefused

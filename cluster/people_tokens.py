@@ -28,6 +28,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 PEOPLE_FILE = "people.json"
+CHANNEL = "web"
+"""The channel a person's token speaks on: a project's ``approvers`` list them as ``web:NAME`` (or NAME)."""
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
-from web_support import csrf_of, login, recorded_nodes, seed_task
+from web_support import SchedulerNotAsked, csrf_of, login, recorded_nodes, seed_task
 
 from cluster import people_tokens
 from cluster.api import create_app
@@ -25,14 +25,10 @@ ADMIN_TOKEN = "admin-token-for-web-tests"
 PLUGIN_TOKEN = "plugin-token-for-web-tests"
 
 
-def scheduler_must_not_be_asked() -> Any:
-    raise AssertionError("the page must refuse this before asking the scheduler")
-
-
 @pytest.fixture
 def site(tmp_path: Path) -> tuple[TestClient, Store, Path]:
     db = Store(tmp_path / "hearth.db")
-    app = create_app(scheduler_must_not_be_asked, tmp_path / "hearth.db", ADMIN_TOKEN, plugin_token=PLUGIN_TOKEN)
+    app = create_app(SchedulerNotAsked(), tmp_path / "hearth.db", ADMIN_TOKEN, plugin_token=PLUGIN_TOKEN)
 
     async def recorded() -> list[dict[str, Any]]:
         return recorded_nodes()
@@ -201,3 +197,18 @@ def test_metrics_are_scraped_and_parsed_with_prometheus_clients_parser(
     for name in ("hearth_step_duration_seconds", "hearth_tokens", "hearth_outbox_pending",
                  "hearth_outbox_lag_seconds", "hearth_sse_clients", "hearth_queue_oldest_wait_seconds"):
         assert name in families, name
+
+
+def test_a_persons_token_works_on_the_api_with_its_roles_rights_and_speaks_as_them(
+        site: tuple[TestClient, Store, Path]) -> None:
+    client, db, state_dir = site
+    task_id = seed_task(db, "awaiting_approval", approvers=["web:alice"])
+    reader = {"Authorization": f"Bearer {people_tokens.add(state_dir, 'rita', 'reader')}"}
+    assert client.get("/v1/tasks", headers=reader).status_code == 200
+    denied = client.post(f"/v1/tasks/{task_id}/decision", headers=reader, json={"decision": "approve"})
+    assert denied.status_code == 403 and "lacks the 'decide' right" in denied.json()["detail"]
+    member = {"Authorization": f"Bearer {people_tokens.add(state_dir, 'mallory', 'member')}"}
+    posing = client.post(f"/v1/tasks/{task_id}/decision", headers=member,  # claims to be alice: speaks as mallory
+                         json={"decision": "approve", "who": "alice", "channel": "web"})
+    assert posing.status_code == 403 and "mallory may not approve" in posing.json()["detail"]
+    assert db.task(task_id).state.value == "awaiting_approval"

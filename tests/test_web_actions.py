@@ -15,13 +15,14 @@ from web_support import login
 from cluster import people_tokens
 from cluster.api import create_app
 from cluster.scheduler import wait_for
+from cluster.scheduler_client import RaySchedulerClient
 
 pytestmark = pytest.mark.ray
 
 
 def test_an_operator_changes_priority_cancels_and_restarts_from_the_page_scripted_sleep_model(
         scheduler: Any, tmp_path: Path) -> None:
-    app = create_app(lambda: scheduler, Path(scheduler.state_dir) / "hearth.db", "actions-admin-token")
+    app = create_app(RaySchedulerClient(scheduler), Path(scheduler.state_dir) / "hearth.db", "actions-admin-token")
     client = TestClient(app)
     project = make_project(tmp_path, "actions-demo")
     task_id = client.post("/v1/tasks", headers={"Authorization": "Bearer actions-admin-token"},

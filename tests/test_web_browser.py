@@ -26,6 +26,7 @@ from web_support import recorded_nodes
 
 from cluster import people_tokens
 from cluster.api import create_app
+from cluster.scheduler_client import RaySchedulerClient
 
 pytestmark = [pytest.mark.browser, pytest.mark.ray]
 TOKEN = "browser-admin-token"
@@ -33,7 +34,8 @@ TOKEN = "browser-admin-token"
 
 @pytest.fixture
 def site(scheduler: Any, live_site: Any) -> Any:  # noqa: F811
-    app = create_app(lambda: scheduler, Path(scheduler.state_dir) / "hearth.db", TOKEN, plugin_token="plugin-tok")
+    app = create_app(RaySchedulerClient(scheduler), Path(scheduler.state_dir) / "hearth.db", TOKEN,
+                     plugin_token="plugin-tok")
     return live_site(app)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from web_support import login, recorded_nodes, seed_task
+from web_support import SchedulerNotAsked, login, recorded_nodes, seed_task
 
 from cluster.api import create_app
 from cluster.store import Store
@@ -19,14 +19,10 @@ from cluster.store import Store
 TOKEN = "pages-token"
 
 
-def no_scheduler() -> Any:
-    raise AssertionError("reading pages must not ask the scheduler")
-
-
 @pytest.fixture
 def site(tmp_path: Path) -> tuple[TestClient, Store]:
     db = Store(tmp_path / "hearth.db")
-    app = create_app(no_scheduler, tmp_path / "hearth.db", TOKEN)
+    app = create_app(SchedulerNotAsked(), tmp_path / "hearth.db", TOKEN)
 
     async def recorded() -> list[dict[str, Any]]:
         return recorded_nodes(running=["T-2"])

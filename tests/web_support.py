@@ -10,22 +10,34 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from agent.config import ProjectConfig
 from agent.events import CheckpointReady, ClarificationRequested, StepStarted, TaskPlaced, TaskSubmitted
-from cluster.states import TaskState
+from agent.prd import Step, TaskPlan
+from agent.runner import TaskSpec
+from cluster.scheduling.states import TaskState
 from cluster.store import Store
 
 DATA = Path(__file__).parent / "data"
+
+
+class SchedulerNotAsked:
+    """A ``SchedulerClient`` for pages that must refuse, or only read, before asking the scheduler:
+    any call fails the test."""
+
+    def __getattr__(self, method: str) -> Any:
+        raise AssertionError(f"the page asked the scheduler ({method}) where it must not")
 RECORDED_NODES = DATA / "nodes" / "two-gpu-box.nodes.json"
 
 
 def seed_task(db: Store, state: str, *, project: str = "web-demo", approvers: list[str] | None = None,
               name: str = "Greeting", project_path: str = "/nonexistent") -> str:
     """A task driven through the lifecycle to ``state`` (queued, running, waiting_input, awaiting_approval)."""
-    spec = {"project_path": project_path, "base_commit": "0" * 40, "model": "scripted:demo",
-            "plan": {"name": name, "source": "prd.json", "format": "prd-json",
-                     "steps": [{"id": "US-001", "title": "Write hello.txt"}, {"id": "US-002", "title": "Say bye"}]},
-            "config": {"name": project, "approvers": approvers or []}}
-    db.put_project(project, "/nonexistent", spec["config"])
+    config = ProjectConfig(name=project, approvers=approvers or [])
+    plan = TaskPlan(name=name, source="prd.json", format="prd-json",
+                    steps=[Step(id="US-001", title="Write hello.txt"), Step(id="US-002", title="Say bye")])
+    spec = TaskSpec(task_id="pending", project_path=project_path, plan=plan, model="scripted:demo",
+                    base_commit="0" * 40, config=config)
+    db.put_project(project_path, config)
     row = db.create_task(project=project, name=name, priority=50, model="scripted:demo", spec=spec,
                          submitted=TaskSubmitted(task_id="x", name=name, steps=["US-001", "US-002"], priority=50))
     if state == "queued":

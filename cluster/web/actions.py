@@ -4,20 +4,26 @@ place among the project's approvers; each acts through the scheduler exactly as 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from agent.prd import PrdError, TaskPlan, parse_prd_text
-from cluster.store import TaskRow, UnknownTask
+from cluster.api.schemas import SubmitRequest
+from cluster.api.services import replies
+from cluster.api.services import tasks as tasks_service
+from cluster.errors import NotAllowed, RequestRefused, UnknownTask
+from cluster.store import TaskRow
 from cluster.web.board import priority_label
-from cluster.web.context import ActionError, WebContext, web_context
-from cluster.web.guards import Refused, Upload, check_approver, checked_form, current_session, need, safe_next
+from cluster.web.context import WebContext, web_context
+from cluster.web.guards import WEB_CHANNEL, Refused, Upload, checked_form, current_session, need, safe_next
 from cluster.web.pages import fragment, render
 from cluster.web.sessions import Session
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
+T = TypeVar("T")
 
 
 def _task(web: WebContext, task_id: str) -> TaskRow:
@@ -37,25 +43,17 @@ def _seq(form: dict[str, Any], key: str) -> int | None:
     return int(raw) if raw.isdigit() else None
 
 
-async def _act(web: WebContext, session: Session, ok: str, method: str, *args: Any) -> Any:
-    """Call the scheduler; its refusal (409, 422) becomes a note on the next page, not an error page."""
+async def _act(session: Session, ok: str, call: Awaitable[T]) -> T | None:
+    """Run a service call; a refusal becomes a note on the next page (403 stays an error page)."""
     try:
-        result = await web.call(method, *args)
-    except ActionError as exc:
-        if exc.status >= 500:
-            raise
-        session.flash.append(("error", exc.message))
+        result = await call
+    except NotAllowed as exc:
+        raise Refused(str(exc)) from None
+    except RequestRefused as exc:
+        session.flash.append(("error", str(exc)))
         return None
     session.flash.append(("ok", ok))
     return result
-
-
-def _waiting_for(web: WebContext, task: TaskRow, kind: str) -> int | None:
-    from cluster.web.board import pending
-
-    with web.store() as db:
-        found = pending(db, task)
-    return found.seq if found is not None and found.kind == kind else None
 
 
 @router.post("/tasks/{task_id}/answer")
@@ -63,17 +61,16 @@ async def answer(request: Request, task_id: str, web: WebContext = Depends(web_c
                  session: Session = Depends(current_session)) -> Response:
     form = await checked_form(request, session)
     need(session, "answer", "answer questions")
-    task = _task(web, task_id)
+    _task(web, task_id)
     text = str(form.get("text") or "").strip()
     if not text:
         session.flash.append(("error", "an answer cannot be empty"))
         return _back(form, task_id)
-    asked, current = _seq(form, "question"), _waiting_for(web, task, "question")
-    if current is None or (asked is not None and asked != current):
-        session.flash.append(("error", f"{task_id} no longer waits for an answer to that question "
-                                       f"(it is {task.state.value}); nothing was sent"))
-        return _back(form, task_id)
-    await _act(web, session, f"Answered {task_id}", "answer", task_id, text, session.identity.name)
+    with web.store() as db:  # the same idempotent path as chat: a repeated click acts once
+        outcome = await _act(session, f"Answered {task_id}", replies.answer(
+            db, web.scheduler, task_id, text, session.identity.name, _seq(form, "question")))
+    if outcome is not None and outcome.duplicate:
+        session.flash[-1] = ("ok", f"That answer to {task_id} was already given; nothing was sent twice")
     return _back(form, task_id)
 
 
@@ -83,22 +80,16 @@ async def decision(request: Request, task_id: str, web: WebContext = Depends(web
     form = await checked_form(request, session)
     need(session, "decide", "approve or reject checkpoints")
     task = _task(web, task_id)
-    check_approver(session, task)
     choice = str(form.get("decision") or "")
-    if choice not in {"approve", "reject"}:
-        raise Refused("a decision is 'approve' or 'reject'", status=422)
     reason = str(form.get("reason") or "").strip()
     if choice == "reject" and not reason:
         session.flash.append(("error", "say why you reject it: the reason is what the step is redone with"))
         return _back(form, task_id)
-    asked, current = _seq(form, "checkpoint"), _waiting_for(web, task, "approval")
-    if current is None or (asked is not None and asked != current):
-        session.flash.append(("error", f"that checkpoint of {task_id} no longer awaits a decision "
-                                       f"(the task is {task.state.value}); nothing was changed"))
-        return _back(form, task_id)
     verb = "Approved" if choice == "approve" else "Rejected"
-    await _act(web, session, f"{verb} {task.waiting_for or 'the checkpoint'} of {task_id}", "decide", task_id,
-               choice == "approve", reason, session.identity.name)
+    with web.store() as db:  # approvers are checked as in chat: the person is web:NAME there
+        await _act(session, f"{verb} {task.waiting_for or 'the checkpoint'} of {task_id}", replies.decide(
+            db, web.scheduler, task_id, choice, reason, session.identity.name, WEB_CHANNEL,
+            _seq(form, "checkpoint"), admin=session.identity.cluster_admin))
     return _back(form, task_id)
 
 
@@ -108,7 +99,7 @@ async def cancel(request: Request, task_id: str, web: WebContext = Depends(web_c
     form = await checked_form(request, session)
     need(session, "cancel", "cancel tasks")
     _task(web, task_id)
-    await _act(web, session, f"Cancelled {task_id}", "cancel", task_id, session.identity.name)
+    await _act(session, f"Cancelled {task_id}", web.scheduler.cancel(task_id))
     return _back(form, task_id)
 
 
@@ -118,7 +109,7 @@ async def restart(request: Request, task_id: str, web: WebContext = Depends(web_
     form = await checked_form(request, session)
     need(session, "restart", "restart tasks")
     _task(web, task_id)
-    await _act(web, session, f"Restarted {task_id} from step 1", "restart", task_id)
+    await _act(session, f"Restarted {task_id} from step 1", web.scheduler.restart(task_id))
     return _back(form, task_id)
 
 
@@ -129,10 +120,10 @@ async def priority(request: Request, task_id: str, web: WebContext = Depends(web
     need(session, "priority", "change priorities")
     _task(web, task_id)
     value = str(form.get("priority") or "").strip()
-    row = await _act(web, session, f"Priority of {task_id} set to {value}", "set_priority", task_id, value)
-    if row is not None and priority_label(int(row["priority"])) != value:
-        session.flash[-1] = ("ok", f"Priority of {task_id} set to {row['priority']}: {value} is above what "
-                                   f"project {row['project']} allows")
+    row = await _act(session, f"Priority of {task_id} set to {value}", web.scheduler.set_priority(task_id, value))
+    if row is not None and priority_label(row.priority) != value:
+        session.flash[-1] = ("ok", f"Priority of {task_id} set to {row.priority}: {value} is above what "
+                                   f"project {row.project} allows")
     return _back(form, task_id)
 
 
@@ -179,7 +170,7 @@ async def submit(request: Request, web: WebContext = Depends(web_context),
     form = await checked_form(request, session)
     need(session, "submit", "submit PRDs")
     with web.store() as db:
-        known = db.projects()
+        known = db.project_paths()
     values = {k: v for k, v in form.items() if isinstance(v, str)}
     project = str(form.get("project") or "")
     plan, problem, error = None, None, ""
@@ -193,13 +184,15 @@ async def submit(request: Request, web: WebContext = Depends(web_context),
     if problem is None and not error:
         hint = {"json": "prd.json", "markdown": "prd.md", "beads": "issues.jsonl"}.get(
             str(form.get("format") or "auto"), name)
+        body = SubmitRequest(project=project, prd_path=hint, prd=text, priority=form.get("priority") or None,
+                             model=str(form.get("model") or "").strip() or None)
         try:
-            row = await web.call("submit", known[project]["path"], hint, text, form.get("priority") or None,
-                                 str(form.get("model") or "").strip() or None)
-        except ActionError as exc:
-            error = exc.message
+            with web.store() as db:  # the API's own submission path
+                row = await tasks_service.submit(db, web.scheduler, body)
+        except RequestRefused as exc:
+            error = str(exc)
         else:
-            session.flash.append(("ok", f"Submitted {row['id']}: {row['name']}"))
-            return RedirectResponse(f"/ui/tasks/{row['id']}", status_code=303)
+            session.flash.append(("ok", f"Submitted {row.id}: {row.name}"))
+            return RedirectResponse(f"/ui/tasks/{row.id}", status_code=303)
     return render(request, web, "submit.html", session, "submit", status_code=422, projects=sorted(known),
                   values=values, error=error, plan=plan, problem=problem)

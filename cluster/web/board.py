@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from agent.config import PRIORITY_NAMES
 from agent.events import CheckpointReady, ClarificationRequested
-from cluster.states import TaskState
+from cluster.scheduling.states import TaskState
 from cluster.store import Store, TaskRow
 
 S = TaskState

@@ -1,7 +1,7 @@
 """What the web pages share: the scheduler, the store (read-only), logins, templates and node data.
 
-The pages use the same two paths as the JSON API: writes are calls on the scheduler actor (its errors
-translated into a sentence and a status), reads go straight to SQLite, read-only.
+The pages use the same two paths as the JSON API: writes go through the API's services and its
+``SchedulerClient`` (errors arrive as ``HearthError``s), reads go straight to SQLite, read-only.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
 
+from cluster.scheduler_client import SchedulerClient
 from cluster.store import Store
 from cluster.web.sessions import Authenticator, Sessions
 
@@ -38,35 +39,19 @@ PAGE_HEADERS = {
 }
 
 
-class ActionError(Exception):
-    """A scheduler call refused: ``status`` (409 conflict, 422 bad input, 404 unknown) and its sentence."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def translate(exc: BaseException) -> ActionError:
-    """The scheduler's errors (wrapped by Ray) → a status and the scheduler's own sentence."""
-    cause = getattr(exc, "cause", None) or exc
-    status = {"SubmitError": 422, "Conflict": 409, "UnknownTask": 404}.get(type(cause).__name__, 500)
-    message = str(cause) if not isinstance(cause, KeyError) else f"no task {cause.args[0]!r}"
-    return ActionError(status, message)
-
-
 NodesSource = Callable[[], Awaitable[list[dict[str, Any]]]]
 
 
 class WebContext:
-    def __init__(self, scheduler: Callable[[], Any], store_path: Path, auth: Authenticator,
+    def __init__(self, scheduler: SchedulerClient, store_path: Path, auth: Authenticator,
                  nodes: NodesSource | None = None) -> None:
         self.scheduler = scheduler
+        """The same client the API's routes use (errors arrive as ``HearthError``s)."""
         self.store_path = store_path
         self.auth = auth
         self.sessions = Sessions()
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
-        self.nodes_source: NodesSource = nodes or (lambda: self.call("nodes"))
+        self.nodes_source: NodesSource = nodes or self._scheduler_nodes
         """Where node inventories come from: the scheduler, or a recorded inventory (no GPU here)."""
         self._nodes: tuple[float, list[dict[str, Any]]] | None = None
         self._nodes_lock = asyncio.Lock()
@@ -79,11 +64,8 @@ class WebContext:
         finally:
             db.close()
 
-    async def call(self, method: str, *args: Any) -> Any:
-        try:
-            return await getattr(self.scheduler(), method).remote(*args)
-        except Exception as exc:
-            raise translate(exc) from None
+    async def _scheduler_nodes(self) -> list[dict[str, Any]]:
+        return [node.model_dump(mode="json") for node in await self.scheduler.nodes()]
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Every node with its inventory, at most ``NODES_FRESH_S`` old."""

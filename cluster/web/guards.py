@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile
 
+from cluster import people_tokens
 from cluster.store import TaskRow
 from cluster.web.context import PAGE_HEADERS, WebContext, web_context
 from cluster.web.sessions import COOKIE, Session, csrf_ok
@@ -87,29 +88,24 @@ async def checked_form(request: Request, session: Session) -> dict[str, Any]:
     return fields
 
 
+WEB_CHANNEL = people_tokens.CHANNEL
+
+
 def may_decide(session: Session, task: TaskRow) -> bool:
     """As in chat: when the project lists approvers, only they decide (the cluster's API token aside).
     A person is listed by their token's name, or as ``web:NAME``."""
-    approvers = list(task.spec.get("config", {}).get("approvers") or [])
+    approvers = task.spec.config.approvers
     name = session.identity.name
-    return session.identity.cluster_admin or not approvers or name in approvers or f"web:{name}" in approvers
+    return (session.identity.cluster_admin or not approvers or name in approvers
+            or f"{WEB_CHANNEL}:{name}" in approvers)
 
 
 def approver_note_for(session: Session, task: TaskRow) -> str:
     """Why this person's Approve/Reject would be refused ('' when it would not)."""
     if may_decide(session, task):
         return ""
-    approvers = ", ".join(task.spec.get("config", {}).get("approvers") or [])
+    approvers = ", ".join(task.spec.config.approvers)
     return f"Only {approvers} may approve or reject tasks of project {task.project}."
-
-
-def check_approver(session: Session, task: TaskRow) -> None:
-    if may_decide(session, task):
-        return
-    approvers = list(task.spec.get("config", {}).get("approvers") or [])
-    name = session.identity.name
-    raise Refused(f"{name} may not approve or reject {task.id}: only the approvers listed in project "
-                  f"{task.project}'s hearth.toml may ({', '.join(approvers)})")
 
 
 def login_redirect(request: Request, exc: NeedLogin) -> Response:

@@ -17,7 +17,8 @@ from fastapi import APIRouter, Depends, Request
 from sse_starlette.sse import EventSourceResponse
 
 from cluster import metrics
-from cluster.store import Store, UnknownTask
+from cluster.errors import UnknownTask
+from cluster.store import Store
 from cluster.web import board as board_view
 from cluster.web import task_view
 from cluster.web.context import WebContext, web_context

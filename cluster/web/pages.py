@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
-from cluster.store import UnknownTask
+from cluster.errors import UnknownTask
 from cluster.web import board as board_view
 from cluster.web import nodes_view, task_view
 from cluster.web.context import PAGE_HEADERS, WebContext, web_context
@@ -85,7 +85,7 @@ def inbox(request: Request, web: WebContext = Depends(web_context),
 def submit_form(request: Request, web: WebContext = Depends(web_context),
                 session: Session = Depends(current_session)) -> HTMLResponse:
     with web.store() as db:
-        projects = sorted(db.projects())
+        projects = sorted(db.project_paths())
     return render(request, web, "submit.html", session, "submit", projects=projects, values={}, error=None,
                   plan=None)
 

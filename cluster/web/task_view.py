@@ -137,7 +137,7 @@ def diff_html(project_path: str, old: str, new: str) -> str:
 
 
 def _steps(task: TaskRow, events: list[Event]) -> list[StepView]:
-    plan = task.spec.get("plan", {}).get("steps", [])
+    plan = task.spec.plan.steps
     states: dict[str, tuple[str, str]] = {}
     for event in events:
         step = getattr(event, "step_id", None)
@@ -160,22 +160,22 @@ def _steps(task: TaskRow, events: list[Event]) -> list[StepView]:
             states[step] = ("done", "")
     finished = task.state.value in {"failed", "cancelled"}
     views = []
-    for raw in plan:
-        state, detail = states.get(raw["id"], ("pending", ""))
+    for step in plan:
+        state, detail = states.get(step.id, ("pending", ""))
         if finished and state in {"running", "waiting", "awaiting approval"}:
             state = "stopped"
-        views.append(StepView(id=raw["id"], title=raw.get("title", ""), state=state, detail=detail))
+        views.append(StepView(id=step.id, title=step.title, state=state, detail=detail))
     return views
 
 
 def _checkpoints(task: TaskRow, events: list[Event]) -> list[CheckpointView]:
-    project = str(task.spec.get("project_path", ""))
-    previous = str(task.spec.get("base_commit", ""))
+    project, base = task.spec.project_path, task.spec.base_commit
+    previous = base
     views: list[CheckpointView] = []
     last_check: dict[str, tuple[bool, str]] = {}
     for event in events:
         if event.kind == "task_requeued" and getattr(event, "from_step", 1) == 0:
-            previous = str(task.spec.get("base_commit", ""))
+            previous = base
         elif event.kind == "check_ran":
             last_check[getattr(event, "step_id", "")] = (getattr(event, "passed", False),
                                                          getattr(event, "output_tail", ""))
@@ -194,14 +194,14 @@ def _checkpoints(task: TaskRow, events: list[Event]) -> list[CheckpointView]:
             verdict = "approved" if getattr(event, "approve", False) else "rejected"
             views[-1].decision = f"{verdict} by {who}" + (f": {reason}" if reason else "")
             if verdict == "rejected":  # the step is redone from the checkpoint before this one
-                previous = views[-2].commit if len(views) > 1 else str(task.spec.get("base_commit", ""))
+                previous = views[-2].commit if len(views) > 1 else base
     return views
 
 
 def transcripts_dir(task: TaskRow) -> Path:
     """Where a step's transcript lands today: the project's ``.hearth`` directory (on a single box,
     the head's disk; with workers on other boxes, they reach the head once issue 9 lands)."""
-    return Path(str(task.spec.get("project_path", ""))) / ".hearth" / "tasks" / task.id / "transcripts"
+    return Path(task.spec.project_path) / ".hearth" / "tasks" / task.id / "transcripts"
 
 
 def transcripts(task: TaskRow) -> list[TranscriptView]:
