@@ -13,7 +13,7 @@ when Prometheus scrapes, so the numbers are the store's truth and survive a side
 * ``hearth_model_containers{node,model}`` — model servers Hearth runs on each node;
 * ``hearth_outbox_pending`` and ``hearth_outbox_lag_seconds`` — chat messages not yet delivered,
   and how old the oldest is;
-* ``hearth_sse_clients{stream}`` — open event streams (pages and ``/v1`` readers).
+* ``hearth_sse_clients{stream}`` — open event streams (board, task and inbox pages; ``/v1`` readers).
 
 Scraping needs the ``read`` right: ``Authorization: Bearer`` with the API token or a person's token
 (``hearth token add prometheus --role reader``), or a logged-in page session.
@@ -118,7 +118,7 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily("hearth_outbox_lag_seconds", "Age of the oldest undelivered chat message.",
                                 value=max(0.0, now - oldest_at) if oldest_at else 0.0)
         clients = GaugeMetricFamily("hearth_sse_clients", "Open event streams.", labels=["stream"])
-        for stream in ("board", "task", "events"):
+        for stream in ("board", "task", "inbox", "events"):
             clients.add_metric([stream], _sse_clients[stream])
         yield clients
         yield from self._nodes()

@@ -99,7 +99,10 @@ def test_answer_a_question_on_the_task_page_and_the_task_resumes_scripted_ask_mo
 
     project = make_project(tmp_path, "ask-web-demo")
     log_in(browser, site)
+    browser.get(f"{site.url}/ui/inbox")
     task_id = submit(site, project, "scripted:ask")
+    wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f"#inbox [data-task='{task_id}']"), 120,
+               "the question arriving in the open inbox")
     browser.get(f"{site.url}/ui/tasks/{task_id}")
     for answer in ("teal", "navy"):  # scripted:ask asks once per story
         wait_until(browser, lambda d: "What should answer.txt say?" in d.find_element(By.ID, "question").text, 120,

@@ -65,6 +65,32 @@ async def board(request: Request, project: str | None = None, web: WebContext = 
     return EventSourceResponse(stream(), ping=15)
 
 
+@router.get("/inbox")
+async def inbox(request: Request, web: WebContext = Depends(web_context),
+                session: Session = Depends(current_session)) -> EventSourceResponse:
+    async def stream() -> AsyncIterator[dict[str, str]]:
+        db = Store(web.store_path, readonly=True)
+        seen, shown, polls = -1, None, 0
+        try:
+            with metrics.sse_client("inbox"):
+                while not await request.is_disconnected() and _still_open(web, session, polls := polls + 1):
+                    version = db.data_version()
+                    if version != seen:
+                        seen = version
+                        waiting = board_view.inbox(db)
+                        now_shown = [(w.task_id, w.seq) for w in waiting]
+                        if shown is not None and now_shown != shown:  # the page already shows the first list
+                            yield {"event": "inbox-list", "data": _html(request, web, "_inbox.html", waiting=waiting,
+                                                                        csrf=session.csrf, session=session)}
+                        shown = now_shown
+                        yield {"event": "inbox", "data": str(len(waiting))}
+                    await asyncio.sleep(POLL_S)
+        finally:
+            db.close()
+
+    return EventSourceResponse(stream(), ping=15)
+
+
 @router.get("/tasks/{task_id}")
 async def task(request: Request, task_id: str, after: int = 0, web: WebContext = Depends(web_context),
                session: Session = Depends(current_session)) -> EventSourceResponse:
