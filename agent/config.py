@@ -46,6 +46,10 @@ class BudgetConfig(BaseModel):
     max_format_errors: int = Field(
         default=6, ge=1, description="Consecutive malformed replies before the step is abandoned."
     )
+    stuck_after: int = Field(
+        default=5, ge=2,
+        description="Identical tool calls in a row that end the step as stuck (each repeat gets a hint first).",
+    )
     model_wait_s: float = Field(
         default=300, ge=0,
         description="Seconds a step waits for its model to come back (a crashed or evicted server is "

@@ -24,6 +24,8 @@ class TerminationReason(StrEnum):
     rejected = "rejected"
     budget = "budget"
     check_failed = "check_failed"
+    stuck = "stuck"
+    """The model made the same call ``budget.stuck_after`` times in a row."""
     error = "error"
     cancelled = "cancelled"
     waiting_input = "waiting_input"
@@ -49,6 +51,9 @@ REASONS: dict[TerminationReason, ReasonInfo] = {
     ),
     TerminationReason.check_failed: ReasonInfo(
         retry=False, sentence="The project's check command kept failing for a step."
+    ),
+    TerminationReason.stuck: ReasonInfo(
+        retry=False, sentence="The model got stuck repeating the same action; the step was stopped."
     ),
     TerminationReason.error: ReasonInfo(retry=True, sentence="The attempt crashed with an error."),
     TerminationReason.cancelled: ReasonInfo(retry=False, sentence="The task was cancelled."),
@@ -99,6 +104,19 @@ class AgentAction(_Event):
     summary: str
 
 
+class ModelTurn(_Event):
+    """One request to the model: what it cost and how it ended (token accounting per turn)."""
+
+    kind: Literal["model_turn"] = "model_turn"
+    step_id: str
+    turn: int
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str = ""
+    elided: int = 0
+    """Messages of the conversation elided or dropped to fit this request into the context window."""
+
+
 class CheckRan(_Event):
     kind: Literal["check_ran"] = "check_ran"
     step_id: str
@@ -115,6 +133,8 @@ class CheckpointReady(_Event):
     files_changed: list[str]
     check_summary: str
     needs_approval: bool = False
+    checked: bool = True
+    """False when no check ran: the step was accepted on the model's word (the card says so)."""
 
 
 class ClarificationRequested(_Event):
@@ -155,6 +175,8 @@ class StepCompleted(_Event):
     commit: str
     turns: int
     duration_s: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class AttemptEnded(_Event):
@@ -196,6 +218,7 @@ Event = Annotated[
     | TaskPlaced
     | StepStarted
     | AgentAction
+    | ModelTurn
     | CheckRan
     | CheckpointReady
     | ClarificationRequested
