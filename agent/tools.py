@@ -254,7 +254,7 @@ class ToolBox:
         lines = text.count("\n") + 1
         note = f"[output is {lines} lines, {len(text)} characters; all of it is in {path}: " \
                f"read_file it with start_line/end_line]"
-        return f"{clip(text, self.output_limit - len(note) - 2)}\n{note}"
+        return f"{clip(text, self.output_limit - len(note) - 60)}\n{note}"  # 60: clip's own marker
 
 
 def _closest_line(text: str, old: str) -> str:

@@ -43,6 +43,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sse_starlette.sse import EventSourceResponse
 
+from agent.acceptance import submit_warnings
+from agent.accounting import usage_from_events
+from agent.prd import TaskPlan
 from cluster.states import TERMINAL, TaskState
 from cluster.store import Store, TaskRow, UnknownTask
 
@@ -216,7 +219,13 @@ def create_app(scheduler: Callable[[], Any], store_path: Path, token: str, *, pl
             db.close()
 
     def read_task(task_id: str) -> dict[str, Any]:
-        return read_row(task_id).model_dump(mode="json")
+        task = read_row(task_id).model_dump(mode="json")
+        db = store()
+        try:
+            task["usage"] = usage_from_events(db.events(task_id)).model_dump()
+        finally:
+            db.close()
+        return task
 
     def asks(task_id: str, ask: str, reply: str) -> list[Pair]:
         db = store()
@@ -248,7 +257,11 @@ def create_app(scheduler: Callable[[], Any], store_path: Path, token: str, *, pl
                 raise HTTPException(status_code=422,
                                     detail=f"unknown project {body.project!r} (known: {names})")
             project_path = known[body.project]["path"]
-        return dict(await call("submit", project_path, body.prd_path, body.prd, body.priority, body.model))
+        task = dict(await call("submit", project_path, body.prd_path, body.prd, body.priority, body.model))
+        spec = task.get("spec") or {}
+        task["warnings"] = submit_warnings(TaskPlan.model_validate(spec["plan"]),
+                                           str(spec.get("config", {}).get("check", ""))) if spec else []
+        return task
 
     @app.get("/v1/tasks", dependencies=auth)
     async def list_tasks(state: str | None = None) -> list[dict[str, Any]]:

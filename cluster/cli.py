@@ -156,6 +156,8 @@ def submit(prd: Path,
         "priority": priority, "model": model})
     console.print(f"submitted [bold]{task['id']}[/bold]: {task['name']} "
                   f"({len(task['spec']['plan']['steps'])} steps, priority {task['priority']})")
+    for warning in task.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if follow:
         raise typer.Exit(_follow(task["id"]))
 
@@ -339,11 +341,22 @@ def show(task_id: str) -> None:
     console.print(f"[bold]{task['id']}[/bold] {task['name']} — {task['state']} (priority {task['priority']})")
     if task["message"]:
         console.print(task["message"])
+    usage = task.get("usage") or {}
+    by_step = usage.get("steps", {})
     for number, step in enumerate(task["spec"]["plan"]["steps"], 1):
         done = "✔" if number <= task["next_step"] else " "
-        console.print(f"  {done} {step['id']} {step['title']}")
+        spent = by_step.get(step["id"])
+        cost = f"  [dim]{_tokens(spent)}[/]" if spent else ""
+        console.print(f"  {done} {step['id']} {step['title']}{cost}")
+    if usage.get("turns"):
+        console.print(f"model: {task['model']}, {_tokens(usage)}")
     if task["state"] == "completed":
         _print_result(task)
+
+
+def _tokens(usage: dict[str, Any]) -> str:
+    return (f"{usage['turns']} turns, {usage['prompt_tokens']:,} prompt + "
+            f"{usage['completion_tokens']:,} completion tokens")
 
 
 @app.command()

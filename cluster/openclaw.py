@@ -48,6 +48,7 @@ import filelock
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from agent.acceptance import MODEL_WORD
 from agent.events import (
     REASONS,
     AttemptEnded,
@@ -147,6 +148,8 @@ def render(event: Event, task: TaskRow | None = None) -> Card:
         if len(event.files_changed) > 10:
             files += f" and {len(event.files_changed) - 10} more"
         check = _clip(event.check_summary, 400) or "(no check output)"
+        if not event.checked:  # nothing but the model said the work is done: the reviewer must know
+            check = f"none configured: {MODEL_WORD}"
         return Card(
             text=f"{head} Checkpoint waiting for approval{where}\n"
                  f"Step: {event.step_id} {title}".rstrip() + "\n"
