@@ -215,7 +215,7 @@ class ToolBox:
             assert files is not None
             return self._listing(files, "file")
         targets = " ".join(shlex.quote(f) for f in files) if files is not None else "."
-        command = f"grep -rnIE --exclude-dir=.git --exclude-dir=.hearth -e {shlex.quote(pattern)} -- {targets}"
+        command = f"grep -rnHIE --exclude-dir=.git --exclude-dir=.hearth -e {shlex.quote(pattern)} -- {targets}"
         result = self.sandbox.exec(command)
         if result.exit_code == 1:
             return f"no match for {pattern!r}" + (f" in files matching {glob!r}" if glob else "")
