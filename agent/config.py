@@ -90,8 +90,9 @@ class ProjectConfig(BaseModel):
     model: str = Field(default="embedded:smollm2-135m", description="Default model spec for tasks.")
     check: str = Field(
         default="",
-        description="Command that accepts a step (run in the sandbox; $HEARTH_STEP names the story). "
-        "Empty: the model's step_done is accepted as is.",
+        description="Command that accepts a step (run in the sandbox; $HEARTH_STEP names the story), before "
+        "the story's own checks (acceptance criteria like \"`pytest tests/x.py` passes\"). Nothing anywhere: "
+        "the model's step_done is accepted on its word; submit warns, and approval cards say so.",
     )
     sandbox: Literal["bwrap", "qemu", "docker"] = Field(default="bwrap", description="Sandbox backend.")
     concurrency: int = Field(default=2, ge=1, description="Tasks of this project that may run at once.")
