@@ -108,3 +108,13 @@ def test_prompts_carry_the_prd_the_other_stories_progress_and_agents_md(tmp_path
                                  checks=["pytest"], feedback="", workspace=tmp_path, progress_limit=4000)
     assert "# PRD: Shop\nA tiny shop." in story and "### Progress: 1/3 stories complete" in story
     assert "- US-3: docs" in story and "learnt X" in story and "- `pytest`" in story and "src/" in story
+
+
+def test_an_approval_card_for_unchecked_work_says_it_was_accepted_on_the_models_word() -> None:
+    from agent.events import CheckpointReady
+    from cluster.openclaw import render
+
+    fields = {"task_id": "T-1", "step_id": "US-1", "commit": "c" * 40, "snapshot_id": "s", "diff_stat": "",
+              "files_changed": [], "needs_approval": True}
+    assert MODEL_WORD in render(CheckpointReady(**fields, check_summary="", checked=False)).text
+    assert MODEL_WORD not in render(CheckpointReady(**fields, check_summary="ok: 3 passed")).text

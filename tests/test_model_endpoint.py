@@ -81,6 +81,7 @@ max_output_tokens = 3000
 def test_a_bad_base_url_is_refused_with_the_key_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.models.catalogue import CatalogueError, load_catalogue
 
-    (tmp_path / "models.toml").write_text('[models.x]\nengine = "llamacpp"\nmodel = "m.gguf"\nbase_url = "10.0.0.5:8080"\n')
+    entry = '[models.x]\nengine = "llamacpp"\nmodel = "m.gguf"\nbase_url = "10.0.0.5:8080"\n'
+    (tmp_path / "models.toml").write_text(entry)
     with pytest.raises(CatalogueError, match=r"models\.x.*base_url '10\.0\.0\.5:8080' is not an http\(s\) URL"):
         load_catalogue(tmp_path / "models.toml")
