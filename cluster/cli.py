@@ -168,6 +168,9 @@ def _describe(event: Any) -> str:
         return f"[bold cyan]▶ step {event.index + 1}/{event.total} {event.step_id}[/]: {event.title}"
     if kind == "agent_action":
         return f"   · turn {event.turn}: {event.tool} {event.summary}"
+    if kind == "model_turn":
+        cut = " [yellow](reply cut at max_tokens)[/]" if event.finish_reason == "length" else ""
+        return f"   [dim]· model: {event.prompt_tokens:,} + {event.completion_tokens:,} tokens[/]{cut}"
     if kind == "check_ran":
         return f"   {'[green]✔ check passed' if event.passed else '[yellow]✘ check failed'}[/]"
     if kind == "checkpoint_ready":
