@@ -154,17 +154,26 @@ class ContextWindow:
         return [*messages[:head], note, *messages[recent:]], dropped
 
     def _clip_longest(self, messages: list[Message]) -> tuple[list[Message], int]:
+        """Cut the biggest message (its text in the middle, or its call arguments) until the request fits."""
         changed = 0
         while not self.fits(messages, MIN_REPLY):
-            index = max(range(len(messages)), key=lambda i: len(str(messages[i].get("content") or "")))
-            content = str(messages[index].get("content") or "")
-            if len(content) < 400:
-                break  # nothing long is left: the tool arguments are what is big
-            over = (self.estimate(messages) + MIN_REPLY + self.margin - self.window) * self.chars_per_token
-            keep = max(200, int(len(content) - over - 100))
-            half = keep // 2
-            messages[index] = {**messages[index], "content": f"{content[:half]}\n…[{len(content) - keep} "
-                                                             f"characters cut to fit the window]…\n{content[-half:]}"}
+            index = max(range(len(messages)), key=lambda i: _chars(messages[i]))
+            message = messages[index]
+            content = str(message.get("content") or "")
+            calls = message.get("tool_calls") or []
+            if calls and _chars(message) - len(content) > len(content):
+                stripped = [_strip_call(c, limit=0) for c in calls]
+                if stripped == calls:
+                    break
+                messages[index] = {**message, "tool_calls": stripped}
+            elif len(content) >= 400:
+                over = (self.estimate(messages) + MIN_REPLY + self.margin - self.window) * self.chars_per_token
+                keep = max(200, int(len(content) - over - 100))
+                half = keep // 2
+                messages[index] = {**message, "content": f"{content[:half]}\n…[{len(content) - keep} characters "
+                                                         f"cut to fit the window]…\n{content[-half:]}"}
+            else:
+                break  # nothing long is left
             changed += 1
         return messages, changed
 
@@ -185,10 +194,10 @@ def _call_names(messages: list[Message]) -> dict[str, str]:
     return names
 
 
-def _strip_call(call: dict[str, Any]) -> dict[str, Any]:
+def _strip_call(call: dict[str, Any], limit: int = 300) -> dict[str, Any]:
     function = call.get("function", {})
     raw = str(function.get("arguments", ""))
-    if len(raw) <= 300:
+    if len(raw) <= max(limit, 160):
         return call
     try:
         args = json.loads(raw, strict=False)

@@ -180,10 +180,6 @@ class _Step:
             self.strikes += 1
             output += (f"\n[Note: you already made exactly this call at turn {earlier}. If it did not help "
                        "then, try something else; if the story is finished, call step_done.]")
-            if self.in_a_row >= self.ctx.budget.stuck_after:
-                stuck = Stuck(f"the model made the same {call.name} call {self.in_a_row} times in a row")
-                stuck.output = output
-                raise stuck
             if self.profile == "tiny" and call.name in REPEAT_CHECKED and step_checks(self.ctx.check_command,
                                                                                       self.ctx.step):
                 try:
@@ -191,6 +187,10 @@ class _Step:
                 except StepDone as done:
                     done.output = output
                     raise
+            if self.in_a_row >= self.ctx.budget.stuck_after:
+                stuck = Stuck(f"the model made the same {call.name} call {self.in_a_row} times in a row")
+                stuck.output = output
+                raise stuck
         return output
 
     def dispatch(self, call: ToolCall) -> str:

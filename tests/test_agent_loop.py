@@ -198,3 +198,17 @@ def test_context_window_fits_a_huge_last_message_by_clipping_it() -> None:
     assert fitted.estimate + fitted.max_tokens <= limits.context_window and fitted.max_tokens >= 256
     assert "characters cut to fit the window" in fitted.messages[-1]["content"]
     assert messages[-1]["content"] == "y" * 40_000  # the conversation itself is untouched
+
+
+def test_context_window_fits_a_huge_recent_file_write_by_stripping_its_arguments() -> None:
+    limits = ModelLimits(context_window=2048, max_output_tokens=512)
+    window = ContextWindow(limits, tool_schemas("capable"))
+    big = json.dumps({"path": "data.txt", "content": "z" * 30_000})
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "story"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "write_file", "arguments": big}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "wrote 30000 characters"}]
+    fitted = window.fit(messages)
+    assert fitted.estimate + fitted.max_tokens <= limits.context_window and fitted.max_tokens >= 256
+    sent = json.loads(fitted.messages[2]["tool_calls"][0]["function"]["arguments"])
+    assert sent == {"path": "data.txt", "content": "[30000 characters elided]"}
