@@ -1,6 +1,6 @@
 """Benchmark Hearth's agent loop against a minimal bash-only loop on small stories.
 
-    python bench/agent.py [--turns 6] [--only id,id] [--model embedded:smollm2-135m]
+    python bench/agent.py [--turns 4] [--max-tokens 256] [--only id,id] [--model embedded:smollm2-135m]
 
 Each story of ``bench/agent_stories.toml`` (a workspace, a story, a check) runs twice with the same
 model in the same run, each time in a fresh copy of its workspace in a bwrap sandbox:
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -120,10 +121,14 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--turns", type=int, default=6, help="turns per story, both loops")
+    parser.add_argument("--turns", type=int, default=4, help="turns per story, both loops")
+    parser.add_argument("--max-tokens", type=int, default=256,
+                        help="most tokens a reply may take, both loops (the 135M model decodes ~5 tokens/s "
+                             "on a busy 2-core machine, and the baseline's replies run to the cap)")
     parser.add_argument("--only", default="", help="comma-separated story ids")
     parser.add_argument("--model", default=EMBEDDED, help="a model spec served over HTTP (embedded:, openai:, docker:)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the model server
     stories = load_stories({s for s in args.only.split(",") if s} or None)
 
     with tempfile.TemporaryDirectory(prefix="hearth-bench-agent-") as tmp:
@@ -132,12 +137,14 @@ def main() -> int:
             from agent.models.embedded import EmbeddedRuntime
 
             runtime = EmbeddedRuntime(Path(tmp) / "state", auto_install=False)
-            model = OpenAIChat(runtime.ensure(EMBEDDED.split(":", 1)[1]), limits=EMBEDDED_LIMITS)
+            model = OpenAIChat(runtime.ensure(EMBEDDED.split(":", 1)[1]), limits=EMBEDDED_LIMITS,
+                               max_tokens=args.max_tokens)
         else:
             chat = chat_model_for(args.model)
             if not isinstance(chat, OpenAIChat):
                 raise SystemExit(f"{args.model} is not served over HTTP; the baseline needs an endpoint")
             model = chat
+            model.limits = model.limits.model_copy(update={"max_output_tokens": args.max_tokens})
         hearth: list[dict[str, Any]] = []
         baseline: list[dict[str, Any]] = []
         try:
