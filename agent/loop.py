@@ -158,6 +158,15 @@ class _Step:
         self.strikes = 0
         """Repeats, errors and failed checks so far: the loop warms the temperature with each."""
 
+    def temperature(self) -> float:
+        """Deterministic at first; warmer with each strike, so a model in a rut can try something else
+        (gently for capable models, whose good first answers a high temperature would spoil)."""
+        if self.strikes == 0:
+            return 0.0
+        if self.profile == "tiny":
+            return min(1.0, 0.3 + 0.2 * self.strikes)
+        return min(0.6, 0.15 * self.strikes)
+
     def answer(self, turn: int, call: ToolCall) -> str:
         """Run one call and return its result for the model (StepStop subclasses end the step)."""
         self.ctx.on_action(turn, call.name, _summarise(call))
@@ -241,8 +250,7 @@ def run_step(ctx: StepContext, model: ChatModel) -> StepResult:
             if time.monotonic() - started > ctx.budget.step_wall_s:
                 raise BudgetExceeded(f"step exceeded its {ctx.budget.step_wall_s:.0f} s wall-time budget")
             fitted = window.fit(messages)
-            # Deterministic at first; warmer each time the model gets stuck, so it can try something else.
-            temperature = 0.0 if state.strikes == 0 else min(1.0, 0.3 + 0.2 * state.strikes)
+            temperature = state.temperature()
             try:
                 reply = model.complete(fitted.messages, schemas, temperature=temperature,
                                        max_tokens=fitted.max_tokens)
