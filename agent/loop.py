@@ -187,7 +187,8 @@ class _Step:
             self.strikes += 1
         if earlier is not None:
             self.strikes += 1
-            output += (f"\n[Note: you already made exactly this call at turn {earlier}. If it did not help "
+            output += (f"\n[You already made exactly this call at turn {earlier}.]" if self.profile == "tiny" else
+                       f"\n[Note: you already made exactly this call at turn {earlier}. If it did not help "
                        "then, try something else; if the story is finished, call step_done.]")
             if self.profile == "tiny" and call.name in REPEAT_CHECKED and step_checks(self.ctx.check_command,
                                                                                       self.ctx.step):

@@ -5,8 +5,8 @@ Two sets, chosen by the model's catalogue entry (``ModelLimits.prompt``):
 * ``capable`` — ``read_file`` with line numbers and ranges, ``write_file``, ``edit_file`` (replace
   one exact, unique piece of text), ``search`` (grep and glob), ``shell``, plus the loop's own
   ``step_done``, ``ask_user`` and ``checkpoint``.
-* ``tiny`` — ``write_file``, ``read_file`` (plain text), ``shell`` and the loop's tools: a 135M
-  model picks the wrong tool from a long list.
+* ``tiny`` — ``write_file``, ``read_file`` (plain text), ``shell``, ``step_done`` and ``ask_user``:
+  a 135M model picks the wrong tool from a long list.
 
 Long output is never lost: what the model sees is cut to ``output_limit`` characters, and the whole
 of it is written to ``.hearth/output/<n>.txt`` in the workspace (ignored by git) for the model to page
@@ -69,13 +69,12 @@ CAPABLE_TOOLS = [
             "is cut, and saved whole to a file you can read_file.", {"command": _TEXT}),
     *LOOP_TOOLS,
 ]
-TINY_TOOLS = [
+TINY_TOOLS = [  # short: every word here is prompt tokens on each turn, and a 135M model reads none of them well
     _schema("write_file", "Create or overwrite a file in the workspace.", {"path": _TEXT, "content": _TEXT}),
     _schema("read_file", "Read a file in the workspace.", {"path": _TEXT}),
     _schema("shell", "Run a shell command in the workspace; returns exit code and output.", {"command": _TEXT}),
-    LOOP_TOOLS[0],
+    _schema("step_done", "Say the story is finished; the check then runs.", {"summary": _TEXT}),
     LOOP_TOOLS[1],
-    LOOP_TOOLS[2],
 ]
 
 
