@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from agent.models import chat_model_for
-from cluster.placement import model_spec
+from cluster.scheduling.snapshot import model_spec
 
 
 class _Handler(BaseHTTPRequestHandler):
