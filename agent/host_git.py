@@ -115,6 +115,9 @@ def clone_task_repo(source: str, work_tree: Path) -> git.Repo:
     # either: the host names the work tree on every call, and a sandbox that is shown the git dir
     # read-only at /workspace/.git must find its work tree at /workspace, not at a host path.
     (work_tree / ".git").unlink()
+    (git_dir / "info").mkdir(exist_ok=True)
+    with (git_dir / "info" / "exclude").open("a", encoding="utf-8") as exclude:  # saved tool output
+        exclude.write("\n.hearth/\n")
     return open_task_repo(work_tree)
 
 

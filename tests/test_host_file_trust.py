@@ -18,6 +18,8 @@ from tests_support import RecordingController, runner_for, spec_for
 
 from agent.events import TerminationReason
 from agent.models.scripted import ScriptedChat
+from agent.progress import ProgressEntry, append_progress, read_progress
+from agent.prompts import read_instructions
 from agent.sandbox import SandboxConfig, SandboxError
 from agent.sandbox.files import read_workspace_file, workspace_disk_bytes, write_workspace_file
 
@@ -82,3 +84,20 @@ def test_disk_use_counts_allocated_blocks_once(tmp_path: Path) -> None:
     (tmp_path / "data").write_bytes(b"x" * 2**20)
     os.link(tmp_path / "data", tmp_path / "hardlink")
     assert 2**20 <= workspace_disk_bytes(tmp_path) < 2 * 2**20
+
+
+def test_prompt_inputs_and_progress_never_follow_links_out(tmp_path: Path) -> None:
+    """The runner reads AGENTS.md and progress.md into the model's prompt and appends to progress.md:
+    a link to a host file must not send that file to the model, nor get it written."""
+    ws, secret = tmp_path / "ws", tmp_path / "secret.txt"
+    (ws / ".ralph-tui").mkdir(parents=True)
+    secret.write_text("host secret\n")
+    (ws / "AGENTS.md").symlink_to(secret)
+    (ws / ".ralph-tui" / "progress.md").symlink_to(secret)
+    assert read_instructions(ws) == ("", "")
+    assert read_progress(ws) == ""
+    with pytest.raises(SandboxError, match="symbolic link"):
+        append_progress(ws, ProgressEntry(step_id="S1", title="one"))
+    (ws / ".ralph-tui" / "progress.md").unlink()
+    append_progress(ws, ProgressEntry(step_id="S1", title="one"))
+    assert secret.read_text() == "host secret\n" and "S1" in read_progress(ws)

@@ -16,7 +16,8 @@ router = APIRouter(prefix="/v1/tasks")
 
 
 @router.post("", status_code=201)
-async def submit(body: SubmitRequest, store: ReadStore, scheduler: Scheduler, who: Caller = need("submit")) -> TaskRow:
+async def submit(body: SubmitRequest, store: ReadStore, scheduler: Scheduler,
+                 who: Caller = need("submit")) -> tasks.TaskDetail:
     require_endpoint_right(who, body.model)
     return await tasks.submit(store, scheduler, body)
 
@@ -27,8 +28,8 @@ async def list_tasks(store: ReadStore, state: str | None = None) -> list[dict[st
 
 
 @router.get("/{task_id}", dependencies=[need("read")])
-async def get_task(task_id: str, store: ReadStore) -> TaskRow:
-    return store.task(task_id)
+async def get_task(task_id: str, store: ReadStore) -> tasks.TaskDetail:
+    return tasks.detail(store, task_id)
 
 
 @router.post("/{task_id}/cancel", dependencies=[need("cancel")])
