@@ -25,6 +25,7 @@ from agent.prd import PrdError, load_prd
 from agent.project import ProjectError, checkpoint_commits, init_project, task_branch
 from cluster import cli_admin, local
 from cluster.cli_client import SidecarClient, SidecarError
+from cluster.cli_tokens import token_app
 from cluster.nodes import inventory, ray_start_args
 from cluster.store import TaskRow
 
@@ -111,6 +112,7 @@ def up(port: int = 8765, slots: Annotated[int | None, typer.Option(help="Tasks t
         fail(str(exc), 3)
         return
     console.print(f"Hearth is up: sidecar {info.api_url}, Ray {info.ray_address}")
+    console.print(f"Web page: {info.api_url}/ui/ (log in with the token in {local.token_path()})", soft_wrap=True)
 
 
 @app.command()
@@ -147,6 +149,8 @@ def submit(prd: Path,
         "priority": priority, "model": model})
     console.print(f"submitted [bold]{task['id']}[/bold]: {task['name']} "
                   f"({len(task['spec']['plan']['steps'])} steps, priority {task['priority']})")
+    for warning in task.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if follow:
         raise typer.Exit(_follow(task["id"]))
 
@@ -154,6 +158,8 @@ def submit(prd: Path,
 _DESCRIBE: dict[str, Callable[[Any], str]] = {
     "step_started": lambda e: f"[bold cyan]▶ step {e.index + 1}/{e.total} {e.step_id}[/]: {e.title}",
     "agent_action": lambda e: f"   · turn {e.turn}: {e.tool} {e.summary}",
+    "model_turn": lambda e: (f"   [dim]· model: {e.prompt_tokens:,} + {e.completion_tokens:,} tokens[/]"
+                             + (" [yellow](reply cut at max_tokens)[/]" if e.finish_reason == "length" else "")),
     "check_ran": lambda e: f"   {'[green]✔ check passed' if e.passed else '[yellow]✘ check failed'}[/]",
     "checkpoint_ready": lambda e: (f"   [green]● checkpoint[/] {e.commit[:10]} "
                                    f"({', '.join(e.files_changed) or 'no files'})"
@@ -281,6 +287,7 @@ def openclaw_connect(
     console.print("Then restart the sidecar so it starts sending: hearth down && hearth up")
 
 
+app.add_typer(token_app, name="token")
 node_app = typer.Typer(help="This machine as a Ray node.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 
@@ -340,15 +347,27 @@ def tasks(state: Annotated[str | None, typer.Option(help="Only tasks in this sta
 @app.command()
 def show(task_id: str) -> None:
     """Show one task: state, steps and, once completed, its branch and checkpoints."""
-    task = TaskRow.model_validate(Client().request("GET", f"/v1/tasks/{task_id}"))
+    raw = Client().request("GET", f"/v1/tasks/{task_id}")
+    task = TaskRow.model_validate(raw)
     console.print(f"[bold]{task.id}[/bold] {task.name} — {task.state.value} (priority {task.priority})")
     if task.message:
         console.print(task.message)
+    usage = raw.get("usage") or {}
+    by_step = usage.get("steps", {})
     for number, step in enumerate(task.spec.plan.steps, 1):
         done = "✔" if number <= task.next_step else " "
-        console.print(f"  {done} {step.id} {step.title}")
+        spent = by_step.get(step.id)
+        cost = f"  [dim]{_tokens(spent)}[/]" if spent else ""
+        console.print(f"  {done} {step.id} {step.title}{cost}")
+    if usage.get("turns"):
+        console.print(f"model: {task.model}, {_tokens(usage)}")
     if task.state == "completed":
         _print_result(task)
+
+
+def _tokens(usage: dict[str, Any]) -> str:
+    return (f"{usage['turns']} turns, {usage['prompt_tokens']:,} prompt + "
+            f"{usage['completion_tokens']:,} completion tokens")
 
 
 @app.command()

@@ -1,4 +1,7 @@
-"""Bearer tokens and the rights they carry: ``need("submit")`` is a route's dependency."""
+"""Bearer tokens and the rights they carry: ``need("submit")`` is a route's dependency.
+
+Besides the admin and plugin tokens, a person's own token (``hearth token add NAME --role …``,
+cluster/people_tokens.py) carries its role's rights and speaks as NAME."""
 
 from __future__ import annotations
 
@@ -8,7 +11,9 @@ from typing import Any
 from fastapi import Depends, Header, HTTPException, Request
 from pydantic import BaseModel, ConfigDict
 
-RIGHTS = ("read", "submit", "answer", "decide", "cancel", "restart", "priority", "nodes")
+from cluster import people_tokens
+
+RIGHTS = ("read", "submit", "answer", "decide", "cancel", "restart", "priority", "nodes", "endpoint")
 PLUGIN_RIGHTS = ("read", "submit", "answer", "decide")
 PLUGIN_TOKEN_FILE = "plugin-token"
 
@@ -17,6 +22,9 @@ class Caller(BaseModel):
     model_config = ConfigDict(frozen=True)
     role: str
     rights: tuple[str, ...]
+    person: str = ""
+    """For a person's token (``hearth token add``): their name, which their answers and decisions
+    carry whatever the request's ``who`` says."""
 
 
 ADMIN = Caller(role="admin", rights=RIGHTS)
@@ -37,9 +45,27 @@ def caller(request: Request, authorization: str = Header(default="")) -> Caller:
     for who, secret in request.app.state.tokens:
         if hmac.compare_digest(presented.encode(), secret) and scheme.lower() == "bearer":
             found = who
+    if found is None and scheme.lower() == "bearer" and presented:
+        person = people_tokens.find(request.app.state.store_path.parent, presented)
+        if person is not None:
+            found = Caller(role=person.role.value, rights=people_tokens.ROLE_RIGHTS[person.role], person=person.name)
     if found is None:
         raise HTTPException(status_code=401, detail="missing or wrong bearer token")
     return found
+
+
+def require_endpoint_right(who: Caller, model: str | None) -> None:
+    """A model named by URL (``openai:<url>``) needs the ``endpoint`` right, which only the admin
+    token holds: the worker node would connect wherever the URL says (any host its network
+    reaches), and whoever answers there writes every command the task's steps run. Catalogue
+    models (``docker:``, ``embedded:``, ``scripted:``) and the project's own hearth.toml model need
+    no more than ``submit``."""
+    if model is not None and model.partition(":")[0] == "openai" and "endpoint" not in who.rights:
+        raise HTTPException(status_code=403, detail=(
+            f"the {who.role} token lacks the 'endpoint' right, which a model given by URL ({model!r}) "
+            "needs: it would make a node connect there and let that server drive the task. Name a "
+            "catalogue model (docker:<name> from models.toml, embedded:<name>) or set the project's "
+            "model in hearth.toml"))
 
 
 def need(right: str) -> Any:

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from cluster.api.auth import need
+from cluster.api.auth import Caller, need, require_endpoint_right
 from cluster.api.deps import ReadStore, Scheduler
 from cluster.api.schemas import PriorityRequest, SubmitRequest
 from cluster.api.services import tasks
@@ -15,8 +15,10 @@ from cluster.store import TaskRow
 router = APIRouter(prefix="/v1/tasks")
 
 
-@router.post("", status_code=201, dependencies=[need("submit")])
-async def submit(body: SubmitRequest, store: ReadStore, scheduler: Scheduler) -> TaskRow:
+@router.post("", status_code=201)
+async def submit(body: SubmitRequest, store: ReadStore, scheduler: Scheduler,
+                 who: Caller = need("submit")) -> tasks.TaskDetail:
+    require_endpoint_right(who, body.model)
     return await tasks.submit(store, scheduler, body)
 
 
@@ -26,8 +28,8 @@ async def list_tasks(store: ReadStore, state: str | None = None) -> list[dict[st
 
 
 @router.get("/{task_id}", dependencies=[need("read")])
-async def get_task(task_id: str, store: ReadStore) -> TaskRow:
-    return store.task(task_id)
+async def get_task(task_id: str, store: ReadStore) -> tasks.TaskDetail:
+    return tasks.detail(store, task_id)
 
 
 @router.post("/{task_id}/cancel", dependencies=[need("cancel")])
