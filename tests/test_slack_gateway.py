@@ -35,9 +35,15 @@ def tagged(slack: FakeSlack, task_id: str) -> list[dict[str, Any]]:
     return [m for m in slack.posted(CHANNEL) if f"[task {task_id} #" in m["text"]]
 
 
-def wait_tagged(slack: FakeSlack, task_id: str, word: str, after: int = 0, timeout_s: float = 120) -> dict[str, Any]:
+def after(slack: FakeSlack, task_id: str, message: dict[str, Any]) -> int:
+    """How many of the task's messages come up to and including ``message`` (found by its ts)."""
+    return 1 + [m["ts"] for m in tagged(slack, task_id)].index(message["ts"])
+
+
+def wait_tagged(slack: FakeSlack, task_id: str, word: str, skip: int = 0, timeout_s: float = 120) -> dict[str, Any]:
+    """The first of the task's messages past the first ``skip`` that contains ``word``."""
     def find() -> dict[str, Any] | None:
-        return next((m for m in tagged(slack, task_id)[after:] if word in m["text"]), None)
+        return next((m for m in tagged(slack, task_id)[skip:] if word in m["text"]), None)
 
     return dict(wait_until(find, timeout_s, f"a '{word}' message about {task_id}"))
 
@@ -83,8 +89,7 @@ def test_a_task_has_one_thread_where_replies_answer_its_questions(chat: Chat, tm
     confirmation = wait_said(slack, lambda t: t == f"Answer for {task_id} recorded from <@{ALICE}>; the task resumes.",
                              "the confirmation in the thread")
     assert confirmation["thread_ts"] == opened["ts"]
-    after = tagged(slack, task_id).index(question) + 1
-    second = wait_tagged(slack, task_id, "What should answer.txt say?", after=after)
+    second = wait_tagged(slack, task_id, "What should answer.txt say?", skip=after(slack, task_id, question))
     assert second["thread_ts"] == opened["ts"]
     slash(slack, ALICE, CHANNEL, f"answer {task_id} navy", f"Answer for {task_id} recorded")  # or the command
     assert chat.wait_state(task_id, {"completed", "failed"}) == "completed"
@@ -143,7 +148,7 @@ def test_checkpoint_cards_approve_reject_with_a_reason_and_refuse_others(chat: C
     assert any(f"Approved by <@{ALICE}> at " in e["text"] for b in updated["blocks"] if b["type"] == "context"
                for e in b["elements"])
     # Reject opens a dialog for the reason; submitting it rejects with that reason and updates the card.
-    card2 = wait_tagged(slack, task_id, "Checkpoint", after=tagged(slack, task_id).index(card1) + 1)
+    card2 = wait_tagged(slack, task_id, "Checkpoint", skip=after(slack, task_id, card1))
     slack.click(ALICE, card2, "Reject")
     dialog = wait_until(lambda: slack.method_calls("views.open", authed_only=True), 90, "the reason dialog")[-1]
     assert dialog["view"]["type"] == "modal" and task_id in dialog["view"]["title"]["text"]
@@ -152,7 +157,7 @@ def test_checkpoint_cards_approve_reject_with_a_reason_and_refuse_others(chat: C
     wait_until(lambda: any(m["ts"] == card2["ts"] and m.get("edited") and "Rejected by" in str(m["blocks"])
                            for m in slack.posted(CHANNEL)), 90, "the rejected card")
     # The redone step's card: a reply in the thread decides it too.
-    card3 = wait_tagged(slack, task_id, "Checkpoint", after=tagged(slack, task_id).index(card2) + 1)
+    card3 = wait_tagged(slack, task_id, "Checkpoint", skip=after(slack, task_id, card2))
     slack.say(ALICE, CHANNEL, "approve", thread_ts=opened["ts"])
     assert chat.wait_state(task_id, {"completed", "failed"}) == "completed"
     decisions = [(e["approve"], e["who"], e["step_id"], e["reason"]) for e in chat.events(task_id, "decision_made")]
