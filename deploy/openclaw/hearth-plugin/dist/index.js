@@ -35,16 +35,21 @@ function token(cfg              )         {
 
 async function sidecar(cfg              , method        , path        , body          )                        {
   const base = (cfg.sidecarUrl ?? "").replace(/\/+$/, "");
-  let res          ;
-  try {
-    res = await fetch(`${base}${path}`, {
-      method,
-      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token(cfg)}` },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(cfg.timeoutMs ?? 15000),
-    });
-  } catch (err) {
-    return { status: 0, body: null, detail: `Hearth is unreachable (${(err         ).name})` };
+  let res                      ;
+  // A second try after a network error ("fetch failed": e.g. the sidecar closed an idle keep-alive
+  // connection as this request reused it). Safe: answers and decisions are idempotent per ask.
+  for (let attempt = 0; res === undefined; attempt++) {
+    try {
+      res = await fetch(`${base}${path}`, {
+        method,
+        headers: { "Content-Type": "application/json", Authorization: `Bearer ${token(cfg)}` },
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: AbortSignal.timeout(cfg.timeoutMs ?? 15000),
+      });
+    } catch (err) {
+      if (attempt === 0 && (err         ).name === "TypeError") continue;
+      return { status: 0, body: null, detail: `Hearth is unreachable (${(err         ).name})` };
+    }
   }
   const text = await res.text();
   let parsed      = null;

@@ -76,16 +76,21 @@ function token(cfg: HearthConfig): string {
 
 async function sidecar(cfg: HearthConfig, method: string, path: string, body?: unknown): Promise<SidecarReply> {
   const base = (cfg.sidecarUrl ?? "").replace(/\/+$/, "");
-  let res: Response;
-  try {
-    res = await fetch(`${base}${path}`, {
-      method,
-      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token(cfg)}` },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(cfg.timeoutMs ?? 15000),
-    });
-  } catch (err) {
-    return { status: 0, body: null, detail: `Hearth is unreachable (${(err as Error).name})` };
+  let res: Response | undefined;
+  // A second try after a network error ("fetch failed": e.g. the sidecar closed an idle keep-alive
+  // connection as this request reused it). Safe: answers and decisions are idempotent per ask.
+  for (let attempt = 0; res === undefined; attempt++) {
+    try {
+      res = await fetch(`${base}${path}`, {
+        method,
+        headers: { "Content-Type": "application/json", Authorization: `Bearer ${token(cfg)}` },
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: AbortSignal.timeout(cfg.timeoutMs ?? 15000),
+      });
+    } catch (err) {
+      if (attempt === 0 && (err as Error).name === "TypeError") continue;
+      return { status: 0, body: null, detail: `Hearth is unreachable (${(err as Error).name})` };
+    }
   }
   const text = await res.text();
   let parsed: any = null;
