@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from agent.artifacts import ArtifactRef
+
 
 class TerminationReason(StrEnum):
     """Why an attempt (or a task) ended. ``REASONS`` maps each to retry policy and a user sentence."""
@@ -115,6 +117,25 @@ class CheckpointReady(_Event):
     files_changed: list[str]
     check_summary: str
     needs_approval: bool = False
+    diff: str = ""
+    """The checkpoint's diff, cut at ``DIFF_LIMIT`` characters (the whole one: ``hearth diff``)."""
+    diff_truncated: bool = False
+    build_summary: str = ""
+    """The tail of the build's output (``[artifacts] build``), empty without a build."""
+    artifacts: list[ArtifactRef] = []
+    """What the step's build left, stored on the head (``hearth artifacts``)."""
+    final: bool = False
+    """The task's last checkpoint: its approval also finishes the branch (keep, merge or push)."""
+
+
+class BuildRan(_Event):
+    """The step's build (after a passing check): its output tail, or the problem naming the artifact."""
+
+    kind: Literal["build_ran"] = "build_ran"
+    step_id: str
+    passed: bool
+    output_tail: str
+    duration_s: float = 0.0
 
 
 class ClarificationRequested(_Event):
@@ -147,6 +168,8 @@ class DecisionMade(_Event):
     approve: bool
     reason: str = ""
     who: str
+    finish: str = ""
+    """On the final checkpoint: keep, merge or push, overriding hearth.toml's ``[finish] action``."""
 
 
 class StepCompleted(_Event):
@@ -175,6 +198,19 @@ class TaskCompleted(_Event):
     commits: list[str]
 
 
+class BranchFinished(_Event):
+    """What happened to a completed task's branch: kept, merged into the base, or pushed."""
+
+    kind: Literal["branch_finished"] = "branch_finished"
+    branch: str
+    action: str
+    ok: bool
+    message: str
+    base: str = ""
+    commit: str = ""
+    """The base branch's new head after a merge (or the pushed commit)."""
+
+
 class TaskFailed(_Event):
     kind: Literal["task_failed"] = "task_failed"
     reason: TerminationReason
@@ -197,6 +233,7 @@ Event = Annotated[
     | StepStarted
     | AgentAction
     | CheckRan
+    | BuildRan
     | CheckpointReady
     | ClarificationRequested
     | AnswerReceived
@@ -206,6 +243,7 @@ Event = Annotated[
     | AttemptEnded
     | TaskRequeued
     | TaskCompleted
+    | BranchFinished
     | TaskFailed
     | TaskCancelled
     | PriorityChanged,

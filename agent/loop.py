@@ -122,6 +122,8 @@ class StepContext:
     on_check: Callable[[bool, str], None] = lambda passed, output: None
     on_checkpoint: Callable[[str], str] = lambda summary: ""
     """Called by the ``checkpoint`` tool with the model's summary; returns the commit id."""
+    on_accept: Callable[[], str] = lambda: ""
+    """Called once the check passed (the build, agent/build.py); a non-empty problem fails acceptance."""
     feedback: str = ""
     """A reviewer's reason for rejecting the previous try of this step."""
     messages: list[dict[str, Any]] = field(default_factory=list)
@@ -217,17 +219,21 @@ class _Turns:
     def check(self, summary: str) -> str:
         """Run the project's check; a pass ends the step (StepDone), a failure is reported back."""
         command = self.ctx.check_command
-        if not command:
-            raise StepDone(summary, "no check command configured")
-        result = self.ctx.sandbox.exec(command, env={"HEARTH_STEP": self.ctx.step.id})
-        output = result.tail()
-        self.ctx.on_check(result.ok, output)
-        if result.ok:
-            raise StepDone(summary, output)
-        return (
-            f"The check failed (exit code {result.exit_code}), so the story is not done yet:\n"
-            f"{clip(output)}\nFix the problem, then call step_done again."
-        )
+        output = "no check command configured"
+        if command:
+            result = self.ctx.sandbox.exec(command, env={"HEARTH_STEP": self.ctx.step.id})
+            output = result.tail()
+            self.ctx.on_check(result.ok, output)
+            if not result.ok:
+                return (
+                    f"The check failed (exit code {result.exit_code}), so the story is not done yet:\n"
+                    f"{clip(output)}\nFix the problem, then call step_done again."
+                )
+        problem = self.ctx.on_accept()
+        if problem:
+            return (f"The check failed: the build did not pass, so the story is not done yet:\n{clip(problem)}\n"
+                    "Fix the problem, then call step_done again.")
+        raise StepDone(summary, output)
 
 
 class _FormatError(Exception):
