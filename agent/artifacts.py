@@ -95,30 +95,57 @@ class ContentStore:
 
     def put(self, chunks: Iterable[bytes], *, sha256: str, size: int, name: str) -> Path:
         """Store ``chunks``; they must add up to ``size`` bytes hashing to ``sha256``."""
-        final = self.path_of(sha256)
-        if final.exists():
-            for _ in chunks:  # drain the sender; the blob is already here
-                pass
-            return final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial = final.with_name(f".{sha256}.{os.getpid()}.partial")
-        digest, written = hashlib.sha256(), 0
+        blob = self.open_blob(sha256=sha256, size=size, name=name)
         try:
-            with open(partial, "wb") as handle:
-                for chunk in chunks:
-                    digest.update(chunk)
-                    written += len(chunk)
-                    handle.write(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
-            if written != size or digest.hexdigest() != sha256:
-                raise ArtifactError(
-                    f"artifact {name}: received {written} bytes with sha256 {digest.hexdigest()[:12]}…, "
-                    f"expected {size} bytes with sha256 {sha256[:12]}…; nothing stored")
-            os.replace(partial, final)
+            for chunk in chunks:
+                blob.write(chunk)
+            return blob.commit()
         finally:
-            partial.unlink(missing_ok=True)
-        return final
+            blob.abort()
+
+    def open_blob(self, *, sha256: str, size: int, name: str) -> BlobWriter:
+        return BlobWriter(self.path_of(sha256), sha256=sha256, size=size, name=name)
+
+
+class BlobWriter:
+    """One blob being written: ``write`` chunks, then ``commit`` (verify, rename) or ``abort``."""
+
+    def __init__(self, final: Path, *, sha256: str, size: int, name: str) -> None:
+        self.final, self.sha256, self.size, self.name = final, sha256, size, name
+        self.exists = final.exists()
+        """Already stored (same bytes, same name): the chunks are read and dropped."""
+        self.partial = final.with_name(f".{sha256}.{os.getpid()}.{id(self)}.partial")
+        self.digest = hashlib.sha256()
+        self.written = 0
+        self.handle = None
+        if not self.exists:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.partial, "wb")  # noqa: SIM115 (closed by commit/abort)
+
+    def write(self, chunk: bytes) -> None:
+        self.digest.update(chunk)
+        self.written += len(chunk)
+        if self.handle is not None:
+            self.handle.write(chunk)
+
+    def commit(self) -> Path:
+        if self.written != self.size or self.digest.hexdigest() != self.sha256:
+            raise ArtifactError(
+                f"artifact {self.name}: received {self.written} bytes with sha256 {self.digest.hexdigest()[:12]}…, "
+                f"expected {self.size} bytes with sha256 {self.sha256[:12]}…; nothing stored")
+        if self.handle is not None:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            self.handle = None
+            os.replace(self.partial, self.final)
+        return self.final
+
+    def abort(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+        self.partial.unlink(missing_ok=True)
 
 
 class ArtifactSink(Protocol):

@@ -22,9 +22,13 @@ from typing import Any, Literal, Protocol
 import git
 from pydantic import BaseModel
 
+from agent.artifacts import ArtifactSink, LocalArtifactSink
+from agent.build import StepBuilder
+from agent.card import diff_excerpt
 from agent.config import ProjectConfig
 from agent.events import (
     AgentAction,
+    BuildRan,
     CheckpointReady,
     CheckRan,
     ClarificationRequested,
@@ -37,7 +41,7 @@ from agent.events import (
 )
 from agent.loop import StepContext, StepResult, answer_message, run_step
 from agent.models.base import ChatModel, ModelError
-from agent.prd import TaskPlan, mark_story_passed
+from agent.prd import TaskPlan
 from agent.project import (
     checkpoint_commit,
     diff_summary,
@@ -47,6 +51,7 @@ from agent.project import (
     task_branch,
 )
 from agent.sandbox import Sandbox, SandboxConfig, open_sandbox
+from agent.writeback import record_step_done, seed_prd
 
 
 class TaskSpec(BaseModel):
@@ -56,7 +61,11 @@ class TaskSpec(BaseModel):
     project_path: str
     plan: TaskPlan
     prd_relpath: str | None = None
-    """Where the Ralph prd.json lives inside the project, for writing ``passes`` back; None otherwise."""
+    """Where the PRD file lives inside the project, for writing finished steps back; None otherwise."""
+    prd_seed: str | None = None
+    """The PRD's text when it was not committed at submit: the task branch gets it first."""
+    base_branch: str = ""
+    """The branch checked out at submit: where ``[finish] action = "merge"`` merges to by default."""
     model: str
     base_commit: str
     config: ProjectConfig
@@ -131,6 +140,7 @@ class TaskRunner:
         answer: Answer | None = None,
         sandbox_factory: SandboxFactory = _default_sandbox,
         model_factory: Callable[[], ChatModel] | None = None,
+        artifact_sink: ArtifactSink | None = None,
     ) -> None:
         """``model_factory`` makes a fresh client for the task's model, restarting its server if it
         is gone; without one, a model that stops answering fails the attempt at once."""
@@ -149,6 +159,10 @@ class TaskRunner:
         self.transcripts = workdir.parent.parent / "tasks" / spec.task_id / "transcripts"
         self.pending = self.transcripts.parent / "pending-question.json"
         """The conversation of a step parked on a question; read back by the attempt that resumes it."""
+        self.artifact_sink = artifact_sink or LocalArtifactSink(workdir.parent.parent / "artifacts")
+        """Where artifacts go: the head's store through Ray, or (in-process) a local one."""
+        self.builder = StepBuilder(spec.config.artifacts, project=spec.config.name, task_id=spec.task_id,
+                                   workspace=workdir, staging=self.transcripts.parent / "artifacts-staging")
 
     def _emit(self, event_type: Any, **fields: Any) -> None:
         self.controller.emit(event_type(task_id=self.spec.task_id, attempt_id=self.attempt_id, **fields))
@@ -160,12 +174,16 @@ class TaskRunner:
             try:
                 repo.commit(self.resume_commit)
                 if not (self.answer and repo.head.commit.hexsha == self.resume_commit):
-                    reset_workspace(repo, self.resume_commit)  # after an answer: keep the step's work
+                    # after an answer: keep the step's work; else keep the build outputs for the next build
+                    reset_workspace(repo, self.resume_commit, keep=self.spec.config.artifacts.paths)
                 return repo, self.start_step
             except (git.BadName, ValueError, git.GitCommandError):
                 pass
-        return prepare_workspace(Path(self.spec.project_path), self.spec.task_id, self.spec.base_commit,
-                                 self.workdir), 0
+        repo = prepare_workspace(Path(self.spec.project_path), self.spec.task_id, self.spec.base_commit,
+                                 self.workdir)
+        if self.spec.prd_seed is not None and self.spec.prd_relpath:
+            seed_prd(repo, self.spec.prd_relpath, self.spec.prd_seed, self.spec.task_id)
+        return repo, 0
 
     def run(self) -> RunResult:
         sandbox: Sandbox | None = None
@@ -227,6 +245,7 @@ class TaskRunner:
                 on_check=lambda passed, output: self._emit(
                     CheckRan, step_id=step.id, passed=passed, output_tail=output[-1500:]
                 ),
+                on_accept=lambda: self._build(step.id, sandbox),
                 on_checkpoint=lambda summary: checkpoint_commit(
                     repo, task_id=spec.task_id, step_id=step.id, attempt_id=self.attempt_id,
                     message=f"{step.id} (work in progress): {summary}"[:200],
@@ -248,7 +267,9 @@ class TaskRunner:
                 result = self._converse(ctx)
                 turns += result.turns
             if result.outcome == "budget":
-                return "", f"step {step.id}: {result.summary}"
+                build = self.builder.last.get(step.id)
+                problem = f"; the last build failed: {build.output.splitlines()[0]}" if build and not build.ok else ""
+                return "", f"step {step.id}: {result.summary}{problem}"
             commit, snapshot = self._checkpoint(index, repo, sandbox, result.summary, result.check_output,
                                                 previous[0])
             if self._needs_approval(index, total):
@@ -262,6 +283,15 @@ class TaskRunner:
             self._emit(StepCompleted, step_id=step.id, commit=commit, turns=turns,
                        duration_s=round(time.monotonic() - started, 3))
             return commit, snapshot
+
+    def _build(self, step_id: str, sandbox: Sandbox) -> str:
+        """The step's build after a passing check; the problem ("" when it passed or there is none)."""
+        if not self.spec.config.artifacts.enabled:
+            return ""
+        outcome = self.builder.build(sandbox, step_id)
+        self._emit(BuildRan, step_id=step_id, passed=outcome.ok, output_tail=outcome.output[-1500:],
+                   duration_s=outcome.duration_s)
+        return "" if outcome.ok else outcome.output
 
     def _converse(self, ctx: StepContext) -> StepResult:
         """``run_step``, riding out model outages: when the model stops answering (its container
@@ -323,13 +353,15 @@ class TaskRunner:
         self, index: int, repo: git.Repo, sandbox: Sandbox, summary: str, check_output: str, parent: str
     ) -> tuple[str, str]:
         spec, step = self.spec, self.spec.plan.steps[index]
-        if spec.prd_relpath and spec.plan.format == "prd-json":
-            mark_story_passed(self.workdir / spec.prd_relpath, step.id, f"Completed by Hearth: {summary}"[:500])
+        record_step_done(self.workdir, spec.prd_relpath, spec.plan.format, step.id, summary)
         commit = checkpoint_commit(repo, task_id=spec.task_id, step_id=step.id, attempt_id=self.attempt_id,
                                    message=f"{step.id}: {step.title}")
         publish_branch(repo, spec.task_id)
+        build = self.builder.last.get(step.id)
+        artifacts = self.builder.publish(step.id, self.artifact_sink)
         snapshot = sandbox.snapshot()
         stat, files = diff_summary(repo, parent, commit)
+        diff, truncated = diff_excerpt(repo, parent, commit)
         self._emit(
             CheckpointReady,
             step_id=step.id,
@@ -339,5 +371,10 @@ class TaskRunner:
             files_changed=files,
             check_summary=check_output[-500:],
             needs_approval=self._needs_approval(index, len(spec.plan.steps)),
+            diff=diff,
+            diff_truncated=truncated,
+            build_summary=build.output[-500:] if build else "",
+            artifacts=artifacts,
+            final=index == len(spec.plan.steps) - 1,
         )
         return commit, snapshot

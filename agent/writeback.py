@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import git
 from agent.prd import PrdError, TaskPlan, load_prd, mark_story_passed
 
 CONVERTER_VERSION = "1.0.0"
@@ -177,14 +178,18 @@ def record_step_done(workspace: Path, prd_relpath: str | None, fmt: str, step_id
     return []  # bd --json output or API text: there is no file to write back
 
 
-def seed_prd(workspace: Path, prd_relpath: str, text: str) -> bool:
-    """Write the PRD as submitted into the workspace; True if that changed the file (commit it)."""
-    path = workspace / prd_relpath
+def seed_prd(repo: git.Repo, prd_relpath: str, text: str, task_id: str) -> bool:
+    """Commit the PRD as submitted on the task branch (it was not committed at submit); False if
+    the branch already has exactly that text."""
+    path = Path(str(repo.working_tree_dir)) / prd_relpath
     data = text.encode("utf-8")
     if path.exists() and path.read_bytes() == data:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, data)
+    repo.git.add("-f", "--", prd_relpath)
+    repo.git.commit("--no-verify", "-m", f"hearth: add {prd_relpath} as submitted\n\n"
+                    f"It was not committed when task {task_id} was submitted.")
     return True
 
 

@@ -43,6 +43,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sse_starlette.sse import EventSourceResponse
 
+from agent.finish import FINISH_ACTIONS
+from cluster.deliverables_routes import deliverables_router
 from cluster.states import TERMINAL, TaskState
 from cluster.store import Store, TaskRow, UnknownTask
 
@@ -107,6 +109,8 @@ class DecisionRequest(BaseModel):
     channel: str = ""
     checkpoint: int | None = None
     """The seq of the CheckpointReady event this decides (a second click on the same card acts once)."""
+    finish: str | None = None
+    """On the final checkpoint: keep, merge or push the branch (overrides hearth.toml's [finish] action)."""
 
 
 class PriorityRequest(BaseModel):
@@ -156,7 +160,9 @@ def _pending(db: Store, task: TaskRow) -> dict[str, Any] | None:
             ask = pairs[-1][0]
             return {"kind": "approval", "seq": ask["seq"], "step_id": ask["step_id"], "commit": ask["commit"],
                     "diff_stat": ask["diff_stat"], "files_changed": ask["files_changed"],
-                    "check_summary": ask["check_summary"]}
+                    "check_summary": ask["check_summary"], "build_summary": ask.get("build_summary", ""),
+                    "diff": ask.get("diff", ""), "diff_truncated": ask.get("diff_truncated", False),
+                    "artifacts": ask.get("artifacts", []), "final": ask.get("final", False)}
     return None
 
 
@@ -352,6 +358,9 @@ def create_app(scheduler: Callable[[], Any], store_path: Path, token: str, *, pl
                        caller: Caller = need("decide")) -> dict[str, Any]:
         if body.decision not in {"approve", "reject"}:
             raise HTTPException(status_code=422, detail="decision must be 'approve' or 'reject'")
+        if body.finish is not None and body.finish not in FINISH_ACTIONS:
+            raise HTTPException(status_code=422, detail=f"finish must be one of {', '.join(FINISH_ACTIONS)}, "
+                                                        f"not {body.finish!r}")
         approve = body.decision == "approve"
         task = read_row(task_id)
         approvers = list(task.spec.get("config", {}).get("approvers") or [])
@@ -376,7 +385,7 @@ def create_app(scheduler: Callable[[], Any], store_path: Path, token: str, *, pl
             raise HTTPException(status_code=409, detail=(
                 f"{task_id} is {task.state.value}; checkpoint #{body.checkpoint} no longer awaits approval"))
         try:
-            result = dict(await call("decide", task_id, approve, body.reason, body.who))
+            result = dict(await call("decide", task_id, approve, body.reason, body.who, body.finish or ""))
         except HTTPException as exc:
             if exc.status_code != 409 or current is None:
                 raise
@@ -411,6 +420,8 @@ def create_app(scheduler: Callable[[], Any], store_path: Path, token: str, *, pl
                     for e in db.outbox(task_id, pending_only=pending)]
         finally:
             db.close()
+
+    app.include_router(deliverables_router(store, store_path.parent, need("read")))
 
     @app.exception_handler(UnknownTask)
     async def unknown(_: Request, exc: UnknownTask) -> JSONResponse:

@@ -16,14 +16,17 @@ import contextlib
 import json
 import logging
 import os
+import subprocess
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import git
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from agent.artifacts import ArtifactRef
 from agent.config import ProjectConfig, parse_priority
 from agent.events import (
     AnswerReceived,
@@ -41,11 +44,14 @@ from agent.events import (
     TaskSubmitted,
     TerminationReason,
 )
+from agent.finish import FINISH_ACTIONS
 from agent.models import ModelError, split_spec
 from agent.models.scripted import scripted_model
 from agent.prd import PrdError, load_prd, parse_prd_text
 from agent.project import ProjectError, open_project
 from agent.runner import TaskSpec
+from cluster.artifact_store import HeadArtifactStore
+from cluster.finishing import finish_task
 from cluster.placement import PendingLoads, build_snapshot, model_spec, project_policy, slots, with_pending_loads
 from cluster.policy import PolicyConfig, decide, feasible
 from cluster.policy_model import QueuedTask
@@ -83,6 +89,7 @@ class Scheduler:
         """Model servers planned on a node that its inventory does not show yet."""
         self.preempted_at: dict[str, float] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        self.artifacts = HeadArtifactStore(self.state_dir)
         # Ray runs an async actor's __init__ inside its event loop: start cycling right away, so a
         # restarted scheduler (Ray re-runs only __init__) resumes without waiting for a call.
         with contextlib.suppress(RuntimeError):
@@ -175,7 +182,9 @@ class Scheduler:
             raise SubmitError(f"no node can ever run this task: {missing}")
         self.store.put_project(config.name, str(project.path), config.model_dump(mode="json"))
         spec = TaskSpec(task_id="pending", project_path=str(project.path), plan=plan, prd_relpath=prd_relpath,
-                        model=model, base_commit=project.head_commit(), config=config)
+                        prd_seed=uncommitted_prd(project.path, prd_relpath) if prd_text is None else None,
+                        base_branch=checked_out_branch(project.path), model=model,
+                        base_commit=project.head_commit(), config=config)
         submitted = TaskSubmitted(task_id="pending", name=plan.name, steps=[s.id for s in plan.steps],
                                   priority=wanted)
         row = self.store.create_task(project=config.name, name=plan.name, priority=wanted, model=model,
@@ -301,6 +310,7 @@ class Scheduler:
         self.store.end_attempt(attempt_id, reason.value)
         ended = AttemptEnded(task_id=task_id, attempt_id=attempt_id, reason=reason, message=message)
         if reason == TerminationReason.completed:
+            self.store.append_event(finish_task(self.store, task_id, task.spec))
             self.store.set_state(task_id, S.completed, ended, attempt_id=None, next_step=result["next_step"])
         elif reason == TerminationReason.preempted:
             self.store.set_state(task_id, S.queued, ended, attempt_id=None, resume_node=task.node_id,
@@ -373,6 +383,14 @@ class Scheduler:
         else:
             self.store.append_event(event)
         return True
+
+    async def store_artifact(self, attempt_id: str, ref: dict[str, Any], chunks: list[Any]) -> dict[str, Any]:
+        """Write an attempt's artifact (chunks: Ray refs of its bytes) into the head's store."""
+        self._ensure_started()
+        if self._current(attempt_id) is None:
+            raise Conflict("stale attempt: artifact dropped")
+        stored = await self.artifacts.receive(ArtifactRef.model_validate(ref), chunks)
+        return stored.model_dump(mode="json")
 
     async def at_checkpoint(self, attempt_id: str, step_id: str) -> str:
         self._ensure_started()
@@ -449,15 +467,21 @@ class Scheduler:
         self.wake.set()
         return self.store.task(task_id).model_dump(mode="json")
 
-    async def decide(self, task_id: str, approve: bool, reason: str, who: str) -> dict[str, Any]:
+    async def decide(self, task_id: str, approve: bool, reason: str, who: str, finish: str = "") -> dict[str, Any]:
         self._ensure_started()
         task = self.store.task(task_id)
         if task.state != S.awaiting_approval:
             raise Conflict(f"{task_id} is {task.state.value}, not awaiting approval")
+        if finish:
+            checkpoint = self.store.last_event(task_id, "checkpoint_ready")
+            if finish not in FINISH_ACTIONS:
+                raise SubmitError(f"finish must be one of {', '.join(FINISH_ACTIONS)}, not {finish!r}")
+            if not (isinstance(checkpoint, CheckpointReady) and checkpoint.final):
+                raise Conflict(f"{task_id}: finish ({finish}) applies only to the final checkpoint's approval")
         self.store.set_state(task_id, S.running,
                              DecisionMade(task_id=task_id, attempt_id=task.attempt_id,
                                           step_id=task.waiting_for or "", approve=approve, reason=reason,
-                                          who=who), waiting_for=None)
+                                          who=who, finish=finish if approve else ""), waiting_for=None)
         future = self.decisions.setdefault(task_id, asyncio.get_running_loop().create_future())
         if not future.done():
             future.set_result({"approve": approve, "reason": reason, "who": who})
@@ -542,6 +566,22 @@ class Scheduler:
     async def ping(self) -> str:
         self._ensure_started()
         return "ok"
+
+
+def uncommitted_prd(project: Path, relpath: str | None) -> str | None:
+    """The PRD's text when the project's HEAD does not hold it as it is on disk (else None)."""
+    if relpath is None:
+        return None
+    data = (project / relpath).read_bytes()
+    committed = subprocess.run(["git", "show", f"HEAD:{relpath}"], cwd=project, capture_output=True)
+    return None if committed.returncode == 0 and committed.stdout == data else data.decode("utf-8")
+
+
+def checked_out_branch(project: Path) -> str:
+    try:
+        return git.Repo(project).active_branch.name
+    except TypeError:  # detached HEAD
+        return ""
 
 
 @ray.remote(num_cpus=0)

@@ -15,6 +15,7 @@ from typing import Any
 
 import ray
 
+from agent.artifacts import ArtifactRef, StagedArtifact, read_chunks
 from agent.events import Event, TerminationReason
 from agent.models import chat_model_for
 from agent.runner import Answer, Decision, RunResult, TaskRunner, TaskSpec, Verdict
@@ -70,6 +71,22 @@ class RayController:
         return None  # park: free the node while people think; the answer starts a new attempt
 
 
+class RayArtifactSink:
+    """Artifacts go to the head through Ray's object store (boxes share no filesystem): the staged
+    file is ``ray.put`` in chunks and the scheduler actor writes them into the head's store."""
+
+    def __init__(self, link: SchedulerLink) -> None:
+        self.link = link
+
+    def store(self, staged: StagedArtifact) -> ArtifactRef:
+        chunks = [ray.put(chunk) for chunk in read_chunks(Path(staged.file))] if staged.file else []
+        try:
+            return ArtifactRef.model_validate(
+                self.link.call("store_artifact", staged.ref.model_dump(mode="json"), chunks))
+        finally:
+            del chunks  # release the chunks in the object store as soon as the head has them
+
+
 @ray.remote(num_cpus=0, max_concurrency=4)  # type: ignore[call-overload]
 class TaskActor:
     def __init__(self, spec: dict[str, Any], attempt_id: str, attempt_no: int, start_step: int,
@@ -104,6 +121,7 @@ class TaskActor:
                 attempt_id=self.attempt_id,
                 attempt_no=self.attempt_no,
                 controller=RayController(SchedulerLink(self.attempt_id)),
+                artifact_sink=RayArtifactSink(SchedulerLink(self.attempt_id)),
                 model=model,
                 workdir=project / ".hearth" / "work" / self.spec.task_id,
                 start_step=self.start_step,
