@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import git
+
 from agent.prd import PrdError, TaskPlan, load_prd, mark_story_passed
 
 CONVERTER_VERSION = "1.0.0"
