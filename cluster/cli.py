@@ -24,6 +24,7 @@ from agent.events import EventAdapter
 from agent.prd import PrdError, load_prd
 from agent.project import ProjectError, checkpoint_commits, init_project, task_branch
 from cluster import local
+from cluster.cli_deliverables import artifact_line, card_lines, register
 from cluster.nodes import inventory, ray_start_args
 
 app = typer.Typer(help="Hearth: turn PRDs into finished work on your own boxes.", no_args_is_help=True,
@@ -48,17 +49,20 @@ class Client:
         self.base = info.api_url
         self.headers = {"Authorization": f"Bearer {local.ensure_token(local.state_dir())}"}
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def request(self, method: str, path: str, *, text: bool = False, **kwargs: Any) -> Any:
         try:
             reply = httpx.request(method, self.base + path, headers=self.headers, timeout=120, **kwargs)
         except httpx.HTTPError as exc:
             fail(f"cannot reach the sidecar at {self.base}: {exc}", 3)
             raise
         if reply.status_code >= 400:
-            detail = reply.json().get("detail", reply.text) if reply.headers.get("content-type", "").startswith(
-                "application/json") else reply.text
-            fail(str(detail), 2 if reply.status_code in (404, 409, 422) else 3)
-        return reply.json()
+            self.fail_reply(reply)
+        return reply.text if text else reply.json()
+
+    def fail_reply(self, reply: httpx.Response) -> NoReturn:
+        detail = reply.json().get("detail", reply.text) if reply.headers.get("content-type", "").startswith(
+            "application/json") else reply.text
+        fail(str(detail), 2 if reply.status_code in (404, 409, 410, 422) else 3)
 
     def stream_events(self, task_id: str, follow: bool = True) -> Any:
         params = {"follow": str(follow).lower()}
@@ -170,7 +174,14 @@ def _describe(event: Any) -> str:
         return f"   {'[green]✔ check passed' if event.passed else '[yellow]✘ check failed'}[/]"
     if kind == "checkpoint_ready":
         note = " — [magenta]awaiting approval[/]" if event.needs_approval else ""
-        return f"   [green]● checkpoint[/] {event.commit[:10]} ({', '.join(event.files_changed) or 'no files'}){note}"
+        kept = "".join(f"\n     artifact {artifact_line(a.model_dump())}" for a in event.artifacts)
+        files = ", ".join(event.files_changed) or "no files"
+        return f"   [green]● checkpoint[/] {event.commit[:10]} ({files}){note}{kept}"
+    if kind == "build_ran":
+        verdict = "[green]✔ build passed" if event.passed else "[yellow]✘ build failed"
+        return f"   {verdict}[/] ({event.duration_s:.1f} s)"
+    if kind == "branch_finished":
+        return f"   {'[green]' if event.ok else '[red]'}branch {event.action}:[/] {event.message}"
     if kind == "clarification_requested":
         return f"   [magenta]? question:[/] {event.question}  (answer: hearth answer {event.task_id} \"…\")"
     if kind == "task_placed":
@@ -344,6 +355,16 @@ def show(task_id: str) -> None:
         console.print(f"  {done} {step['id']} {step['title']}")
     if task["state"] == "completed":
         _print_result(task)
+    client = Client()
+    found = client.request("GET", f"/v1/tasks/{task_id}/artifacts")
+    if found:
+        console.print("[bold]artifacts[/bold]")
+        for a in found:
+            console.print(f"  {a['step_id']}: {artifact_line(a)}", highlight=False)
+    if task["state"] == "awaiting_approval":
+        pending = next((t["pending"] for t in client.request("GET", "/v1/approvals") if t["id"] == task_id), None)
+        if pending and pending.get("kind") == "approval":
+            console.print("\n".join(card_lines(pending, task_id)), highlight=False, markup=False)
 
 
 @app.command()
@@ -380,10 +401,16 @@ def answer(task_id: str, text: str, who: str = "cli") -> None:
 
 
 @app.command()
-def approve(task_id: str, who: str = "cli") -> None:
-    """Approve a task's checkpoint."""
-    Client().request("POST", f"/v1/tasks/{task_id}/decision", json={"decision": "approve", "who": who})
-    console.print(f"approved {task_id}")
+def approve(task_id: str, who: str = "cli",
+            finish: Annotated[str | None, typer.Option(
+                help="At the final checkpoint: keep | merge | push the branch (default: hearth.toml [finish])")
+            ] = None) -> None:
+    """Approve a task's checkpoint (the final one also finishes the branch)."""
+    body: dict[str, Any] = {"decision": "approve", "who": who}
+    if finish is not None:
+        body["finish"] = finish
+    Client().request("POST", f"/v1/tasks/{task_id}/decision", json=body)
+    console.print(f"approved {task_id}" + (f" (finish: {finish})" if finish else ""))
 
 
 @app.command()
@@ -399,6 +426,9 @@ def inbox() -> None:
     """Tasks waiting for a person (an answer or an approval)."""
     for t in Client().request("GET", "/v1/approvals"):
         console.print(f"{t['id']} {t['state']}: {t['waiting_for'] or ''}")
+
+
+register(app, Client, console, fail)
 
 
 if __name__ == "__main__":
