@@ -22,7 +22,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import git
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -578,10 +577,10 @@ def uncommitted_prd(project: Path, relpath: str | None) -> str | None:
 
 
 def checked_out_branch(project: Path) -> str:
-    try:
-        return git.Repo(project).active_branch.name
-    except TypeError:  # detached HEAD
-        return ""
+    """The branch checked out in the project ("" on a detached HEAD): where a merge goes by default."""
+    done = subprocess.run(["git", "symbolic-ref", "--short", "-q", "HEAD"], cwd=project, capture_output=True,
+                          text=True)
+    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 @ray.remote(num_cpus=0)

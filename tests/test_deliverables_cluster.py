@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import git
 import pytest
 from fastapi.testclient import TestClient
 from openclaw_fixtures import Sidecar
@@ -33,6 +32,11 @@ ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": 
        "PATH": "/usr/bin:/bin"}
 MAKEFILE = "dist:\n\tmkdir -p dist\n\tcp {name} dist/\n\techo 1.0 > dist/VERSION\n"
 DOCKERFILE = 'FROM hearth/debian:bookworm\nCOPY hello.txt /srv/hello.txt\nCMD ["cat", "/srv/hello.txt"]\n'
+
+
+def git_out(repo: Path, *args: str) -> str:
+    """git through a subprocess (no GitPython object with persistent cat-file processes to leak)."""
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def story(sid: str, name: str, text: str) -> dict[str, Any]:
@@ -117,8 +121,7 @@ def test_build_image_approval_card_merge_and_download(scheduler: Any, api: TestC
     assert wait_state(scheduler, task_id, {"completed", "failed"}) == "completed"
     finished = [e for e in events(scheduler, task_id) if isinstance(e, BranchFinished)]
     assert finished and finished[0].ok and finished[0].action == "merge", finished
-    repo = git.Repo(project)
-    assert repo.head.commit.hexsha == repo.commit(task_branch(task_id)).hexsha  # fast-forwarded
+    assert git_out(project, "rev-parse", "HEAD") == git_out(project, "rev-parse", task_branch(task_id))  # ff
     assert (project / "hello.txt").read_text() == "hello from hearth\n"
 
     out = tmp_path / "download"
@@ -160,16 +163,16 @@ def test_two_tasks_from_one_base_merge_in_turn(scheduler: Any, api: TestClient, 
     project = make_project(tmp_path / "pair", {
         "tasks/a.json": prd(story("A-1", "a.txt", "alpha")), "tasks/b.json": prd(story("B-1", "b.txt", "beta"))},
         check="true", finish={"action": "merge"})
-    base = git.Repo(project).head.commit.hexsha
+    base = git_out(project, "rev-parse", "HEAD")
     first, second = submit(api, project, "tasks/a.json"), submit(api, project, "tasks/b.json")
     for task_id in (first, second):
         assert wait_state(scheduler, task_id, {"completed", "failed"}) == "completed"
-    repo = git.Repo(project)
     outcomes = [next(e for e in events(scheduler, t) if isinstance(e, BranchFinished)) for t in (first, second)]
     assert all(o.ok and o.action == "merge" for o in outcomes), outcomes
-    assert repo.is_ancestor(task_branch(first), "main") and repo.is_ancestor(task_branch(second), "main")
-    assert repo.is_ancestor(base, "main") and (project / "a.txt").exists() and (project / "b.txt").exists()
-    assert repo.git.status("--porcelain") == ""
+    for ancestor in (task_branch(first), task_branch(second), base):  # the second merge holds the first
+        git_out(project, "merge-base", "--is-ancestor", ancestor, "main")
+    assert (project / "a.txt").exists() and (project / "b.txt").exists()
+    assert git_out(project, "status", "--porcelain") == ""
 
 
 def test_submitting_an_uncommitted_prd_json_works(scheduler: Any, api: TestClient, tmp_path: Path) -> None:
@@ -178,8 +181,7 @@ def test_submitting_an_uncommitted_prd_json_works(scheduler: Any, api: TestClien
     (project / "tasks" / "prd.json").write_text(prd(story("US-001", "hello.txt", "hello")))  # as create-prd leaves it
     task_id = submit(api, project, "tasks/prd.json")
     assert wait_state(scheduler, task_id, {"completed", "failed"}) == "completed"
-    repo = git.Repo(project)
-    subjects = [c.summary for c in repo.iter_commits(task_branch(task_id))][:2][::-1]
+    subjects = git_out(project, "log", "--format=%s", "-n", "2", "--reverse", task_branch(task_id)).splitlines()
     assert subjects == ["hearth: add tasks/prd.json as submitted", "US-001: Write hello.txt"]
-    written = json.loads(repo.git.show(f"{task_branch(task_id)}:tasks/prd.json"))
+    written = json.loads(git_out(project, "show", f"{task_branch(task_id)}:tasks/prd.json"))
     assert written["userStories"][0]["passes"] is True

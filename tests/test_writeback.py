@@ -113,14 +113,14 @@ def test_a_markdown_prd_gets_its_converted_prd_json_written_back(tmp_path: Path)
     # Two of the three stories: the third's criteria are not files the scripted model can write.
     text = markdown.decode().split("### US-003")[0]
     (project / "tasks/prd-greeting.md").write_text(text)
-    repo = git.Repo(project)
-    repo.git.commit("-am", "two stories", author="t <t@t>")
-    run_task(project, "tasks/prd-greeting.md")
-    branch = task_branch("T-7")
-    converted = json.loads(repo.git.show(f"{branch}:tasks/prd.json"))
-    assert converted["metadata"]["sourcePrd"] == "prd-greeting.md"
-    assert [(s["id"], s["passes"]) for s in converted["userStories"]] == [("US-001", True), ("US-002", True)]
-    assert repo.git.show(f"{branch}:tasks/prd-greeting.md", strip_newline_in_stdout=False) == text  # untouched
+    with git.Repo(project) as repo:
+        repo.git.commit("-am", "two stories", author="t <t@t>")
+        run_task(project, "tasks/prd-greeting.md")
+        branch = task_branch("T-7")
+        converted = json.loads(repo.git.show(f"{branch}:tasks/prd.json"))
+        assert converted["metadata"]["sourcePrd"] == "prd-greeting.md"
+        assert [(s["id"], s["passes"]) for s in converted["userStories"]] == [("US-001", True), ("US-002", True)]
+        assert repo.git.show(f"{branch}:tasks/prd-greeting.md", strip_newline_in_stdout=False) == text
 
 
 def test_the_converter_matches_ralph_tui_convert_output() -> None:
@@ -140,11 +140,11 @@ def test_an_uncommitted_prd_json_is_committed_on_the_task_branch_first(greeting_
     assert seed == prd.read_text()
     assert uncommitted_prd(greeting_project, "check.py") is None  # committed as it is on disk
     run_task(greeting_project, "tasks/prd.json", prd_seed=seed)
-    repo = git.Repo(greeting_project)
-    subjects = [c.summary for c in repo.iter_commits(task_branch("T-7"))][:3][::-1]
+    with git.Repo(greeting_project) as repo:
+        subjects = [c.summary for c in repo.iter_commits(task_branch("T-7"))][:3][::-1]
+        stories = json.loads(repo.git.show(f"{task_branch('T-7')}:tasks/prd.json"))["userStories"]
     assert subjects == ["hearth: add tasks/prd.json as submitted",
                         "US-001: Create the hello file (edited, not committed)", "US-002: Create goodbye file"]
-    stories = json.loads(repo.git.show(f"{task_branch('T-7')}:tasks/prd.json"))["userStories"]
     assert stories[0]["title"].endswith("(edited, not committed)") and all(s["passes"] for s in stories)
 
 
