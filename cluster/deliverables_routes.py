@@ -21,6 +21,10 @@ from cluster.artifact_store import ARTIFACTS_DIR, checkpoints, find_artifact, ta
 from cluster.store import Store, UnknownTask
 
 
+class BlobResponse(FileResponse):
+    chunk_size = 1 << 20  # starlette's 64 KiB makes large artifacts crawl over loopback
+
+
 def deliverables_router(open_store: Callable[[], Store], state_dir: Path, read: Any) -> APIRouter:
     router = APIRouter(dependencies=[read])
     content = ContentStore(state_dir / ARTIFACTS_DIR)
@@ -40,7 +44,7 @@ def deliverables_router(open_store: Callable[[], Store], state_dir: Path, read: 
         return list(with_store(task_id, lambda db: task_artifacts(db, task_id)))
 
     @router.get("/v1/tasks/{task_id}/artifacts/{name:path}")
-    async def get_artifact(task_id: str, name: str, step: str | None = None) -> FileResponse:
+    async def get_artifact(task_id: str, name: str, step: str | None = None) -> BlobResponse:
         found = with_store(task_id, lambda db: find_artifact(db, task_id, name, step))
         if found is None:
             where = f" from step {step}" if step else ""
@@ -54,7 +58,7 @@ def deliverables_router(open_store: Callable[[], Store], state_dir: Path, read: 
             raise HTTPException(status_code=410, detail=f"artifact {name}: its blob {found['sha256'][:12]}… is gone "
                                                          "from the head's store")
         filename = found["name"].replace("/", "_") + (".tar" if found["kind"] != "file" else "")
-        return FileResponse(path, filename=filename, media_type="application/octet-stream",
+        return BlobResponse(path, filename=filename, media_type="application/octet-stream",
                             headers={"X-Hearth-Sha256": found["sha256"]})
 
     @router.get("/v1/tasks/{task_id}/diff", response_class=PlainTextResponse)

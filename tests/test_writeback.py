@@ -153,3 +153,24 @@ def test_checkpoint_cards_carry_the_diff(greeting_project: Path) -> None:
     cards = [e for e in controller.events if isinstance(e, CheckpointReady)]
     assert "+hello" in cards[0].diff and not cards[0].diff_truncated
     assert [c.final for c in cards] == [False, True]
+
+
+def test_the_chat_card_of_a_final_checkpoint_shows_diff_build_artifacts_and_finish_buttons() -> None:
+    from agent.artifacts import ArtifactRef
+    from cluster.openclaw import render
+
+    dist = ArtifactRef(name="dist", kind="directory", sha256="ab" * 32, size=10240, path="dist")
+    image = ArtifactRef(name="image", kind="image", sha256="0" * 64, size=0, image_id="sha256:" + "e" * 64,
+                        image_tag="shop:T-3-US-001", stored=False)
+    event = CheckpointReady(task_id="T-3", seq=9, step_id="US-001", commit="c" * 40, snapshot_id="s",
+                            diff_stat=" hello.txt | 1 +", files_changed=["hello.txt"], check_summary="ok",
+                            needs_approval=True, diff="+hello from hearth\n" * 200, diff_truncated=True,
+                            build_summary="make: done", artifacts=[dist, image], final=True)
+    card = render(event)
+    assert "+hello from hearth" in card.text and "Whole diff: hearth diff T-3 US-001" in card.text
+    assert "Build: make: done" in card.text and "Artifact: dist (10240 bytes) sha256 abababababab" in card.text
+    assert "Artifact: image shop:T-3-US-001" in card.text and "hearth artifacts T-3 --out DIR" in card.text
+    assert [label for label, _ in card.buttons] == ["Approve", "Approve & merge", "Approve & push", "Reject"]
+    assert ("Approve & merge", "hearth:merge:T-3:9") in card.buttons
+    plain = render(event.model_copy(update={"final": False, "artifacts": [], "diff": "", "build_summary": ""}))
+    assert [label for label, _ in plain.buttons] == ["Approve", "Reject"] and "Artifact" not in plain.text
