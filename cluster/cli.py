@@ -24,7 +24,7 @@ from agent.events import EventAdapter
 from agent.prd import PrdError, load_prd
 from agent.project import ProjectError, checkpoint_commits, init_project, task_branch
 from cluster import cli_admin, local
-from cluster.cli_deliverables import artifact_line, card_lines, register
+from cluster.cli_deliverables import artifact_line, register, show_deliverables
 from cluster.nodes import inventory, ray_start_args
 
 app = typer.Typer(help="Hearth: turn PRDs into finished work on your own boxes.", no_args_is_help=True,
@@ -357,16 +357,7 @@ def show(task_id: str) -> None:
         console.print(f"  {done} {step['id']} {step['title']}")
     if task["state"] == "completed":
         _print_result(task)
-    client = Client()
-    found = client.request("GET", f"/v1/tasks/{task_id}/artifacts")
-    if found:
-        console.print("[bold]artifacts[/bold]")
-        for a in found:
-            console.print(f"  {a['step_id']}: {artifact_line(a)}", highlight=False)
-    if task["state"] == "awaiting_approval":
-        pending = next((t["pending"] for t in client.request("GET", "/v1/approvals") if t["id"] == task_id), None)
-        if pending and pending.get("kind") == "approval":
-            console.print("\n".join(card_lines(pending, task_id)), highlight=False, markup=False)
+    show_deliverables(Client(), console, task)
 
 
 @app.command()

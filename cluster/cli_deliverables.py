@@ -57,6 +57,20 @@ def card_lines(pending: dict[str, Any], task_id: str) -> list[str]:
     return lines
 
 
+def show_deliverables(c: Any, console: Console, task: dict[str, Any]) -> None:
+    """``hearth show``'s part: the task's artifacts and, while it waits for one, the approval card."""
+    task_id = task["id"]
+    found = c.request("GET", f"/v1/tasks/{task_id}/artifacts")
+    if found:
+        console.print("[bold]artifacts[/bold]")
+        for a in found:
+            console.print(f"  {a['step_id']}: {artifact_line(a)}", highlight=False)
+    if task["state"] == "awaiting_approval":
+        pending = next((t["pending"] for t in c.request("GET", "/v1/approvals") if t["id"] == task_id), None)
+        if pending and pending.get("kind") == "approval":
+            console.print("\n".join(card_lines(pending, task_id)), highlight=False, markup=False)
+
+
 def register(app: typer.Typer, client: Callable[[], Any], console: Console, fail: Callable[..., Any]) -> None:
     @app.command()
     def artifacts(task_id: str,

@@ -185,3 +185,26 @@ def test_submitting_an_uncommitted_prd_json_works(scheduler: Any, api: TestClien
     assert subjects == ["hearth: add tasks/prd.json as submitted", "US-001: Write hello.txt"]
     written = json.loads(git_out(project, "show", f"{task_branch(task_id)}:tasks/prd.json"))
     assert written["userStories"][0]["passes"] is True
+
+
+def test_finish_is_chosen_only_at_the_final_checkpoint(scheduler: Any, api: TestClient, tmp_path: Path) -> None:
+    project = make_project(tmp_path / "steps", {
+        "tasks/prd.json": prd(story("US-001", "a.txt", "one"), story("US-002", "b.txt", "two"))},
+        check="true", approval="each-step")
+    task_id = submit(api, project, "tasks/prd.json")
+    decide = f"/v1/tasks/{task_id}/decision"
+    wait_state(scheduler, task_id, {"awaiting_approval"})
+    early = api.post(decide, headers=AUTH, json={"decision": "approve", "finish": "merge"})
+    assert early.status_code == 409 and "applies only to the final checkpoint" in early.json()["detail"]
+    bad = api.post(decide, headers=AUTH, json={"decision": "approve", "finish": "squash"})
+    assert bad.status_code == 422 and "keep, merge, push" in bad.json()["detail"]
+    assert api.post(decide, headers=AUTH, json={"decision": "approve"}).status_code == 200
+    assert wait_for(lambda: any(isinstance(e, CheckpointReady) and e.final for e in events(scheduler, task_id)),
+                    240, interval_s=0.2)
+    wait_state(scheduler, task_id, {"awaiting_approval"})
+    # push to a remote the project does not have: reported, the branch kept, the task still completed
+    assert api.post(decide, headers=AUTH, json={"decision": "approve", "finish": "push"}).status_code == 200
+    assert wait_state(scheduler, task_id, {"completed", "failed"}) == "completed"
+    finished = next(e for e in events(scheduler, task_id) if isinstance(e, BranchFinished))
+    assert finished.action == "push" and not finished.ok and "push of" in finished.message
+    assert git_out(project, "rev-parse", "main") != git_out(project, "rev-parse", task_branch(task_id))
