@@ -116,7 +116,7 @@ def bench_fetch(root: Path, staged: StagedArtifact, mib: int) -> dict[str, Any]:
                                        files_changed=[], check_summary="", artifacts=[staged.ref]))
     store.close()
     token = "bench"
-    app = create_app(lambda: None, state / "hearth.db", token)
+    app = create_app(None, state / "hearth.db", token)  # type: ignore[arg-type]  (only reads)
     with tempfile.TemporaryDirectory() as tmp:
         import socket
 

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.artifacts import ArtifactError, safe_extract
+from cluster.cli_client import SidecarError, refused
 
 
 def human_size(size: int) -> str:
@@ -99,7 +100,10 @@ def register(app: typer.Typer, client: Callable[[], Any], console: Console, fail
                 console.print(f"· {a['name']}: {a['image_tag']} is only in its node's engine; not downloaded")
                 continue
             target = out / (a["name"].replace("/", "_") + (".tar" if a["kind"] != "file" else ""))
-            digest = download(c, f"/v1/tasks/{task_id}/artifacts/{a['name']}", {"step": a["step_id"]}, target)
+            try:
+                digest = download(c, f"/v1/tasks/{task_id}/artifacts/{a['name']}", {"step": a["step_id"]}, target)
+            except SidecarError as exc:
+                fail(f"artifact {a['name']}: {exc}", exc.exit_code)
             if digest != a["sha256"]:
                 target.unlink(missing_ok=True)
                 fail(f"artifact {a['name']}: downloaded sha256 {digest[:12]}… does not match {a['sha256'][:12]}…", 3)
@@ -129,7 +133,7 @@ def download(c: Any, path: str, params: dict[str, str], target: Path) -> str:
     with httpx.stream("GET", c.base + path, headers=c.headers, params=params, timeout=None) as reply:
         if reply.status_code >= 400:
             reply.read()
-            c.fail_reply(reply)
+            raise refused(reply)
         with open(partial, "wb") as handle:
             for chunk in reply.iter_bytes(1 << 20):
                 digest.update(chunk)

@@ -9,11 +9,11 @@ reported, never forced) is the ``BranchFinished`` event people see.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from agent.events import BranchFinished, DecisionMade
 from agent.finish import FinishConfig, finish_branch
 from agent.project import task_branch
+from agent.runner import TaskSpec
 from cluster.store import Store
 
 
@@ -25,10 +25,10 @@ def chosen_action(db: Store, task_id: str, config: FinishConfig) -> str:
     return config.action
 
 
-def finish_task(db: Store, task_id: str, spec: dict[str, Any]) -> BranchFinished:
-    config = FinishConfig.model_validate(spec.get("config", {}).get("finish", {}))
+def finish_task(db: Store, task_id: str, spec: TaskSpec) -> BranchFinished:
+    config = spec.config.finish
     action = chosen_action(db, task_id, config)
     branch = task_branch(task_id)
-    outcome = finish_branch(Path(spec["project_path"]), branch, action, config, base=spec.get("base_branch", ""),
-                            title=f"Hearth task {task_id}: {spec.get('plan', {}).get('name', '')}")
+    outcome = finish_branch(Path(spec.project_path), branch, action, config, base=spec.base_branch,
+                            title=f"Hearth task {task_id}: {spec.plan.name}")
     return BranchFinished(task_id=task_id, branch=branch, **outcome.model_dump())

@@ -24,6 +24,7 @@ from cluster import local
 from cluster.api import create_app
 from cluster.cli import app as cli
 from cluster.scheduler import wait_for
+from cluster.scheduler_client import RaySchedulerClient
 
 pytestmark = pytest.mark.ray
 TOKEN = "deliverables-token"
@@ -62,7 +63,7 @@ def make_project(root: Path, files: dict[str, str], **config: Any) -> Path:
 
 @pytest.fixture
 def api(scheduler: Any) -> TestClient:
-    return TestClient(create_app(lambda: scheduler, Path(scheduler.state_dir) / "hearth.db", TOKEN))
+    return TestClient(create_app(RaySchedulerClient(scheduler), Path(scheduler.state_dir) / "hearth.db", TOKEN))
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def hearth(scheduler: Any) -> Any:
     """The ``hearth`` CLI against a real sidecar on a loopback port (as after ``hearth up``)."""
     state = local.state_dir()
     local.token_path(state).write_text(TOKEN)
-    with Sidecar(create_app(lambda: scheduler, Path(scheduler.state_dir) / "hearth.db", TOKEN)) as sidecar:
+    with Sidecar(create_app(RaySchedulerClient(scheduler), Path(scheduler.state_dir) / "hearth.db", TOKEN)) as sidecar:
         (state / "up.json").write_text(local.UpInfo(ray_address="-", api_url=sidecar.url,
                                                     state_dir=str(state)).model_dump_json())
         runner = CliRunner()

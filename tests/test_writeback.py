@@ -20,7 +20,7 @@ from agent.prd import PrdError, load_prd
 from agent.project import init_project, open_project, task_branch
 from agent.runner import TaskRunner, TaskSpec
 from agent.writeback import bd_timestamp, close_bead, close_bead_line, go_json, markdown_to_prd_json
-from cluster.scheduler import uncommitted_prd
+from cluster.submission import uncommitted_prd
 
 DATA = Path(__file__).parent / "data" / "prd"
 REAL_EXPORT = DATA / "beads-repo.issues.d6b839b.jsonl"
@@ -157,7 +157,7 @@ def test_checkpoint_cards_carry_the_diff(greeting_project: Path) -> None:
 
 def test_the_chat_card_of_a_final_checkpoint_shows_diff_build_artifacts_and_finish_buttons() -> None:
     from agent.artifacts import ArtifactRef
-    from cluster.openclaw import render
+    from cluster.chat_cards import render
 
     dist = ArtifactRef(name="dist", kind="directory", sha256="ab" * 32, size=10240, path="dist")
     image = ArtifactRef(name="image", kind="image", sha256="0" * 64, size=0, image_id="sha256:" + "e" * 64,
