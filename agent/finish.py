@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 FinishAction = Literal["keep", "merge", "push"]
 FINISH_ACTIONS: tuple[str, ...] = ("keep", "merge", "push")
+APPEND_ONLY = (".ralph-tui/progress.md",)
+"""Files both sides only append to: a conflict in them is merged as the union of the additions."""
 IDENTITY = {"GIT_AUTHOR_NAME": "Hearth", "GIT_AUTHOR_EMAIL": "hearth@localhost",
             "GIT_COMMITTER_NAME": "Hearth", "GIT_COMMITTER_EMAIL": "hearth@localhost"}
 
@@ -118,22 +121,49 @@ def _merge(git: _Git, branch: str, head: str, base: str, style: str, title: str)
         new, how = head, "fast-forward"
     else:
         merged = git.run("merge-tree", "--write-tree", "--name-only", old, head, check=False)
+        tree = merged.stdout.split("\n", 1)[0].strip()
         if merged.returncode == 1:
             lines = merged.stdout.strip().splitlines()
             paths = [line for line in lines[1:] if line and not line.startswith(("Auto-merging", "CONFLICT"))]
             conflicts = sorted(set(paths)) or lines[1:]
-            return FinishOutcome(action="merge", ok=False, base=base, message=(
-                f"merge of {branch} into {base} has conflicts in {', '.join(conflicts)}; nothing changed "
-                f"(the branch is kept; merge it by hand)"))
-        if merged.returncode != 0:
+            if conflicts and set(conflicts) <= set(APPEND_ONLY):
+                tree = _union(git, tree, old, head, conflicts)
+            else:
+                return FinishOutcome(action="merge", ok=False, base=base, message=(
+                    f"merge of {branch} into {base} has conflicts in {', '.join(conflicts)}; nothing changed "
+                    f"(the branch is kept; merge it by hand)"))
+        elif merged.returncode != 0:
             raise RuntimeError(merged.stderr.strip())
-        tree = merged.stdout.split("\n", 1)[0].strip()
         message = f"Merge branch '{branch}' into {base}" + (f"\n\n{title}" if title else "")
         new = git.out("commit-tree", tree, "-p", old, "-p", head, "-m", message)
         how = "merge commit"
     _move_base(git, base, old, new)
     return FinishOutcome(action="merge", ok=True, base=base, commit=new,
                          message=f"merged {branch} into {base} ({how}, now {new[:10]})")
+
+
+def _union(git: _Git, tree: str, old: str, head: str, paths: list[str]) -> str:
+    """``tree`` with each append-only file merged as the union of both sides' additions (two tasks
+    from one base both append to .ralph-tui/progress.md: keeping both entries is the right merge)."""
+    base = git.out("merge-base", old, head)
+    with tempfile.TemporaryDirectory(prefix="hearth-union-") as tmp:
+        index = {**os.environ, **IDENTITY, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        subprocess.run(["git", "read-tree", tree], cwd=git.path, env=index, check=True, capture_output=True)
+        for path in paths:
+            sides = []
+            for name, rev in (("ours", old), ("base", base), ("theirs", head)):
+                side = Path(tmp) / name
+                side.write_bytes(subprocess.run(["git", "show", f"{rev}:{path}"], cwd=git.path,
+                                                capture_output=True).stdout)
+                sides.append(str(side))
+            merged = subprocess.run(["git", "merge-file", "-p", "--union", *sides], cwd=git.path,
+                                    capture_output=True).stdout
+            blob = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=git.path, input=merged,
+                                  capture_output=True, check=True).stdout.decode().strip()
+            subprocess.run(["git", "update-index", "--cacheinfo", f"100644,{blob},{path}"], cwd=git.path,
+                           env=index, check=True, capture_output=True)
+        return subprocess.run(["git", "write-tree"], cwd=git.path, env=index, check=True, capture_output=True,
+                              text=True).stdout.strip()
 
 
 def _move_base(git: _Git, base: str, old: str, new: str) -> None:

@@ -100,3 +100,16 @@ def test_push_to_the_remote_and_keep(repo: Path, tmp_path: Path) -> None:
     failed = finish_branch(repo, "hearth/T-1", "push", FinishConfig(remote="nowhere"))
     assert not failed.ok and "push of hearth/T-1 to nowhere failed" in failed.message
     assert not finish_branch(repo, "hearth/T-9", "merge", FinishConfig(), base="main").ok
+
+
+def test_two_tasks_appending_to_the_progress_file_merge_with_both_entries(repo: Path) -> None:
+    (repo / ".ralph-tui").mkdir()
+    (repo / ".ralph-tui" / "progress.md").write_text("# Progress\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "progress")
+    task_commit(repo, "hearth/T-1", ".ralph-tui/progress.md", "# Progress\n## T-1 entry\n")
+    task_commit(repo, "hearth/T-2", ".ralph-tui/progress.md", "# Progress\n## T-2 entry\n")
+    assert finish_branch(repo, "hearth/T-1", "merge", FinishConfig(), base="main").ok
+    outcome = finish_branch(repo, "hearth/T-2", "merge", FinishConfig(), base="main")
+    assert outcome.ok, outcome.message
+    assert (repo / ".ralph-tui" / "progress.md").read_text() == "# Progress\n## T-1 entry\n## T-2 entry\n"
