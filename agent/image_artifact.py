@@ -16,15 +16,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.artifacts import ArtifactError, ArtifactRef, StagedArtifact, sha256_file
+from agent.host_git import hardened_git_env, task_git_dir
 
 if TYPE_CHECKING:
     from agent.build import ImageConfig
 
 
+def _task_git_env(workspace: Path, index: Path | None = None) -> dict[str, str]:
+    """Hardened git on the task clone's host-private git dir (agent/host_git.py); never a ``.git``
+    the sandbox may have planted in the work tree."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(hardened_git_env(task_git_dir(workspace), workspace))
+    if index is not None:
+        env["GIT_INDEX_FILE"] = str(index)
+    return env
+
+
 def checkpoint_tree(workspace: Path) -> str:
     """The tree id of everything ``git add -A`` would commit now (the real index is left alone)."""
     with tempfile.TemporaryDirectory(prefix="hearth-index-") as tmp:
-        env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        env = _task_git_env(workspace, Path(tmp) / "index")
 
         def git(*args: str) -> str:
             return subprocess.run(["git", *args], cwd=workspace, env=env, check=True, capture_output=True,
@@ -37,7 +48,8 @@ def checkpoint_tree(workspace: Path) -> str:
 
 def _context_tar(workspace: Path, tree: str, target: Path) -> None:
     with open(target, "wb") as out:
-        subprocess.run(["git", "archive", "--format=tar", tree], cwd=workspace, stdout=out, check=True)
+        subprocess.run(["git", "archive", "--format=tar", tree], cwd=workspace, stdout=out, check=True,
+                       env=_task_git_env(workspace))
 
 
 def build_image(workspace: Path, config: ImageConfig, *, tag: str, out_dir: Path, max_bytes: int
@@ -50,7 +62,7 @@ def build_image(workspace: Path, config: ImageConfig, *, tag: str, out_dir: Path
 
     tree = checkpoint_tree(workspace)
     listed = subprocess.run(["git", "ls-tree", "--name-only", tree, "--", config.dockerfile], cwd=workspace,
-                            capture_output=True, text=True).stdout.strip()
+                            capture_output=True, text=True, env=_task_git_env(workspace)).stdout.strip()
     if not listed:
         raise ArtifactError(f"artifact image: {config.dockerfile} is not in the checkpoint's tree "
                             "(commit it, and make sure .gitignore does not hide it)")
