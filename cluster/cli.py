@@ -182,7 +182,8 @@ def _describe(event: Any) -> str:
     if kind == "attempt_ended" and event.reason != "completed":
         return f"[yellow]attempt ended: {event.reason}[/] {event.message}"
     if kind == "task_requeued":
-        return f"[yellow]re-queued ({event.reason}), from step {event.from_step}[/]"
+        kept = f"; earlier commits kept at {event.kept_ref}" if event.kept_ref else ""
+        return f"[yellow]re-queued ({event.reason}), from step {event.from_step}{kept}[/]"
     return f"[dim]{kind}[/]"
 
 

@@ -43,12 +43,14 @@ from agent.events import (
 )
 from agent.models import ModelError, split_spec
 from agent.models.scripted import scripted_model
-from agent.prd import PrdError, load_prd, parse_prd_text
-from agent.project import ProjectError, open_project
+from agent.prd import PrdError, parse_prd_text
 from agent.runner import TaskSpec
+from agent.transport import TransferError
+from cluster.blobs import BlobNameError
 from cluster.placement import PendingLoads, build_snapshot, model_spec, project_policy, slots, with_pending_loads
 from cluster.policy import PolicyConfig, decide, feasible
 from cluster.policy_model import QueuedTask
+from cluster.project_code import ProjectCode, PublishError
 from cluster.states import TERMINAL, TaskState
 from cluster.store import SYSTEM_WHO, Store, TaskRow, UnknownTask
 from cluster.task_actor import NAMESPACE, SCHEDULER_NAME, TaskActor, attempt_actor_name
@@ -71,6 +73,8 @@ class Scheduler:
     def __init__(self, state_dir: str, cycle_s: float = 0.2, policy: dict[str, Any] | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.store = Store(self.state_dir / "hearth.db")
+        self.code = ProjectCode(self.state_dir)
+        """Each project's repository and the files people read, kept on the head (cluster/project_code.py)."""
         self.cycle_s = cycle_s
         self.running: dict[str, tuple[str, Any, Any]] = {}
         """attempt id → (task id, actor handle, ref of actor.result())."""
@@ -136,22 +140,19 @@ class Scheduler:
     # submission ---------------------------------------------------------------------------------
     async def submit(self, project_path: str, prd_path: str | None = None, prd_text: str | None = None,
                      priority: str | int | None = None, model: str | None = None) -> dict[str, Any]:
+        """``project_path``: the project's directory on the head, or a git URL the head can fetch."""
         self._ensure_started()
-        try:
-            project = open_project(Path(project_path))
-        except (ProjectError, ValueError) as exc:
+        try:  # the head fetches the project into its mirror: every node gets its code from there
+            opened = await asyncio.to_thread(self.code.open, project_path)
+        except ValueError as exc:
             raise SubmitError(str(exc)) from None
-        config = project.config
+        config = opened.config
         prd_relpath = None
         try:
             if prd_text is not None:
                 plan = parse_prd_text(prd_text, source="<request>", filename_hint=prd_path or "")
             elif prd_path is not None:
-                path = Path(prd_path)
-                path = path if path.is_absolute() else project.path / path
-                plan = load_prd(path)
-                if path.resolve().is_relative_to(project.path):
-                    prd_relpath = str(path.resolve().relative_to(project.path))
+                plan, prd_relpath = await asyncio.to_thread(self.code.read_prd, opened, prd_path)
             else:
                 raise SubmitError("give a PRD: a path (prd_path) or its text (prd_text)")
         except PrdError as exc:
@@ -173,9 +174,9 @@ class Scheduler:
         missing = self._infeasible(config, model)
         if missing:
             raise SubmitError(f"no node can ever run this task: {missing}")
-        self.store.put_project(config.name, str(project.path), config.model_dump(mode="json"))
-        spec = TaskSpec(task_id="pending", project_path=str(project.path), plan=plan, prd_relpath=prd_relpath,
-                        model=model, base_commit=project.head_commit(), config=config)
+        self.store.put_project(config.name, opened.source, config.model_dump(mode="json"))
+        spec = TaskSpec(task_id="pending", project_path=opened.source, plan=plan, prd_relpath=prd_relpath,
+                        model=model, base_commit=opened.base_commit, config=config)
         submitted = TaskSubmitted(task_id="pending", name=plan.name, steps=[s.id for s in plan.steps],
                                   priority=wanted)
         row = self.store.create_task(project=config.name, name=plan.name, priority=wanted, model=model,
@@ -258,7 +259,8 @@ class Scheduler:
     def _launch(self, task: TaskRow, node: str, gpu_index: int | None = None) -> None:
         attempt_no = task.attempts + 1
         attempt_id = f"{task.id}.{attempt_no}-{uuid.uuid4().hex[:6]}"
-        resume = task.resume_node == node and task.resume_commit is not None
+        # A resume continues from the last checkpoint on any node: the commit is on the head.
+        resume = task.resume_commit is not None
         start_step = task.next_step if resume else 0
         answer = json.loads(task.answer) if task.answer and resume else None
         actor = TaskActor.options(  # type: ignore[attr-defined]
@@ -341,9 +343,10 @@ class Scheduler:
             self.store.append_event(TaskFailed(task_id=task.id, reason=reason, message=message))
 
     def _requeue_from_zero(self, task: TaskRow, ended: AttemptEnded, reason: TerminationReason) -> None:
+        kept = self.code.kept_ref(task.spec["config"]["name"], task.id, task.attempts)
         self.store.set_state(task.id, S.queued, ended, attempt_id=None, next_step=0, resume_commit=None,
                              resume_node=None, answer=None, waiting_for=None)
-        self.store.append_event(TaskRequeued(task_id=task.id, reason=reason, from_step=0))
+        self.store.append_event(TaskRequeued(task_id=task.id, reason=reason, from_step=0, kept_ref=kept))
         future = self.decisions.pop(task.id, None)
         if future is not None:
             future.cancel()
@@ -373,6 +376,76 @@ class Scheduler:
         else:
             self.store.append_event(event)
         return True
+
+    # code and files from attempts (agent/transport.py is the node's side) -----------------------
+    def _box(self, node_id: str | None) -> str:
+        """How a person names a node: its host name (or address) and the start of its Ray id."""
+        for node in ray.nodes():
+            if node_id and node["NodeID"] == node_id:
+                host = node.get("NodeManagerHostname") or node.get("NodeManagerAddress") or "?"
+                return f"box {host} (node {node_id[:8]})"
+        return f"node {(node_id or '?')[:8]}"
+
+    async def code_bundle(self, attempt_id: str, commit: str, have: list[str]) -> dict[str, Any]:
+        """``{"bundle": bytes}`` carrying ``commit`` for the attempt's node, or ``{"error": sentence}``."""
+        self._ensure_started()
+        task = self._current(attempt_id)
+        if task is None:
+            return {"error": f"attempt {attempt_id} is no longer its task's current attempt"}
+        try:
+            data = await asyncio.to_thread(self.code.bundle, task.spec["config"]["name"], commit, have)
+        except (TransferError, ValueError) as exc:
+            return {"error": f"{self._box(task.node_id)}: {exc}"}
+        return {"bundle": data}
+
+    async def code_checkpoint(self, attempt_id: str, commit: str, bundle: bytes) -> str:
+        """Take a checkpoint into the head's mirror and publish the task branch; '' or what went wrong.
+
+        A push the project's source rejects fails the task at once with that reason (retrying would
+        meet the same refusal); the commits stay on the head under the attempt's ref."""
+        self._ensure_started()
+        task = self._current(attempt_id)
+        if task is None:
+            return f"attempt {attempt_id} is no longer its task's current attempt"
+        project = task.spec["config"]["name"]
+        try:
+            await asyncio.to_thread(self.code.take_checkpoint, project, task.id, task.attempts, commit, bundle)
+            await asyncio.to_thread(self.code.publish, project, task.spec["project_path"], task.id)
+        except (TransferError, ValueError) as exc:
+            return f"{self._box(task.node_id)}: {exc}"
+        except PublishError as exc:
+            message = (f"{self._box(task.node_id)}, project {project}: {exc}; the checkpoint is kept on the head "
+                       f"at refs/hearth/attempts/{task.id}/{task.attempts}")
+            task = self.store.task(task.id)
+            if not exc.rejected or task.attempt_id != attempt_id or task.state in TERMINAL:
+                self.store.update_task(task.id, message=message)  # the next checkpoint pushes again
+                return ""
+            self.store.end_attempt(attempt_id, TerminationReason.error.value)
+            ended = AttemptEnded(task_id=task.id, attempt_id=attempt_id, reason=TerminationReason.error,
+                                 message=message)
+            self.store.set_state(task.id, S.failed, ended, attempt_id=None, message=message)
+            self.store.append_event(TaskFailed(task_id=task.id, reason=TerminationReason.error, message=message))
+            return message
+        return ""
+
+    async def put_blob(self, attempt_id: str, kind: str, name: str, data: bytes) -> str:
+        """Keep a file of the attempt's task on the head (cluster/blobs.py); '' or what went wrong."""
+        self._ensure_started()
+        task = self._current(attempt_id)
+        if task is None:
+            return f"attempt {attempt_id} is no longer its task's current attempt"
+        try:
+            await asyncio.to_thread(self.code.blobs.put, task.id, kind, name, data)
+        except (BlobNameError, OSError) as exc:
+            return str(exc)
+        return ""
+
+    async def get_blob(self, attempt_id: str, kind: str, name: str) -> bytes | None:
+        self._ensure_started()
+        task = self._current(attempt_id)
+        if task is None:
+            return None
+        return self.code.blobs.get(task.id, kind, name)
 
     async def at_checkpoint(self, attempt_id: str, step_id: str) -> str:
         self._ensure_started()
