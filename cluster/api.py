@@ -43,6 +43,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sse_starlette.sse import EventSourceResponse
 
+from cluster import transcripts
+from cluster.blobs import BlobStore
 from cluster.states import TERMINAL, TaskState
 from cluster.store import Store, TaskRow, UnknownTask
 
@@ -226,6 +228,7 @@ def create_app(scheduler: Callable[[], Any], store_path: Path, token: str, *, pl
             db.close()
 
     auth = [need("read")]
+    blobs = BlobStore(store_path.parent / "blobs")  # what attempts sent to the head (cluster/blobs.py)
 
     @app.get("/v1/health", dependencies=auth)
     async def health() -> dict[str, str]:
@@ -411,6 +414,21 @@ def create_app(scheduler: Callable[[], Any], store_path: Path, token: str, *, pl
                     for e in db.outbox(task_id, pending_only=pending)]
         finally:
             db.close()
+
+    @app.get("/v1/tasks/{task_id}/transcripts", dependencies=auth)
+    async def transcript_steps(task_id: str) -> list[dict[str, Any]]:
+        """The steps whose conversations are kept on the head, with the attempts that ran them."""
+        read_row(task_id)
+        return transcripts.steps(blobs, task_id)
+
+    @app.get("/v1/tasks/{task_id}/transcripts/{step_id}", dependencies=auth)
+    async def transcript(task_id: str, step_id: str) -> dict[str, Any]:
+        """One step's conversation per attempt and the full output of each check run."""
+        read_row(task_id)
+        record = transcripts.step_record(blobs, task_id, step_id)
+        if record is None:
+            raise HTTPException(status_code=404, detail=f"{task_id} has no transcript for step {step_id!r}")
+        return record
 
     @app.exception_handler(UnknownTask)
     async def unknown(_: Request, exc: UnknownTask) -> JSONResponse:

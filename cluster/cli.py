@@ -325,11 +325,11 @@ def tasks(state: Annotated[str | None, typer.Option(help="Only tasks in this sta
     """List tasks with their state, priority and placement."""
     rows = Client().request("GET", "/v1/tasks", params={"state": state} if state else None)
     table = Table()
-    for column in ("id", "name", "project", "state", "priority", "step", "node", "attempts"):
+    for column in ("id", "name", "project", "state", "priority", "step", "node", "attempts", "message"):
         table.add_column(column)
     for t in rows:
         table.add_row(t["id"], t["name"], t["project"], t["state"], str(t["priority"]), str(t["next_step"]),
-                      (t["node_id"] or "")[:12], str(t["attempts"]))
+                      (t["node_id"] or "")[:12], str(t["attempts"]), t["message"])
     console.print(table)
 
 
@@ -352,6 +352,32 @@ def logs(task_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] =
     """Print a task's events; with -f keep following until it ends."""
     for event in Client().stream_events(task_id, follow=follow):
         console.print(_describe(event), highlight=False)
+
+
+@app.command()
+def transcript(task_id: str, step: Annotated[str | None, typer.Argument(help="A step id, e.g. US-001")] = None,
+               as_json: Annotated[bool, typer.Option("--json", help="Print the stored JSON")] = False) -> None:
+    """A step's conversation with the model and its check output (kept on the head); no STEP: list steps."""
+    client = Client()
+    if step is None:
+        for entry in client.request("GET", f"/v1/tasks/{task_id}/transcripts"):
+            attempts = ", ".join(str(a) for a in entry["attempts"])
+            console.print(f"{entry['step_id']}  (attempt {attempts})", highlight=False)
+        return
+    record = client.request("GET", f"/v1/tasks/{task_id}/transcripts/{step}")
+    if as_json:
+        typer.echo(json.dumps(record, indent=1))
+        return
+    for attempt in record["attempts"]:
+        console.print(f"[bold]── {task_id} {step}, attempt {attempt['attempt']}[/]", highlight=False)
+        for message in attempt["messages"]:
+            calls = "; ".join(f"{c['function']['name']}({c['function']['arguments']})"
+                              for c in message.get("tool_calls") or [])
+            text = (message.get("content") or "") + (f" → {calls}" if calls else "")
+            console.print(f"{message['role']}: {text}", highlight=False, markup=False)
+    for check in record["checks"]:
+        console.print(f"[bold]── check run {check['run']} (attempt {check['attempt']})[/]", highlight=False)
+        console.print(check["output"], highlight=False, markup=False)
 
 
 @app.command()

@@ -203,10 +203,14 @@ class HeadRepos:
             refs = [f"refs/heads/hearth/{task_id}", *listed.stdout.decode().split()]
             result = self._git(project, "push", "--quiet", "--porcelain", source, *[f"+{r}:{r}" for r in refs])
             if result.returncode != 0:
-                text = (result.stdout + result.stderr).decode(errors="replace")
-                rejected = "rejected" in text
-                raise PublishError(f"the push of hearth/{task_id} to {source} failed: {_err(result)}",
-                                   rejected=rejected)
+                refused = [line.split("\t")[-1] for line in result.stdout.decode(errors="replace").splitlines()
+                           if line.startswith("!")]  # porcelain: "!<tab>from:to<tab>[rejected] (why)"
+                said = [line for line in result.stderr.decode(errors="replace").splitlines()
+                        if line.startswith("remote:") and line.strip() != "remote:"]
+                if refused:
+                    raise PublishError(f"{source} rejected the push of hearth/{task_id}: "
+                                       + " / ".join([*refused[:2], *said[-3:]]), rejected=True)
+                raise PublishError(f"cannot push hearth/{task_id} to {source}: {_err(result)}", rejected=False)
 
     def attempt_refs(self, project: str, task_id: str) -> dict[str, str]:
         """``refs/hearth/attempts/<task>/<n>`` → commit, for every attempt that sent a checkpoint."""

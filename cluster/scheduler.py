@@ -273,7 +273,7 @@ class Scheduler:
                              TaskPlaced(task_id=task.id, attempt_id=attempt_id, node_id=node,
                                         attempt_no=attempt_no),
                              attempts=attempt_no, attempt_id=attempt_id, node_id=node,
-                             next_step=start_step, answer=None)
+                             next_step=start_step)  # the answer stays until the attempt starts its step
         actor.start.remote()
         self.running[attempt_id] = (task.id, actor, actor.result.remote())
 
@@ -335,7 +335,12 @@ class Scheduler:
         reason = TerminationReason.node_lost if task.node_id not in alive else TerminationReason.error
         self.store.end_attempt(attempt_id, reason.value)
         ended = AttemptEnded(task_id=task.id, attempt_id=attempt_id, reason=reason, message=detail)
-        if task.attempts < self._max_attempts(task):
+        if task.attempts < self._max_attempts(task) and task.state == S.placed and task.resume_commit:
+            # Lost before it started its step (its box died as it was placed): nothing ran, so the
+            # task goes on from where it was, with its last checkpoint and any answer, elsewhere.
+            self.store.set_state(task.id, S.queued, ended, attempt_id=None, resume_node=None)
+            self.store.append_event(TaskRequeued(task_id=task.id, reason=reason, from_step=task.next_step))
+        elif task.attempts < self._max_attempts(task):
             self._requeue_from_zero(task, ended, reason)
         else:
             message = f"gave up after {task.attempts} attempts: {detail}"
@@ -368,7 +373,7 @@ class Scheduler:
             return False
         event = EventAdapter.validate_python(raw_event)
         if isinstance(event, StepStarted) and task.state in {S.placed, S.waiting_input, S.awaiting_approval}:
-            self.store.set_state(task.id, S.running, event)
+            self.store.set_state(task.id, S.running, event, answer=None)  # the attempt has the answer now
         elif isinstance(event, ClarificationRequested):
             self.store.set_state(task.id, S.waiting_input, event, waiting_for=event.question)
         elif isinstance(event, CheckpointReady) and event.needs_approval:
