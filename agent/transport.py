@@ -68,6 +68,14 @@ def _check(result: subprocess.CompletedProcess[bytes], what: str) -> str:
     return result.stdout.decode()
 
 
+def _has_commit(repo: git.Repo, commit: str) -> bool:
+    try:
+        repo.git.cat_file("-e", f"{commit}^{{commit}}")
+    except git.GitCommandError:
+        return False
+    return True
+
+
 class NodeCode:
     """One attempt's code on this node: the project's cache, the task's workspace, its checkpoints."""
 
@@ -84,6 +92,7 @@ class NodeCode:
         with FileLock(str(self.cache) + ".lock"):
             if not (self.cache / "HEAD").exists():
                 _check(_git(["init", "--bare", "-q", str(self.cache)], self.cache.parent), "node cache")
+                _git(["config", "transfer.unpackLimit", "1"], self.cache)  # keep bundles packed
             if _git(["cat-file", "-e", f"{commit}^{{commit}}"], self.cache).returncode == 0:
                 return
             listed = _check(_git(["for-each-ref", "--format=%(objectname)", "refs/heads/hearth-fetch/"],
@@ -116,6 +125,9 @@ class NodeCode:
     def send_checkpoint(self, repo: git.Repo) -> str:
         """Send the task branch's tip to the head (only the commits it lacks); returns the tip."""
         tip = repo.head.commit.hexsha
+        # A rollback restores the workspace's snapshot, git dir included: a rejected checkpoint's
+        # commit may be gone from it (the head keeps it), so exclude only what is still here.
+        self.known = {c for c in self.known if _has_commit(repo, c)}
         if tip in self.known:
             self.host.checkpoint(tip, b"")
             return tip

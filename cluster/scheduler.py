@@ -45,12 +45,11 @@ from agent.models import ModelError, split_spec
 from agent.models.scripted import scripted_model
 from agent.prd import PrdError, parse_prd_text
 from agent.runner import TaskSpec
-from agent.transport import TransferError
-from cluster.blobs import BlobNameError
+from cluster.code_calls import AttemptCodeCalls
 from cluster.placement import PendingLoads, build_snapshot, model_spec, project_policy, slots, with_pending_loads
 from cluster.policy import PolicyConfig, decide, feasible
 from cluster.policy_model import QueuedTask
-from cluster.project_code import ProjectCode, PublishError
+from cluster.project_code import ProjectCode
 from cluster.states import TERMINAL, TaskState
 from cluster.store import SYSTEM_WHO, Store, TaskRow, UnknownTask
 from cluster.task_actor import NAMESPACE, SCHEDULER_NAME, TaskActor, attempt_actor_name
@@ -69,7 +68,7 @@ class Conflict(ValueError):
     """The request does not fit the task's current state (e.g. an answer to a task that waits for none)."""
 
 
-class Scheduler:
+class Scheduler(AttemptCodeCalls):
     def __init__(self, state_dir: str, cycle_s: float = 0.2, policy: dict[str, Any] | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.store = Store(self.state_dir / "hearth.db")
@@ -381,76 +380,6 @@ class Scheduler:
         else:
             self.store.append_event(event)
         return True
-
-    # code and files from attempts (agent/transport.py is the node's side) -----------------------
-    def _box(self, node_id: str | None) -> str:
-        """How a person names a node: its host name (or address) and the start of its Ray id."""
-        for node in ray.nodes():
-            if node_id and node["NodeID"] == node_id:
-                host = node.get("NodeManagerHostname") or node.get("NodeManagerAddress") or "?"
-                return f"box {host} (node {node_id[:8]})"
-        return f"node {(node_id or '?')[:8]}"
-
-    async def code_bundle(self, attempt_id: str, commit: str, have: list[str]) -> dict[str, Any]:
-        """``{"bundle": bytes}`` carrying ``commit`` for the attempt's node, or ``{"error": sentence}``."""
-        self._ensure_started()
-        task = self._current(attempt_id)
-        if task is None:
-            return {"error": f"attempt {attempt_id} is no longer its task's current attempt"}
-        try:
-            data = await asyncio.to_thread(self.code.bundle, task.spec["config"]["name"], commit, have)
-        except (TransferError, ValueError) as exc:
-            return {"error": f"{self._box(task.node_id)}: {exc}"}
-        return {"bundle": data}
-
-    async def code_checkpoint(self, attempt_id: str, commit: str, bundle: bytes) -> str:
-        """Take a checkpoint into the head's mirror and publish the task branch; '' or what went wrong.
-
-        A push the project's source rejects fails the task at once with that reason (retrying would
-        meet the same refusal); the commits stay on the head under the attempt's ref."""
-        self._ensure_started()
-        task = self._current(attempt_id)
-        if task is None:
-            return f"attempt {attempt_id} is no longer its task's current attempt"
-        project = task.spec["config"]["name"]
-        try:
-            await asyncio.to_thread(self.code.take_checkpoint, project, task.id, task.attempts, commit, bundle)
-            await asyncio.to_thread(self.code.publish, project, task.spec["project_path"], task.id)
-        except (TransferError, ValueError) as exc:
-            return f"{self._box(task.node_id)}: {exc}"
-        except PublishError as exc:
-            message = (f"{self._box(task.node_id)}, project {project}: {exc}; the checkpoint is kept on the head "
-                       f"at refs/hearth/attempts/{task.id}/{task.attempts}")
-            task = self.store.task(task.id)
-            if not exc.rejected or task.attempt_id != attempt_id or task.state in TERMINAL:
-                self.store.update_task(task.id, message=message)  # the next checkpoint pushes again
-                return ""
-            self.store.end_attempt(attempt_id, TerminationReason.error.value)
-            ended = AttemptEnded(task_id=task.id, attempt_id=attempt_id, reason=TerminationReason.error,
-                                 message=message)
-            self.store.set_state(task.id, S.failed, ended, attempt_id=None, message=message)
-            self.store.append_event(TaskFailed(task_id=task.id, reason=TerminationReason.error, message=message))
-            return message
-        return ""
-
-    async def put_blob(self, attempt_id: str, kind: str, name: str, data: bytes) -> str:
-        """Keep a file of the attempt's task on the head (cluster/blobs.py); '' or what went wrong."""
-        self._ensure_started()
-        task = self._current(attempt_id)
-        if task is None:
-            return f"attempt {attempt_id} is no longer its task's current attempt"
-        try:
-            await asyncio.to_thread(self.code.blobs.put, task.id, kind, name, data)
-        except (BlobNameError, OSError) as exc:
-            return str(exc)
-        return ""
-
-    async def get_blob(self, attempt_id: str, kind: str, name: str) -> bytes | None:
-        self._ensure_started()
-        task = self._current(attempt_id)
-        if task is None:
-            return None
-        return self.code.blobs.get(task.id, kind, name)
 
     async def at_checkpoint(self, attempt_id: str, step_id: str) -> str:
         self._ensure_started()
