@@ -25,6 +25,7 @@ from agent.prd import PrdError, load_prd
 from agent.project import ProjectError, checkpoint_commits, init_project, task_branch
 from cluster import cli_admin, local
 from cluster.nodes import inventory, ray_start_args
+from cluster.repos import is_git_url
 
 app = typer.Typer(help="Hearth: turn PRDs into finished work on your own boxes.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -138,22 +139,27 @@ def _project_for(prd: Path) -> Path:
 
 @app.command()
 def submit(prd: Path,
-           project: Annotated[Path | None, typer.Option(help="Project repo (default: the PRD's repo)")] = None,
+           project: Annotated[str | None, typer.Option(
+               help="Project repo: a directory on the head or a git URL (default: the PRD's repo); "
+                    "with a URL, PRD is a path inside that repository")] = None,
            priority: Annotated[str | None, typer.Option(help="0-100 or low|normal|high|urgent")] = None,
            model: Annotated[str | None, typer.Option(help="Model spec, e.g. embedded:smollm2-135m")] = None,
            follow: Annotated[bool, typer.Option("--follow/--no-follow", "-f")] = False) -> None:
     """Submit a PRD (Ralph prd.json, Ralph markdown or beads JSONL) as a task."""
-    if not prd.exists():
-        fail(f"{prd}: no such file")
     if priority is not None:
         try:
             parse_priority(priority)
         except ValueError as exc:
             fail(str(exc))
-    project_path = project or _project_for(prd)
+    if project is not None and is_git_url(project):
+        source, prd_path = project, str(prd)  # the head reads the PRD from the repository
+    else:
+        if not prd.exists():
+            fail(f"{prd}: no such file")
+        source = str((Path(project) if project else _project_for(prd)).resolve())
+        prd_path = str(prd.resolve())
     task = Client().request("POST", "/v1/tasks", json={
-        "project_path": str(project_path.resolve()), "prd_path": str(prd.resolve()),
-        "priority": priority, "model": model})
+        "project_path": source, "prd_path": prd_path, "priority": priority, "model": model})
     console.print(f"submitted [bold]{task['id']}[/bold]: {task['name']} "
                   f"({len(task['spec']['plan']['steps'])} steps, priority {task['priority']})")
     if follow:
@@ -203,6 +209,8 @@ def _print_result(task: dict[str, Any]) -> None:
     spec = task["spec"]
     branch = task_branch(task["id"])
     console.print(f"\n[bold]branch[/bold] {branch} in {spec['project_path']}")
+    if is_git_url(spec["project_path"]) or not Path(spec["project_path"]).is_dir():
+        return  # pushed there by the head; not a directory this CLI can read
     for commit, subject in checkpoint_commits(Path(spec["project_path"]), task["id"], spec["base_commit"]):
         console.print(f"  {commit[:10]} {subject}")
     if spec.get("prd_relpath") and spec["plan"]["format"] == "prd-json":
