@@ -71,7 +71,7 @@ class HeadSide:
         return self.code.bundle(self.project, commit, have)
 
     def checkpoint(self, task_id: str, commit: str, bundle: bytes) -> None:
-        self.code.take_checkpoint(self.project, task_id, 1, commit, bundle)
+        self.code.take_checkpoint(self.project, f"{task_id}.1-bench", commit, bundle)
         self.code.publish(self.project, self.source, task_id)
 
 
@@ -131,7 +131,7 @@ def run_transfer_bench(ray_address: str | None = None, node_resource: str | None
             source = make_repo(root, files, size)
             direct_head = HeadSide(str(root / "head-direct"), "p", str(source))
             base = direct_head.open()
-            host = InProcessCodeHost(direct_head.code, "p", str(source), "T-1", 1)
+            host = InProcessCodeHost(direct_head.code, "p", str(source), "T-1.1-bench")
             for key, value in node_run(host, str(root / "node-direct"), "T-1", base).items():
                 result[f"{name}_direct_{key}"] = value
             head = head_actor.remote(str(root / "head-ray"), "p", str(source))

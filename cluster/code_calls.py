@@ -18,6 +18,7 @@ from agent.events import AttemptEnded, TaskFailed, TerminationReason
 from agent.transport import TransferError
 from cluster.blobs import BlobNameError
 from cluster.project_code import ProjectCode, PublishError
+from cluster.repos import attempt_key, attempt_ref_name
 from cluster.states import TERMINAL, TaskState
 from cluster.store import Store, TaskRow
 
@@ -63,13 +64,13 @@ class AttemptCodeCalls:
             return f"attempt {attempt_id} is no longer its task's current attempt"
         project = task.spec["config"]["name"]
         try:
-            await asyncio.to_thread(self.code.take_checkpoint, project, task.id, task.attempts, commit, bundle)
+            await asyncio.to_thread(self.code.take_checkpoint, project, attempt_id, commit, bundle)
             await asyncio.to_thread(self.code.publish, project, task.spec["project_path"], task.id)
         except (TransferError, ValueError) as exc:
             return f"{self._box(task.node_id)}: {exc}"
         except PublishError as exc:
             message = (f"{self._box(task.node_id)}, project {project}: {exc}; the checkpoint is kept on the head "
-                       f"at refs/hearth/attempts/{task.id}/{task.attempts}")
+                       f"at {attempt_ref_name(task.id, attempt_key(attempt_id))}")
             task = self.store.task(task.id)
             if not exc.rejected or task.attempt_id != attempt_id or task.state in TERMINAL:
                 self.store.update_task(task.id, message=message)  # the next checkpoint pushes again

@@ -17,7 +17,7 @@ from agent.prd import PrdError, TaskPlan, load_prd, parse_prd_text
 from agent.project import ProjectError, open_project
 from agent.transport import TransferError
 from cluster.blobs import BlobStore
-from cluster.repos import HeadRepos, ProjectSourceError, PublishError, attempt_ref_name, is_git_url
+from cluster.repos import HeadRepos, ProjectSourceError, PublishError, attempt_key, attempt_ref_name, is_git_url
 
 
 @dataclass(frozen=True)
@@ -77,17 +77,19 @@ class ProjectCode:
     def bundle(self, project: str, commit: str, have: list[str]) -> bytes:
         return self.repos.bundle(project, commit, have)
 
-    def take_checkpoint(self, project: str, task_id: str, attempt_no: int, commit: str, bundle: bytes) -> None:
-        """Keep the checkpoint in the mirror (raises TransferError)."""
-        self.repos.receive(project, task_id, attempt_no, commit, bundle)
+    def take_checkpoint(self, project: str, attempt_id: str, commit: str, bundle: bytes) -> None:
+        """Keep the checkpoint in the mirror under the attempt's ref (raises TransferError)."""
+        task_id = attempt_id.split(".", 1)[0]
+        self.repos.receive(project, task_id, attempt_key(attempt_id), commit, bundle)
 
     def publish(self, project: str, source: str, task_id: str) -> None:
         """Update ``hearth/<task>`` (and the attempt refs) in the project's source (raises PublishError)."""
         self.repos.publish(project, source, task_id)
 
-    def kept_ref(self, project: str, task_id: str, attempt_no: int) -> str:
-        """The ref that keeps attempt ``attempt_no``'s commits, '' if it sent no checkpoint."""
-        ref = attempt_ref_name(task_id, attempt_no)
+    def kept_ref(self, project: str, attempt_id: str) -> str:
+        """The ref that keeps the attempt's commits, '' if it sent no checkpoint."""
+        task_id = attempt_id.split(".", 1)[0]
+        ref = attempt_ref_name(task_id, attempt_key(attempt_id))
         return ref if ref in self.repos.attempt_refs(project, task_id) else ""
 
 
@@ -99,15 +101,15 @@ class InProcessCodeHost:
     """``agent.transport.CodeHost`` for one attempt, calling ``ProjectCode`` directly: the runner's
     tests and bench/transfer.py's baseline use it where there is no Ray in between."""
 
-    def __init__(self, code: ProjectCode, project: str, source: str, task_id: str, attempt_no: int) -> None:
+    def __init__(self, code: ProjectCode, project: str, source: str, attempt_id: str) -> None:
         self.code, self.project, self.source = code, project, source
-        self.task_id, self.attempt_no = task_id, attempt_no
+        self.attempt_id, self.task_id = attempt_id, attempt_id.split(".", 1)[0]
 
     def bundle(self, commit: str, have: list[str]) -> bytes:
         return self.code.bundle(self.project, commit, have)
 
     def checkpoint(self, commit: str, bundle: bytes) -> None:
-        self.code.take_checkpoint(self.project, self.task_id, self.attempt_no, commit, bundle)
+        self.code.take_checkpoint(self.project, self.attempt_id, commit, bundle)
         try:
             self.code.publish(self.project, self.source, self.task_id)
         except PublishError as exc:

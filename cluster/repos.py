@@ -9,8 +9,9 @@ Refs in a mirror:
 - ``refs/source/heads/*``, ``refs/source/HEAD``: the source as last fetched (never pushed back).
 - ``refs/hearth/fetch/<sha>``: pins a commit a node asked for (a bundle needs a ref to carry).
 - ``refs/heads/hearth/<task>``: the task's branch, where its latest checkpoint is.
-- ``refs/hearth/attempts/<task>/<n>``: attempt n's latest checkpoint. A restart from step 0 rewrites
-  the branch but never these, so an earlier attempt's commits stay reachable.
+- ``refs/hearth/attempts/<task>/<n>-<id>``: attempt n's latest checkpoint (``<id>``: the attempt id's
+  random part, so a ``hearth restart``, which numbers attempts from 1 again, never reuses a ref). A
+  restart from step 0 rewrites the branch but never these: an earlier attempt's commits stay reachable.
 
 Code moves as git bundles (``git bundle``): the node asks for a commit and says which commits it
 already has; each checkpoint comes back as an incremental bundle (``<known>..<checkpoint>``) that
@@ -171,10 +172,10 @@ class HeadRepos:
                     raise TransferError(f"project {project}: cannot bundle {commit}: {_err(result)}")
                 return path.read_bytes()
 
-    def receive(self, project: str, task_id: str, attempt_no: int, commit: str, bundle: bytes) -> None:
+    def receive(self, project: str, task_id: str, attempt: str, commit: str, bundle: bytes) -> None:
         """Take a checkpoint: verify ``bundle`` (empty: the head has ``commit`` already), keep it as
-        attempt ``attempt_no``'s ref and move the task branch there. Raises TransferError."""
-        attempt_ref = attempt_ref_name(task_id, attempt_no)
+        the ref of ``attempt`` (``attempt_key``) and move the task branch there. Raises TransferError."""
+        attempt_ref = attempt_ref_name(task_id, attempt)
         with self._lock(project):
             if bundle:
                 with tempfile.TemporaryDirectory(prefix="hearth-bundle-") as tmp:
@@ -214,11 +215,16 @@ class HeadRepos:
                 raise PublishError(f"cannot push hearth/{task_id} to {source}: {_err(result)}", rejected=False)
 
     def attempt_refs(self, project: str, task_id: str) -> dict[str, str]:
-        """``refs/hearth/attempts/<task>/<n>`` → commit, for every attempt that sent a checkpoint."""
+        """``refs/hearth/attempts/<task>/<key>`` → commit, for every attempt that sent a checkpoint."""
         listed = self._git(project, "for-each-ref", "--format=%(refname) %(objectname)",
                            f"refs/hearth/attempts/{task_id}/")
         return dict(line.split() for line in listed.stdout.decode().splitlines() if line)
 
 
-def attempt_ref_name(task_id: str, attempt_no: int) -> str:
-    return f"refs/hearth/attempts/{task_id}/{attempt_no}"
+def attempt_key(attempt_id: str) -> str:
+    """``T-3.2-ab12cd`` → ``2-ab12cd``: the attempt's number and the random part of its id."""
+    return attempt_id.split(".", 1)[-1]
+
+
+def attempt_ref_name(task_id: str, attempt: str) -> str:
+    return f"refs/hearth/attempts/{task_id}/{attempt}"

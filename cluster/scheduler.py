@@ -348,7 +348,7 @@ class Scheduler(AttemptCodeCalls):
             self.store.append_event(TaskFailed(task_id=task.id, reason=reason, message=message))
 
     def _requeue_from_zero(self, task: TaskRow, ended: AttemptEnded, reason: TerminationReason) -> None:
-        kept = self.code.kept_ref(task.spec["config"]["name"], task.id, task.attempts)
+        kept = self.code.kept_ref(task.spec["config"]["name"], ended.attempt_id or "")
         self.store.set_state(task.id, S.queued, ended, attempt_id=None, next_step=0, resume_commit=None,
                              resume_node=None, answer=None, waiting_for=None)
         self.store.append_event(TaskRequeued(task_id=task.id, reason=reason, from_step=0, kept_ref=kept))

@@ -88,6 +88,19 @@ def submit(scheduler: Any, source: str, model: str = "scripted:demo") -> str:
     return str(ray.get(scheduler.submit.remote(source, "tasks/prd.json", None, None, model))["id"])
 
 
+def attempt_ref(scheduler: Any, task_id: str, index: int) -> str:
+    """The ref that keeps the task's ``index``-th attempt's commits."""
+    from cluster.repos import attempt_key, attempt_ref_name
+
+    attempts = from_store(scheduler, lambda store: store.attempts(task_id))
+    return attempt_ref_name(task_id, attempt_key(attempts[index].id))
+
+
+def attempt_refs(repo: git.Repo, task_id: str) -> list[tuple[str, str]]:
+    listed = repo.git.for_each_ref("--format=%(refname) %(objectname)", f"refs/hearth/attempts/{task_id}/")
+    return [tuple(line.split()) for line in listed.splitlines()]  # type: ignore[misc]
+
+
 def subjects(repo: git.Repo, base: str, ref: str) -> list[str]:
     return [str(c.summary) for c in repo.iter_commits(f"{base}..{ref}")][::-1]
 
@@ -105,7 +118,8 @@ def test_a_box_with_its_own_state_dir_completes_the_demo_its_checkpoints_and_tra
     repo = git.Repo(greeting_project)
     base = final.spec["base_commit"]
     assert subjects(repo, base, task_branch(task_id)) == ["US-001: Create hello file", "US-002: Create goodbye file"]
-    assert repo.git.rev_parse(f"refs/hearth/attempts/{task_id}/1") == repo.git.rev_parse(task_branch(task_id))
+    tip = repo.git.rev_parse(task_branch(task_id))
+    assert attempt_refs(repo, task_id) == [(attempt_ref(scheduler, task_id, 0), tip)]
     # Node-local state lives under the node's own state dir, never under the project.
     assert (state / "work" / task_id).is_dir() and (state / "repos" / "greeting.git" / "HEAD").is_file()
     assert not (greeting_project / ".hearth").exists()
@@ -186,7 +200,8 @@ def test_a_project_given_as_a_git_url_completes_and_its_branch_is_pushed_there(
     bare = git.Repo(served)
     prd = json.loads(bare.git.show(f"{task_branch(task_id)}:tasks/prd.json"))
     assert [s["passes"] for s in prd["userStories"]] == [True, True]
-    assert bare.git.rev_parse(f"refs/hearth/attempts/{task_id}/1") == bare.git.rev_parse(task_branch(task_id))
+    tip = bare.git.rev_parse(task_branch(task_id))
+    assert attempt_refs(bare, task_id) == [(attempt_ref(scheduler, task_id, 0), tip)]
 
     # Bad input: nothing listens there; the error names the URL and the cause, and no task is made.
     gone = "git://127.0.0.1:9/nowhere.git"
@@ -206,7 +221,8 @@ def test_a_push_the_remote_rejects_fails_the_task_with_the_reason_once(
     final = wait_state(scheduler, task_id, {"completed", "failed"})
     assert final.state.value == "failed"
     assert "rejected" in final.message and "project greeting" in final.message and "box " in final.message
-    assert "protected" in final.message and f"refs/hearth/attempts/{task_id}/1" in final.message
+    kept = attempt_ref(scheduler, task_id, 0)
+    assert "protected" in final.message and kept in final.message
     assert final.attempts == 1  # the same refusal is not retried
     failed = [e for e in events(scheduler, task_id) if e.kind == "task_failed"]
     assert len(failed) == 1 and failed[0].message == final.message
@@ -214,7 +230,7 @@ def test_a_push_the_remote_rejects_fails_the_task_with_the_reason_once(
     assert next(t for t in listed if t["id"] == task_id)["message"] == final.message
     # The checkpoint the remote refused is kept on the head.
     mirror = git.Repo(Path(scheduler.state_dir) / "repos" / "greeting.git")
-    assert mirror.git.rev_parse(f"refs/hearth/attempts/{task_id}/1")
+    assert mirror.git.rev_parse(kept)
 
 
 def test_an_answer_resumes_the_task_on_another_box_from_its_last_checkpoint(
@@ -272,7 +288,7 @@ def test_node_loss_restarts_from_step_0_tells_the_user_and_keeps_the_first_attem
     # before it starts: one more attempt, also from step 0.)
     assert final.node_id != first.node_id and final.attempts >= 2
     requeued = [e for e in events(scheduler, task_id) if e.kind == "task_requeued"]
-    kept = f"refs/hearth/attempts/{task_id}/1"
+    kept = attempt_ref(scheduler, task_id, 0)
     assert (requeued[0].from_step, requeued[0].kept_ref) == (0, kept), requeued
     assert all(e.from_step == 0 for e in requeued)
     assert kept in render(requeued[0]).text  # what the chat says

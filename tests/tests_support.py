@@ -55,7 +55,7 @@ def code_for(spec: TaskSpec, attempt_no: int = 1) -> NodeCode:
     project = Path(spec.project_path)
     code = ProjectCode(project.parent / "head-state")
     code.open(spec.project_path)
-    host = InProcessCodeHost(code, spec.config.name, spec.project_path, spec.task_id, attempt_no)
+    host = InProcessCodeHost(code, spec.config.name, spec.project_path, f"{spec.task_id}.{attempt_no}-test")
     return NodeCode(host, project.parent / "node-state" / "repos" / f"{spec.config.name}.git", spec.task_id)
 
 
