@@ -16,22 +16,18 @@ import ray
 
 from agent.events import AttemptEnded, TaskFailed, TerminationReason
 from agent.transport import TransferError
+from cluster.attempts import Attempts
 from cluster.blobs import BlobNameError
 from cluster.project_code import ProjectCode, PublishError
 from cluster.repos import attempt_key, attempt_ref_name
-from cluster.states import TERMINAL, TaskState
-from cluster.store import Store, TaskRow
+from cluster.scheduling.states import TERMINAL, TaskState
+from cluster.store import Store
 
 
 class AttemptCodeCalls:
     store: Store
     code: ProjectCode
-
-    def _ensure_started(self) -> None:
-        raise NotImplementedError
-
-    def _current(self, attempt_id: str) -> TaskRow | None:
-        raise NotImplementedError
+    attempts: Attempts
 
     def _box(self, node_id: str | None) -> str:
         """How a person names a node: its host name (or address) and the start of its Ray id."""
@@ -43,12 +39,11 @@ class AttemptCodeCalls:
 
     async def code_bundle(self, attempt_id: str, commit: str, have: list[str]) -> dict[str, Any]:
         """``{"bundle": bytes}`` carrying ``commit`` for the attempt's node, or ``{"error": sentence}``."""
-        self._ensure_started()
-        task = self._current(attempt_id)
+        task = self.attempts.current(attempt_id)
         if task is None:
             return {"error": f"attempt {attempt_id} is no longer its task's current attempt"}
         try:
-            data = await asyncio.to_thread(self.code.bundle, task.spec["config"]["name"], commit, have)
+            data = await asyncio.to_thread(self.code.bundle, task.spec.config.name, commit, have)
         except (TransferError, ValueError) as exc:
             return {"error": f"{self._box(task.node_id)}: {exc}"}
         return {"bundle": data}
@@ -58,14 +53,13 @@ class AttemptCodeCalls:
 
         A push the project's source rejects fails the task at once with that reason (retrying would
         meet the same refusal); the commits stay on the head under the attempt's ref."""
-        self._ensure_started()
-        task = self._current(attempt_id)
+        task = self.attempts.current(attempt_id)
         if task is None:
             return f"attempt {attempt_id} is no longer its task's current attempt"
-        project = task.spec["config"]["name"]
+        project = task.spec.config.name
         try:
             await asyncio.to_thread(self.code.take_checkpoint, project, attempt_id, commit, bundle)
-            await asyncio.to_thread(self.code.publish, project, task.spec["project_path"], task.id)
+            await asyncio.to_thread(self.code.publish, project, task.spec.project_path, task.id)
         except (TransferError, ValueError) as exc:
             return f"{self._box(task.node_id)}: {exc}"
         except PublishError as exc:
@@ -85,8 +79,7 @@ class AttemptCodeCalls:
 
     async def put_blob(self, attempt_id: str, kind: str, name: str, data: bytes) -> str:
         """Keep a file of the attempt's task on the head (cluster/blobs.py); '' or what went wrong."""
-        self._ensure_started()
-        task = self._current(attempt_id)
+        task = self.attempts.current(attempt_id)
         if task is None:
             return f"attempt {attempt_id} is no longer its task's current attempt"
         try:
@@ -96,8 +89,7 @@ class AttemptCodeCalls:
         return ""
 
     async def get_blob(self, attempt_id: str, kind: str, name: str) -> bytes | None:
-        self._ensure_started()
-        task = self._current(attempt_id)
+        task = self.attempts.current(attempt_id)
         if task is None:
             return None
         return self.code.blobs.get(task.id, kind, name)

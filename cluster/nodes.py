@@ -141,3 +141,22 @@ def ray_start_args(inv: NodeInventory, *, slots: int | None = None) -> list[str]
     args = [f"--num-gpus={len(inv.gpus)}", f"--resources={json.dumps(resources)}",
             "--labels=" + ",".join(f"{k}={v}" for k, v in labels.items())]
     return args
+
+
+class NodeView(BaseModel):
+    """One node as ``hearth nodes`` and ``GET /v1/nodes`` show it."""
+
+    node_id: str
+    alive: bool
+    address: str
+    gpus: list[GpuInfo]
+    vram_total_mib: int
+    vram_free_mib: int
+    nvml: str
+    """'ok', 'unknown' (the node did not answer), or why NVML could not be used."""
+    slots: int
+    """Tasks the node runs at once (its ``hearth_slots`` resource)."""
+    models: list[ModelServerInfo]
+    labels: dict[str, str]
+    running: list[str]
+    """Ids of the tasks placed there."""

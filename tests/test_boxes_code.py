@@ -28,6 +28,7 @@ from tests_support import configure, from_store
 from agent.project import task_branch
 from cluster.api import create_app
 from cluster.scheduler import wait_for
+from cluster.scheduler_client import RaySchedulerClient
 
 pytestmark = pytest.mark.ray
 TOKEN = "boxes-token"
@@ -67,7 +68,7 @@ def boxes(ray_cluster: Any, tmp_path: Path) -> Iterator[Boxes]:
 
 @pytest.fixture
 def api(scheduler: Any) -> TestClient:
-    return TestClient(create_app(lambda: scheduler, Path(scheduler.state_dir) / "hearth.db", TOKEN))
+    return TestClient(create_app(RaySchedulerClient(scheduler), Path(scheduler.state_dir) / "hearth.db", TOKEN))
 
 
 def row(scheduler: Any, task_id: str) -> Any:
@@ -85,7 +86,7 @@ def wait_state(scheduler: Any, task_id: str, states: set[str], timeout_s: float 
 
 
 def submit(scheduler: Any, source: str, model: str = "scripted:demo") -> str:
-    return str(ray.get(scheduler.submit.remote(source, "tasks/prd.json", None, None, model))["id"])
+    return str(ray.get(scheduler.submit.remote(source, "tasks/prd.json", None, None, model)).id)
 
 
 def attempt_ref(scheduler: Any, task_id: str, index: int) -> str:
@@ -143,7 +144,7 @@ def test_a_box_with_its_own_state_dir_completes_the_demo_its_checkpoints_and_tra
     cli_state.mkdir()
     monkeypatch.setenv("HEARTH_STATE_DIR", str(cli_state))
     (cli_state / "token").write_text(TOKEN)
-    with Sidecar(create_app(lambda: scheduler, Path(scheduler.state_dir) / "hearth.db", TOKEN)) as sidecar:
+    with Sidecar(create_app(RaySchedulerClient(scheduler), Path(scheduler.state_dir) / "hearth.db", TOKEN)) as sidecar:
         (cli_state / "up.json").write_text(local.UpInfo(ray_address="-", api_url=sidecar.url,
                                                         state_dir=str(cli_state)).model_dump_json())
         listed = CliRunner().invoke(app, ["transcript", task_id])

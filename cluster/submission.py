@@ -1,0 +1,64 @@
+"""A submission checked before anything is stored: the project opens (fetched into the head's mirror
+from its directory on the head or its git URL), the PRD parses and has work left, the priority and
+model are valid. Every problem is a ``SubmitError`` naming it. Blocking (git): run it in a thread."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from agent.config import ProjectConfig, parse_priority
+from agent.events import TaskSubmitted
+from agent.models import ModelError, split_spec
+from agent.models.scripted import scripted_model
+from agent.prd import PrdError, TaskPlan, parse_prd_text
+from agent.runner import TaskSpec
+from cluster.errors import SubmitError
+from cluster.project_code import OpenedProject, ProjectCode
+
+
+class Submission(NamedTuple):
+    config: ProjectConfig
+    spec: TaskSpec
+    """``task_id`` is "pending": the store numbers the task."""
+    submitted: TaskSubmitted
+    priority: int
+
+
+def prepare_submission(code: ProjectCode, project_path: str, prd_path: str | None, prd_text: str | None,
+                       priority: str | int | None, model: str | None) -> Submission:
+    try:  # every node gets the project's code from the head's mirror, never from this path
+        project = code.open(project_path)
+    except ValueError as exc:
+        raise SubmitError(str(exc)) from None
+    config = project.config
+    plan, prd_relpath = _plan(code, project, prd_path, prd_text)
+    try:
+        wanted = config.clip_priority(None if priority is None else parse_priority(priority))
+    except ValueError as exc:
+        raise SubmitError(str(exc)) from None
+    model = model or config.model
+    try:
+        runtime, name = split_spec(model)
+        if runtime == "scripted":
+            scripted_model(name)
+    except ModelError as exc:
+        raise SubmitError(str(exc)) from None
+    if not plan.steps:
+        raise SubmitError(f"{plan.source}: every story already passes; nothing to do")
+    spec = TaskSpec(task_id="pending", project_path=project.source, plan=plan, prd_relpath=prd_relpath,
+                    model=model, base_commit=project.base_commit, config=config)
+    submitted = TaskSubmitted(task_id="pending", name=plan.name, steps=[s.id for s in plan.steps], priority=wanted)
+    return Submission(config, spec, submitted, wanted)
+
+
+def _plan(code: ProjectCode, project: OpenedProject, prd_path: str | None, prd_text: str | None
+          ) -> tuple[TaskPlan, str | None]:
+    """The PRD's plan, and its path inside the project when it is a file there."""
+    try:
+        if prd_text is not None:
+            return parse_prd_text(prd_text, source="<request>", filename_hint=prd_path or ""), None
+        if prd_path is None:
+            raise SubmitError("give a PRD: a path (prd_path) or its text (prd_text)")
+        return code.read_prd(project, prd_path)
+    except PrdError as exc:
+        raise SubmitError(str(exc)) from None
