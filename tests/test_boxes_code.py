@@ -117,7 +117,7 @@ def test_a_box_with_its_own_state_dir_completes_the_demo_its_checkpoints_and_tra
     assert final.node_id == node
     # The checkpoint commits landed in the user's repo, and the attempt's ref keeps them.
     repo = git.Repo(greeting_project)
-    base = final.spec["base_commit"]
+    base = final.spec.base_commit
     assert subjects(repo, base, task_branch(task_id)) == ["US-001: Create hello file", "US-002: Create goodbye file"]
     tip = repo.git.rev_parse(task_branch(task_id))
     assert attempt_refs(repo, task_id) == [(attempt_ref(scheduler, task_id, 0), tip)]
@@ -294,7 +294,7 @@ def test_node_loss_restarts_from_step_0_tells_the_user_and_keeps_the_first_attem
     assert all(e.from_step == 0 for e in requeued)
     assert kept in render(requeued[0]).text  # what the chat says
     repo = git.Repo(greeting_project)
-    base = final.spec["base_commit"]
+    base = final.spec.base_commit
     assert subjects(repo, base, kept) == ["US-001: Create hello file"]
     assert subjects(repo, base, task_branch(task_id)) == ["US-001: Create hello file", "US-002: Create goodbye file"]
     assert repo.git.rev_parse(kept) not in {c.hexsha for c in repo.iter_commits(task_branch(task_id))}
