@@ -180,6 +180,8 @@ class TaskRequeued(_Event):
     kind: Literal["task_requeued"] = "task_requeued"
     reason: TerminationReason
     from_step: int
+    kept_ref: str = ""
+    """A restart from step 0: the ref that keeps the earlier attempt's commits ('' if it made none)."""
 
 
 class TaskCompleted(_Event):

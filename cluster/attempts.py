@@ -20,6 +20,7 @@ from agent.runner import RunResult
 from cluster.errors import UnknownTask
 from cluster.finishing import finish_task
 from cluster.inventories import Inventories, on_node
+from cluster.project_code import ProjectCode
 from cluster.replies import Replies
 from cluster.scheduling.endings import ENDINGS
 from cluster.scheduling.states import TERMINAL, TaskState
@@ -32,8 +33,10 @@ ACTIVE = frozenset({S.placed, S.running, S.waiting_input, S.awaiting_approval, S
 
 
 class Attempts:
-    def __init__(self, store: Store, wake: asyncio.Event, inventories: Inventories, replies: Replies) -> None:
+    def __init__(self, store: Store, wake: asyncio.Event, inventories: Inventories, replies: Replies,
+                 code: ProjectCode) -> None:
         self.store = store
+        self.code = code
         self.wake = wake
         self.inventories = inventories
         self.replies = replies
@@ -59,7 +62,8 @@ class Attempts:
     def launch(self, task: TaskRow, node: str, gpu_index: int | None = None) -> None:
         attempt_no = task.attempts + 1
         attempt_id = f"{task.id}.{attempt_no}-{uuid.uuid4().hex[:6]}"
-        resume = task.resume_node == node and task.resume_commit is not None
+        # A resume continues from the last checkpoint on any node: the commit is on the head.
+        resume = task.resume_commit is not None
         start_step = task.next_step if resume else 0
         answer = json.loads(task.answer) if task.answer and resume else None
         actor = TaskActor.options(  # type: ignore[attr-defined]
@@ -72,7 +76,7 @@ class Attempts:
                              TaskPlaced(task_id=task.id, attempt_id=attempt_id, node_id=node,
                                         attempt_no=attempt_no),
                              attempts=attempt_no, attempt_id=attempt_id, node_id=node,
-                             next_step=start_step, answer=None)
+                             next_step=start_step)  # the answer stays until the attempt starts its step
         actor.start.remote()
         self.running[attempt_id] = (task.id, actor, actor.result.remote())
 
@@ -129,7 +133,13 @@ class Attempts:
         reason = TerminationReason.node_lost if task.node_id not in alive else TerminationReason.error
         self.store.end_attempt(attempt_id, reason.value)
         ended = AttemptEnded(task_id=task.id, attempt_id=attempt_id, reason=reason, message=detail)
-        if ENDINGS[reason].retry and task.attempts < task.spec.config.max_attempts:
+        retry = ENDINGS[reason].retry and task.attempts < task.spec.config.max_attempts
+        if retry and task.state == S.placed and task.resume_commit:
+            # Lost before it started its step (its box died as it was placed): nothing ran, so the
+            # task goes on from where it was, with its last checkpoint and any answer, elsewhere.
+            self.store.set_state(task.id, S.queued, ended, attempt_id=None, resume_node=None)
+            self.store.append_event(TaskRequeued(task_id=task.id, reason=reason, from_step=task.next_step))
+        elif retry:
             self._requeue_from_zero(task, ended, reason)
         else:
             self._fail(task, ended, f"gave up after {task.attempts} attempts: {detail}")
@@ -155,7 +165,8 @@ class Attempts:
         self.store.append_event(TaskFailed(task_id=task.id, reason=ended.reason, message=message))
 
     def _requeue_from_zero(self, task: TaskRow, ended: AttemptEnded, reason: TerminationReason) -> None:
+        kept = self.code.kept_ref(task.spec.config.name, ended.attempt_id or "")
         self.store.set_state(task.id, S.queued, ended, attempt_id=None, next_step=0, resume_commit=None,
                              resume_node=None, answer=None, waiting_for=None)
-        self.store.append_event(TaskRequeued(task_id=task.id, reason=reason, from_step=0))
+        self.store.append_event(TaskRequeued(task_id=task.id, reason=reason, from_step=0, kept_ref=kept))
         self.replies.forget(task.id)

@@ -121,7 +121,8 @@ def render(event: Event, task: TaskRow | None = None) -> Card:
     if isinstance(event, TaskCancelled):
         return Card(text=f"{head} Cancelled by {event.who}{where}.")
     if isinstance(event, TaskRequeued):
-        return Card(text=f"{head} Re-queued{where} ({event.reason.value}), from step {event.from_step + 1}.")
+        kept = f" The earlier attempt's commits are kept at {event.kept_ref}." if event.kept_ref else ""
+        return Card(text=f"{head} Re-queued{where} ({event.reason.value}), from step {event.from_step + 1}.{kept}")
     return Card(text=f"{head} {event.kind}{where}")
 
 

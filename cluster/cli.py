@@ -28,6 +28,7 @@ from cluster.cli_client import SidecarClient, SidecarError
 from cluster.cli_deliverables import artifact_line, register, show_deliverables
 from cluster.cli_tokens import token_app
 from cluster.nodes import inventory, ray_start_args
+from cluster.repos import is_git_url
 from cluster.store import TaskRow
 
 app = typer.Typer(help="Hearth: turn PRDs into finished work on your own boxes.", no_args_is_help=True,
@@ -132,22 +133,27 @@ def _project_for(prd: Path) -> Path:
 
 @app.command()
 def submit(prd: Path,
-           project: Annotated[Path | None, typer.Option(help="Project repo (default: the PRD's repo)")] = None,
+           project: Annotated[str | None, typer.Option(
+               help="Project repo: a directory on the head or a git URL (default: the PRD's repo); "
+                    "with a URL, PRD is a path inside that repository")] = None,
            priority: Annotated[str | None, typer.Option(help="0-100 or low|normal|high|urgent")] = None,
            model: Annotated[str | None, typer.Option(help="Model spec, e.g. embedded:smollm2-135m")] = None,
            follow: Annotated[bool, typer.Option("--follow/--no-follow", "-f")] = False) -> None:
     """Submit a PRD (Ralph prd.json, Ralph markdown or beads JSONL) as a task."""
-    if not prd.exists():
-        fail(f"{prd}: no such file")
     if priority is not None:
         try:
             parse_priority(priority)
         except ValueError as exc:
             fail(str(exc))
-    project_path = project or _project_for(prd)
+    if project is not None and is_git_url(project):
+        source, prd_path = project, str(prd)  # the head reads the PRD from the repository
+    else:
+        if not prd.exists():
+            fail(f"{prd}: no such file")
+        source = str((Path(project) if project else _project_for(prd)).resolve())
+        prd_path = str(prd.resolve())
     task = Client().request("POST", "/v1/tasks", json={
-        "project_path": str(project_path.resolve()), "prd_path": str(prd.resolve()),
-        "priority": priority, "model": model})
+        "project_path": source, "prd_path": prd_path, "priority": priority, "model": model})
     console.print(f"submitted [bold]{task['id']}[/bold]: {task['name']} "
                   f"({len(task['spec']['plan']['steps'])} steps, priority {task['priority']})")
     for warning in task.get("warnings", []):
@@ -176,7 +182,8 @@ _DESCRIBE: dict[str, Callable[[Any], str]] = {
     "task_completed": lambda e: f"[bold green]✔ completed[/] on branch {e.branch}",
     "task_failed": lambda e: f"[bold red]✘ failed[/] ({e.reason}): {e.message}",
     "attempt_ended": lambda e: f"[yellow]attempt ended: {e.reason}[/] {e.message}",
-    "task_requeued": lambda e: f"[yellow]re-queued ({e.reason}), from step {e.from_step}[/]",
+    "task_requeued": lambda e: (f"[yellow]re-queued ({e.reason}), from step {e.from_step}"
+                                + (f"; earlier commits kept at {e.kept_ref}" if e.kept_ref else "") + "[/]"),
 }
 """How ``hearth logs`` shows each kind of event (others: their kind, dimmed)."""
 
@@ -203,6 +210,8 @@ def _follow(task_id: str) -> int:
 def _print_result(task: TaskRow) -> None:
     spec, branch = task.spec, task_branch(task.id)
     console.print(f"\n[bold]branch[/bold] {branch} in {spec.project_path}")
+    if is_git_url(spec.project_path) or not Path(spec.project_path).is_dir():
+        return  # pushed there by the head; not a directory this CLI can read
     for commit, subject in checkpoint_commits(Path(spec.project_path), task.id, spec.base_commit):
         console.print(f"  {commit[:10]} {subject}")
     if spec.prd_relpath and spec.plan.format == "prd-json":
@@ -324,11 +333,11 @@ def tasks(state: Annotated[str | None, typer.Option(help="Only tasks in this sta
     """List tasks with their state, priority and placement."""
     rows = Client().request("GET", "/v1/tasks", params={"state": state} if state else None)
     table = Table()
-    for column in ("id", "name", "project", "state", "priority", "step", "node", "attempts"):
+    for column in ("id", "name", "project", "state", "priority", "step", "node", "attempts", "message"):
         table.add_column(column)
     for t in rows:
         table.add_row(t["id"], t["name"], t["project"], t["state"], str(t["priority"]), str(t["next_step"]),
-                      (t["node_id"] or "")[:12], str(t["attempts"]))
+                      (t["node_id"] or "")[:12], str(t["attempts"]), t["message"])
     console.print(table)
 
 
@@ -364,6 +373,32 @@ def logs(task_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] =
     """Print a task's events; with -f keep following until it ends."""
     for event in Client().stream_events(task_id, follow=follow):
         console.print(_describe(event), highlight=False)
+
+
+@app.command()
+def transcript(task_id: str, step: Annotated[str | None, typer.Argument(help="A step id, e.g. US-001")] = None,
+               as_json: Annotated[bool, typer.Option("--json", help="Print the stored JSON")] = False) -> None:
+    """A step's conversation with the model and its check output (kept on the head); no STEP: list steps."""
+    client = Client()
+    if step is None:
+        for entry in client.request("GET", f"/v1/tasks/{task_id}/transcripts"):
+            attempts = ", ".join(str(a) for a in entry["attempts"])
+            console.print(f"{entry['step_id']}  (attempt {attempts})", highlight=False)
+        return
+    record = client.request("GET", f"/v1/tasks/{task_id}/transcripts/{step}")
+    if as_json:
+        typer.echo(json.dumps(record, indent=1))
+        return
+    for attempt in record["attempts"]:
+        console.print(f"[bold]── {task_id} {step}, attempt {attempt['attempt']}[/]", highlight=False)
+        for message in attempt["messages"]:
+            calls = "; ".join(f"{c['function']['name']}({c['function']['arguments']})"
+                              for c in message.get("tool_calls") or [])
+            text = (message.get("content") or "") + (f" → {calls}" if calls else "")
+            console.print(f"{message['role']}: {text}", highlight=False, markup=False)
+    for check in record["checks"]:
+        console.print(f"[bold]── check run {check['run']} (attempt {check['attempt']})[/]", highlight=False)
+        console.print(check["output"], highlight=False, markup=False)
 
 
 @app.command()
