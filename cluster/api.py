@@ -419,10 +419,10 @@ def create_app(scheduler: Callable[[], Any], store_path: Path, token: str, *, pl
     return app
 
 
-def scheduler_getter(state_dir: str) -> Callable[[], Any]:
+def scheduler_getter(state_dir: str, policy: dict[str, Any] | None = None) -> Callable[[], Any]:
     from cluster.scheduler import get_or_create_scheduler
 
-    handle = get_or_create_scheduler(state_dir)
+    handle = get_or_create_scheduler(state_dir, policy)
     return lambda: handle
 
 
@@ -434,14 +434,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--config", help="The head configuration (default <state-dir>/head.toml)")
     args = parser.parse_args(argv)
+    from cluster.head_config import load_head_config
     from cluster.openclaw import notifier_from_state_dir
 
     state_dir = Path(args.state_dir)
+    policy = load_head_config(Path(args.config) if args.config else None, state_dir).scheduler
     token = (state_dir / "token").read_text().strip()
     plugin_token = ensure_token_file(state_dir / PLUGIN_TOKEN_FILE)
     ray.init(address=args.address, namespace="hearth", logging_level=logging.WARNING, log_to_driver=False)
-    app = create_app(scheduler_getter(args.state_dir), state_dir / "hearth.db", token,
+    app = create_app(scheduler_getter(args.state_dir, policy.model_dump()), state_dir / "hearth.db", token,
                      plugin_token=plugin_token, notifier=notifier_from_state_dir(state_dir))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 

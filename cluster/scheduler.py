@@ -46,6 +46,7 @@ from agent.models.scripted import scripted_model
 from agent.prd import PrdError, load_prd, parse_prd_text
 from agent.project import ProjectError, open_project
 from agent.runner import TaskSpec
+from cluster.node_join import hearth_version, refusal
 from cluster.placement import PendingLoads, build_snapshot, model_spec, project_policy, slots, with_pending_loads
 from cluster.policy import PolicyConfig, decide, feasible
 from cluster.policy_model import QueuedTask
@@ -82,6 +83,8 @@ class Scheduler:
         self.pending_loads: PendingLoads = {}
         """Model servers planned on a node that its inventory does not show yet."""
         self.preempted_at: dict[str, float] = {}
+        self.refused: set[str] = set()
+        """Nodes already reported as running another Hearth or Ray than the head."""
         self._loop_task: asyncio.Task[None] | None = None
         # Ray runs an async actor's __init__ inside its event loop: start cycling right away, so a
         # restarted scheduler (Ray re-runs only __init__) resumes without waiting for a call.
@@ -195,7 +198,15 @@ class Scheduler:
 
     # placement ----------------------------------------------------------------------------------
     def _alive_nodes(self) -> dict[str, dict[str, Any]]:
-        return {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
+        """Nodes tasks may go to: alive, and running the head's Hearth and Ray (never a mismatched box)."""
+        return {n["NodeID"]: n for n in ray.nodes() if n.get("Alive") and self._refusal(n) is None}
+
+    def _refusal(self, node: dict[str, Any]) -> str | None:
+        reason = refusal(node.get("Labels") or {}, hearth_version(), ray.__version__)
+        if reason and node["NodeID"] not in self.refused:
+            self.refused.add(node["NodeID"])
+            log.warning("refusing node %s (%s): it %s", node["NodeID"][:12], node.get("NodeManagerAddress"), reason)
+        return reason
 
     def _place(self) -> None:
         """One policy cycle: gather a snapshot, ``decide``, apply placements and pre-emptions."""
@@ -533,6 +544,7 @@ class Scheduler:
                 "vram_free_mib": sum(g["free_vram_mib"] for g in gpus), "nvml": inv.get("nvml", "unknown"),
                 "slots": slots(node), "models": inv.get("models", []),
                 "labels": node.get("Labels", {}), "running": running.get(node_id, []),
+                "refused": self._refusal(node),
             })
         return result
 
