@@ -231,6 +231,11 @@ def create_app(scheduler: Callable[[], Any], store_path: Path, token: str, *, pl
     async def health() -> dict[str, str]:
         return {"status": await call("ping")}
 
+    @app.get("/v1/policy", dependencies=auth)
+    async def policy() -> dict[str, Any]:
+        """The cluster-wide scheduling policy in force (``[scheduler]`` in the head's head.toml)."""
+        return dict(await call("policy_config"))
+
     @app.post("/v1/tasks", status_code=201, dependencies=[need("submit")])
     async def submit(body: SubmitRequest) -> dict[str, Any]:
         project_path = body.project_path

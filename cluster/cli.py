@@ -117,14 +117,20 @@ BlockOption = Annotated[bool, typer.Option("--block", help="Stay in the foregrou
 
 
 def _start_head(*, api_port: int | None, host: str | None, slots: int | None, ray_port: int | None,
-                config: Path | None, block: bool, default_ray_port: int) -> None:
+                config: Path | None, block: bool, default_ray_port: int, token_file: Path | None = None) -> None:
     from cluster.head_config import load_head_config
+    from cluster.node_join import JoinError, box_name, install_token
     from cluster.node_start import supervise_head
 
     try:
         head = load_head_config(config, local.state_dir()).head
+        if token_file is not None:  # a token made beforehand (ray up copies one file to every box)
+            install_token(local.state_dir(), token_file, box_name())
     except ConfigError as exc:
         fail(str(exc))
+        return
+    except JoinError as exc:
+        fail(str(exc), exc.exit_code)
         return
     options: dict[str, Any] = {
         "api_port": api_port or head.api_port, "host": host or head.host,
@@ -330,7 +336,8 @@ def node_start(
     api_port: Annotated[int | None, typer.Option(help="The head's sidecar port (default 8765)")] = None,
     slots: SlotsOption = None, config: ConfigOption = None,
     token_file: Annotated[Path | None, typer.Option(
-        help="A box: a copy of the head's <state dir>/ray-token (kept in this box's state dir)")] = None,
+        help="The cluster token: on a box, a copy of the head's <state dir>/ray-token; on the head, a token "
+             "made beforehand (both kept as <state dir>/ray-token)")] = None,
     timeout: Annotated[float, typer.Option(help="A box: seconds to wait for the head")] = 30.0,
     block: BlockOption = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the ray start command only")] = False,
@@ -352,7 +359,7 @@ def node_start(
         return
     if head:
         _start_head(api_port=api_port, host=host, slots=slots, ray_port=port, config=config, block=block,
-                    default_ray_port=6379)
+                    default_ray_port=6379, token_file=token_file)
         return
     try:
         info, proc = join(str(address), host=host, slots=slots, token_file=token_file, timeout_s=timeout,

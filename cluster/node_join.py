@@ -95,7 +95,13 @@ def parse_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise JoinError(f"--address {address!r}: give the head as HOST:PORT, e.g. 192.168.1.10:6379", 2)
-    return host.strip("[]"), int(port)
+    host = host.strip("[]")
+    if host in LOOPBACK_NAMES:
+        # Ray turns a loopback head address into this machine's LAN address before dialling it,
+        # and a head started on 127.0.0.1 listens on loopback only: the join could never work.
+        raise JoinError(f"--address {address!r}: a head on {host} serves this machine only; start the head "
+                        f"with --host <its LAN address> and join that address", 2)
+    return host, int(port)
 
 
 def ray_env(token_path: Path, host: str | None = None) -> dict[str, str]:

@@ -551,6 +551,10 @@ class Scheduler:
     async def pid(self) -> int:
         return os.getpid()
 
+    async def policy_config(self) -> dict[str, Any]:
+        """The cluster-wide policy in force (``[scheduler]`` of the head's head.toml)."""
+        return self.policy.model_dump()
+
     async def ping(self) -> str:
         self._ensure_started()
         return "ok"

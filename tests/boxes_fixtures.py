@@ -1,0 +1,245 @@
+"""Real home-lab boxes on one machine, sharing nothing but the network (the ``boxes`` layer).
+
+The head is the real ``hearth up --slots 0`` (it runs no tasks). Each box is the real
+``python3 -m cluster.cli node start --address HEAD:PORT --block`` inside its own mount and UTS
+namespace (``unshare -m -u``): a private /tmp (so every path the head's tests made under /tmp, the
+user's project and the head's state dir included, is absent), a private home and state dir, its
+own hostname, the Hearth code bound at /tmp/hearth-code with the checkout's own path hidden, and
+its own loopback address (the head 127.0.0.2, boxes 127.0.0.3, 127.0.0.4…:
+Ray treats 127.0.0.1 as "this machine only"). Only the network is shared.
+
+Everything is stopped by PID: a box by every process in its mount namespace, the head by
+``hearth down`` (its recorded sessions). Never ``ray stop``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+CODE_IN_BOX = "/tmp/hearth-code"
+
+# Runs as the box's first process, already inside its new namespaces. The token arrives in the
+# environment (as if the user had copied the head's ray-token file) and is written into the box.
+BOX_SCRIPT = r"""
+set -eu
+token="$HEARTH_BOX_TOKEN"; unset HEARTH_BOX_TOKEN
+mount --make-rprivate /
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mkdir -p /tmp/hearth-code /tmp/home /tmp/state
+mount --bind -o ro "$HEARTH_BOX_CODE" /tmp/hearth-code
+mount -t tmpfs tmpfs "$HEARTH_BOX_CODE"
+if [ -n "${HEARTH_BOX_MODELS:-}" ]; then
+  mkdir -p /tmp/home/.local/share/hearth
+  mount --bind -o ro "$HEARTH_BOX_MODELS" /tmp/home/.local/share/hearth
+fi
+hostname "$HEARTH_BOX_NAME"
+umask 077
+printf '%s\n' "$token" > /tmp/head-ray-token
+cd /tmp/home
+export HOME=/tmp/home HEARTH_STATE_DIR=/tmp/state PYTHONPATH=/tmp/hearth-code
+exec "$HEARTH_BOX_PYTHON" -m cluster.cli node start --address "$HEARTH_BOX_HEAD" --host "$HEARTH_BOX_IP" \
+  --token-file /tmp/head-ray-token --slots "$HEARTH_BOX_SLOTS" --block
+"""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
+
+
+def mount_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+
+
+def namespace_members(namespace: str) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and mount_namespace(int(entry.name)) == namespace:
+            members.append(int(entry.name))
+    return members
+
+
+def kill_pids(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+class Head:
+    """``hearth up --slots 0`` with its own state dir; the CLI as a user runs it."""
+
+    def __init__(self, state: Path, host: str = "127.0.0.2") -> None:
+        self.state = state
+        self.host = host
+        self.env = {**os.environ, "HEARTH_STATE_DIR": str(state), "PYTHONPATH": str(REPO)}
+
+    def cli(self, *args: str, timeout_s: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "cluster.cli", *args], env=self.env, cwd=REPO,
+                              capture_output=True, text=True, timeout=timeout_s)
+        if check and done.returncode != 0:
+            raise AssertionError(f"hearth {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def up(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.cli("up", "--slots", "0", "--host", self.host, "--port", str(self.api_port), *extra)
+
+    @property
+    def api_port(self) -> int:
+        info = self.info()
+        return int(info["api_port"]) if info else self._port
+
+    def info(self) -> dict[str, Any] | None:
+        path = self.state / "up.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    @property
+    def address(self) -> str:
+        info = self.info()
+        assert info is not None
+        return str(info["ray_address"])
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        info = self.info()
+        assert info is not None
+        token = (self.state / "token").read_text().strip()
+        reply = httpx.request(method, info["api_url"] + path, headers={"Authorization": f"Bearer {token}"},
+                              timeout=60, **kwargs)
+        reply.raise_for_status()
+        return reply.json()
+
+    def session_pids(self, leader: int) -> list[int]:
+        """Processes of the session ``hearth up`` started with ``leader`` (Ray's workers included)."""
+        return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _session(int(e.name)) == leader]
+
+    def scheduler_pid(self) -> int:
+        info = self.info()
+        assert info is not None
+        for pid in self.session_pids(int(info["ray_pid"])):
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::Scheduler"):
+                    return pid
+        raise AssertionError("no scheduler actor process in the head's Ray session")
+
+    _port = 0
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Box:
+    """One box: ``hearth node start --address`` in its own namespaces, on its own loopback address."""
+
+    def __init__(self, name: str, ip: str, head: Head, slots: int = 1) -> None:
+        self.name, self.ip, self.head, self.slots = name, ip, head, slots
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.namespace: str | None = None
+        self.log = head.state.parent / f"box-{name}.log"
+
+    def start(self) -> None:
+        models = Path.home() / ".local" / "share" / "hearth"
+        env = {**os.environ, "HEARTH_BOX_TOKEN": (self.head.state / "ray-token").read_text().strip(),
+               "HEARTH_BOX_CODE": str(REPO), "HEARTH_BOX_NAME": self.name, "HEARTH_BOX_IP": self.ip,
+               "HEARTH_BOX_HEAD": self.head.address, "HEARTH_BOX_PYTHON": sys.executable,
+               "HEARTH_BOX_SLOTS": str(self.slots), "HEARTH_BOX_MODELS": str(models) if models.is_dir() else ""}
+        for leak in ("HEARTH_STATE_DIR", "PYTHONPATH", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+            env.pop(leak, None)
+        self.proc = subprocess.Popen(["unshare", "--mount", "--uts", "--propagation", "private",
+                                      "bash", "-c", BOX_SCRIPT], env=env, stdout=self.log.open("ab"),
+                                     stderr=subprocess.STDOUT, cwd="/")
+        self.namespace = wait_until(lambda: self._own_namespace(), 30, f"box {self.name}'s namespace")
+
+    def _own_namespace(self) -> str | None:
+        assert self.proc is not None
+        ns = mount_namespace(self.proc.pid)
+        return ns if ns and ns != mount_namespace(os.getpid()) else None
+
+    def joined(self) -> bool:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"box {self.name} exited {self.proc.returncode}:\n{text[-3000:]}")
+        return "joined the head" in text
+
+    def run(self, *command: str) -> subprocess.CompletedProcess[str]:
+        """A command inside the box's namespaces (what the box itself sees)."""
+        assert self.proc is not None
+        return subprocess.run(["nsenter", f"--target={self.proc.pid}", "--mount", "--uts", *command],
+                              capture_output=True, text=True, timeout=30)
+
+    def pids(self) -> list[int]:
+        return namespace_members(self.namespace) if self.namespace else []
+
+    def kill(self) -> list[int]:
+        """SIGKILL every process in the box's mount namespace, by PID (a power cut)."""
+        pids = self.pids()
+        kill_pids(pids)
+        if self.proc is not None:
+            self.proc.wait(timeout=30)
+        wait_until(lambda: not [p for p in self.pids() if _running(p)], 30, f"box {self.name} dead")
+        return pids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@contextlib.contextmanager
+def boxes_cluster(names_ips: list[tuple[str, str]], slots: int = 1) -> Iterator[tuple[Head, list[Box]]]:
+    """A head (``--slots 0``) and boxes joined to it; everything stopped by PID afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="hearth-boxes-"))
+    head = Head(root / "head-state")
+    head.state.mkdir()
+    head._port = free_port()
+    boxes: list[Box] = []
+    try:
+        head.up()
+        boxes = [Box(name, ip, head, slots) for name, ip in names_ips]
+        for box in boxes:
+            box.start()
+        for box in boxes:
+            wait_until(box.joined, 180, f"box {box.name} joined")
+        yield head, boxes
+    finally:
+        for box in boxes:
+            kill_pids(box.pids())
+            if box.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    box.proc.wait(timeout=30)
+        with contextlib.suppress(Exception):
+            head.cli("down", timeout_s=120, check=False)
+        shutil.rmtree(root, ignore_errors=True)
