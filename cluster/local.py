@@ -121,11 +121,10 @@ def up(*, api_port: int = 8765, ray_port: int = 0, slots: int | None = None, hos
     logs.mkdir(exist_ok=True)
     ray_log = logs / "ray-head.log"
     progress(f"starting Ray head on {host}:{ray_port} ({slots} task slots, token auth on)")
-    ray_proc = subprocess.Popen(
-        head_ray_command(host=host, port=ray_port, slots=slots, temp_dir=base / "ray"),
-        stdout=ray_log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        env=_ray_env(token_file, host),
-    )
+    with ray_log.open("ab") as out:
+        ray_proc = subprocess.Popen(head_ray_command(host=host, port=ray_port, slots=slots, temp_dir=base / "ray"),
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env=_ray_env(token_file, host))
 
     def ray_ready() -> bool:
         if ray_proc.poll() is not None:
@@ -161,8 +160,9 @@ def _start_sidecar(info: UpInfo, token: str, token_file: Path, progress: Callabl
                "--host", info.host, "--port", str(info.api_port)]
     if info.config:
         command += ["--config", info.config]
-    side_proc = subprocess.Popen(command, stdout=side_log.open("ab"), stderr=subprocess.STDOUT,
-                                 start_new_session=True, env=_ray_env(token_file, info.host))
+    with side_log.open("ab") as out:
+        side_proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=_ray_env(token_file, info.host))
     info = info.model_copy(update={"sidecar_pid": side_proc.pid})
     (base / "up.json").write_text(info.model_dump_json())
 

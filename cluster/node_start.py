@@ -112,29 +112,53 @@ def join(address: str, *, host: str | None = None, slots: int | None = None, tok
     host = host or address_towards(head_host, port)
     logs = base / "logs"
     logs.mkdir(exist_ok=True)
-    ray_log = logs / "ray-node.log"
-    progress(f"box {box}: starting Ray on {host}, joining {head_host}:{port}")
-    proc = subprocess.Popen(
-        worker_ray_command(address=f"{head_host}:{port}", host=host, slots=slots, temp_dir=base / "ray"),
-        stdout=ray_log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True, env=ray_env(token_path),
-    )
-    info = NodeInfo(head_address=f"{head_host}:{port}", host=host, ray_pid=proc.pid)
-    (base / NODE_FILE).write_text(info.model_dump_json())
-    started_at = ray_log.stat().st_size
+    command = worker_ray_command(address=f"{head_host}:{port}", host=host, slots=slots, temp_dir=base / "ray")
+    for attempt in range(1, STARTS + 1):
+        progress(f"box {box}: starting Ray on {host}, joining {head_host}:{port}")
+        try:
+            proc = _start_box_ray(command, ray_env(token_path), logs / "ray-node.log", box, f"{head_host}:{port}")
+        except _RegistrationTimedOut as exc:
+            if attempt == STARTS:
+                raise JoinError(str(exc)) from None
+            progress(f"box {box}: Ray's node did not register within Ray's 30 s (a busy box?); once more")
+            continue
+        info = NodeInfo(head_address=f"{head_host}:{port}", host=host, ray_pid=proc.pid)
+        (base / NODE_FILE).write_text(info.model_dump_json())
+        return info, proc
+    raise AssertionError("unreachable")
+
+
+STARTS = 2
+"""Tries of ``ray start``: Ray gives a new node a fixed 30 s to register, which a busy box can miss once."""
+
+
+class _RegistrationTimedOut(JoinError):
+    pass
+
+
+def _start_box_ray(command: list[str], env: dict[str, str], ray_log: Path, box: str,
+                   head: str) -> subprocess.Popen[bytes]:
+    started_at = ray_log.stat().st_size if ray_log.exists() else 0
+    with ray_log.open("ab") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+    def output() -> str:
+        return ray_log.read_bytes()[started_at:].decode(errors="replace")
 
     def ready() -> bool:
         if proc.poll() is not None:
-            tail = ray_log.read_bytes()[started_at:].decode(errors="replace").strip()[-1500:]
-            raise JoinError(f"box {box}: Ray did not join the head at {head_host}:{port} "
-                            f"(exit {proc.returncode}):\n{tail}")
-        return "Ray runtime started" in ray_log.read_bytes()[started_at:].decode(errors="replace")
+            local._stop_session(proc.pid)  # whatever it left in its session
+            tail = output().strip()[-1500:]
+            failure = _RegistrationTimedOut if "timed out during startup" in tail else JoinError
+            raise failure(f"box {box}: Ray did not join the head at {head} (exit {proc.returncode}):\n{tail}")
+        return "Ray runtime started" in output()
 
     try:
         local._wait(ready, 120, f"box {box}'s Ray node", ray_log)
     except RuntimeError as exc:
         local._stop_session(proc.pid)
         raise JoinError(str(exc)) from None
-    return info, proc
+    return proc
 
 
 def block_box(proc: subprocess.Popen[bytes]) -> int:

@@ -3,10 +3,11 @@
 The head is the real ``hearth up --slots 0`` (it runs no tasks). Each box is the real
 ``python3 -m cluster.cli node start --address HEAD:PORT --block`` inside its own mount and UTS
 namespace (``unshare -m -u``): a private /tmp (so every path the head's tests made under /tmp, the
-user's project and the head's state dir included, is absent), a private home and state dir, its
-own hostname, the Hearth code bound at /tmp/hearth-code with the checkout's own path hidden, and
-its own loopback address (the head 127.0.0.2, boxes 127.0.0.3, 127.0.0.4…:
-Ray treats 127.0.0.1 as "this machine only"). Only the network is shared.
+user's project and the head's state dir included, is absent), a private home, a state dir of its
+own (the test reads it at /var/tmp/hearth-boxes-*/NAME, which no box sees), its own hostname, the
+Hearth code bound at /tmp/hearth-code with the checkout's own path hidden, and its own loopback
+address (the head 127.0.0.2, boxes 127.0.0.3, 127.0.0.4…: Ray treats 127.0.0.1 as "this machine
+only"). Only the network is shared.
 
 Everything is stopped by PID: a box by every process in its mount namespace, the head by
 ``hearth down`` (its recorded sessions). Never ``ray stop``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -43,6 +45,8 @@ mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p /tmp/hearth-code /tmp/home /tmp/state
 mount --bind -o ro "$HEARTH_BOX_CODE" /tmp/hearth-code
 mount -t tmpfs tmpfs "$HEARTH_BOX_CODE"
+mount --bind "$HEARTH_BOX_STATE" /tmp/state
+mount -t tmpfs tmpfs "$HEARTH_BOX_STATES"
 if [ -n "${HEARTH_BOX_MODELS:-}" ]; then
   mkdir -p /tmp/home/.local/share/hearth
   mount --bind -o ro "$HEARTH_BOX_MODELS" /tmp/home/.local/share/hearth
@@ -101,6 +105,8 @@ class Head:
         self.state = state
         self.host = host
         self.env = {**os.environ, "HEARTH_STATE_DIR": str(state), "PYTHONPATH": str(REPO)}
+        self.box_states = Path(tempfile.mkdtemp(prefix="hearth-boxes-", dir="/var/tmp"))
+        """The boxes' state dirs, outside /tmp (which every box replaces with its own)."""
 
     def cli(self, *args: str, timeout_s: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run([sys.executable, "-m", "cluster.cli", *args], env=self.env, cwd=REPO,
@@ -110,7 +116,24 @@ class Head:
         return done
 
     def up(self, *extra: str) -> subprocess.CompletedProcess[str]:
-        return self.cli("up", "--slots", "0", "--host", self.host, "--port", str(self.api_port), *extra)
+        config = self.state.parent / "head.toml"
+        with_config = ["--config", str(config)] if config.exists() else []
+        return self.cli("up", "--slots", "0", "--host", self.host, "--port", str(self.api_port), *with_config,
+                        *extra)
+
+    def submit(self, project: Path, model: str, *extra: str) -> str:
+        done = self.cli("submit", str(project / "tasks" / "prd.json"), "--model", model, *extra)
+        match = re.search(r"submitted (T-\d+)", done.stdout)
+        assert match, done.stdout
+        return match.group(1)
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        return dict(self.api("GET", f"/v1/tasks/{task_id}"))
+
+    def store(self) -> Any:
+        from cluster.store import Store
+
+        return Store(self.state / "hearth.db", readonly=True)
 
     @property
     def api_port(self) -> int:
@@ -167,18 +190,25 @@ class Box:
         self.proc: subprocess.Popen[bytes] | None = None
         self.namespace: str | None = None
         self.log = head.state.parent / f"box-{name}.log"
+        self.state = head.box_states / name
+        """The box's state dir as the test sees it (the box sees it as /tmp/state)."""
 
     def start(self) -> None:
         models = Path.home() / ".local" / "share" / "hearth"
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.state.chmod(0o700)
         env = {**os.environ, "HEARTH_BOX_TOKEN": (self.head.state / "ray-token").read_text().strip(),
                "HEARTH_BOX_CODE": str(REPO), "HEARTH_BOX_NAME": self.name, "HEARTH_BOX_IP": self.ip,
                "HEARTH_BOX_HEAD": self.head.address, "HEARTH_BOX_PYTHON": sys.executable,
-               "HEARTH_BOX_SLOTS": str(self.slots), "HEARTH_BOX_MODELS": str(models) if models.is_dir() else ""}
+               "HEARTH_BOX_SLOTS": str(self.slots), "HEARTH_BOX_STATE": str(self.state),
+               "HEARTH_BOX_STATES": str(self.head.box_states),
+               "HEARTH_BOX_MODELS": str(models) if models.is_dir() else ""}
         for leak in ("HEARTH_STATE_DIR", "PYTHONPATH", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
             env.pop(leak, None)
-        self.proc = subprocess.Popen(["unshare", "--mount", "--uts", "--propagation", "private",
-                                      "bash", "-c", BOX_SCRIPT], env=env, stdout=self.log.open("ab"),
-                                     stderr=subprocess.STDOUT, cwd="/")
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(["unshare", "--mount", "--uts", "--propagation", "private",
+                                          "bash", "-c", BOX_SCRIPT], env=env, stdout=out,
+                                         stderr=subprocess.STDOUT, cwd="/")
         self.namespace = wait_until(lambda: self._own_namespace(), 30, f"box {self.name}'s namespace")
 
     def _own_namespace(self) -> str | None:
@@ -219,19 +249,22 @@ def _running(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def boxes_cluster(names_ips: list[tuple[str, str]], slots: int = 1) -> Iterator[tuple[Head, list[Box]]]:
-    """A head (``--slots 0``) and boxes joined to it; everything stopped by PID afterwards."""
+def boxes_cluster(names_ips: list[tuple[str, str]], slots: int = 1,
+                  head_toml: str = "") -> Iterator[tuple[Head, list[Box]]]:
+    """A head (``--slots 0``, ``head_toml`` as its config file) and boxes joined to it; everything
+    stopped by PID afterwards."""
     root = Path(tempfile.mkdtemp(prefix="hearth-boxes-"))
     head = Head(root / "head-state")
     head.state.mkdir()
+    if head_toml:
+        (root / "head.toml").write_text(head_toml)
     head._port = free_port()
     boxes: list[Box] = []
     try:
         head.up()
         boxes = [Box(name, ip, head, slots) for name, ip in names_ips]
-        for box in boxes:
+        for box in boxes:  # one at a time: Ray gives a starting raylet only 30 s to register
             box.start()
-        for box in boxes:
             wait_until(box.joined, 180, f"box {box.name} joined")
         yield head, boxes
     finally:
@@ -242,4 +275,8 @@ def boxes_cluster(names_ips: list[tuple[str, str]], slots: int = 1) -> Iterator[
                     box.proc.wait(timeout=30)
         with contextlib.suppress(Exception):
             head.cli("down", timeout_s=120, check=False)
-        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get("HEARTH_TEST_KEEP_BOXES"):
+            print(f"kept: {root} {head.box_states}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(head.box_states, ignore_errors=True)

@@ -1,0 +1,162 @@
+"""Real home-lab boxes that share nothing but the network (tests/boxes_fixtures.py).
+
+One head (``hearth up --slots 0``, a head.toml) and two boxes per module (``hearth node start
+--address`` each in its own mount namespace and loopback address). Tasks use scripted models
+(named so): a real model cannot be made to take a step of a known length. The box-kill test runs
+last, because it leaves one box.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from boxes_fixtures import REPO, Box, Head, boxes_cluster, wait_until
+
+from cluster.node_join import JoinError, probe_head
+
+pytestmark = pytest.mark.boxes
+
+HEAD_TOML = "[scheduler]\naging_s = 123\npreempt_after_s = 0\npreempt_cooldown_s = 5\n"
+FINAL = {"completed", "failed", "cancelled"}
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[tuple[Head, list[Box]]]:
+    with boxes_cluster([("box-a", "127.0.0.3"), ("box-b", "127.0.0.4")], head_toml=HEAD_TOML) as cluster:
+        yield cluster
+
+
+def listeners(pids: set[int]) -> list[tuple[str, str]]:
+    """(local address, process name) of every TCP listening socket owned by ``pids``."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        fields = line.split()
+        owners = re.findall(r'"([^"]+)",pid=(\d+)', line)
+        if any(int(pid) in pids for _, pid in owners):
+            found.append((fields[3].rsplit(":", 1)[0].strip("[]").removeprefix("::ffff:"), owners[0][0]))
+    return found
+
+
+def test_boxes_share_nothing_but_the_network(lab: tuple[Head, list[Box]], greeting_project: Path) -> None:
+    head, boxes = lab
+    for box in boxes:
+        assert box.run("hostname").stdout.strip() == box.name
+        for head_path in (greeting_project, head.state, REPO):  # the user's repo, the head's state, Hearth's checkout
+            assert box.run("test", "-e", str(head_path)).returncode == 1, f"{box.name} sees {head_path}"
+        assert box.run("test", "-f", "/tmp/hearth-code/cluster/cli.py").returncode == 0
+    nodes = {n["address"]: n for n in head.api("GET", "/v1/nodes")}
+    assert {a: (n["slots"], n["alive"], n["refused"]) for a, n in nodes.items()} == {
+        "127.0.0.2": (0, True, None), "127.0.0.3": (1, True, None), "127.0.0.4": (1, True, None)}
+    assert nodes["127.0.0.2"]["labels"]["hearth-role"] == "head"
+    assert head.api("GET", "/v1/policy")["aging_s"] == 123  # [scheduler] of head.toml reached the scheduler
+    # Ray's parts listen on the address given (or on loopback), or, where Ray cannot be told, on every
+    # interface; never on some other address of this machine (the LAN address Ray picks by itself).
+    info = head.info()
+    assert info is not None
+    bound = listeners(set(head.session_pids(info["ray_pid"])) | set(head.session_pids(info["sidecar_pid"])))
+    assert bound and all(address in {"127.0.0.2", "127.0.0.1", "*", "0.0.0.0", "::"} for address, _ in bound), bound
+    assert any(address == "127.0.0.2" for address, _ in bound)
+
+
+def test_ray_refuses_a_wrong_token_and_boxes_say_so(lab: tuple[Head, list[Box]], tmp_path: Path) -> None:
+    head, _ = lab
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text("0" * 64 + "\n")
+    with pytest.raises(JoinError, match="refused this box's cluster token"):
+        probe_head(head.address, wrong, "probe", timeout_s=60)
+    env = {**os.environ, "HEARTH_STATE_DIR": str(tmp_path / "state"), "PYTHONPATH": str(REPO)}
+    (tmp_path / "state").mkdir()
+    done = subprocess.run([sys.executable, "-m", "cluster.cli", "node", "start", "--address", head.address,
+                           "--host", "127.0.0.5", "--token-file", str(wrong), "--timeout", "30"],
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"the head at {head.address} refused this box's cluster token" in done.stderr
+
+
+def test_a_box_with_another_hearth_is_refused_at_join(lab: tuple[Head, list[Box]], tmp_path: Path) -> None:
+    head, _ = lab
+    other = tmp_path / "other-hearth"
+    for package in ("agent", "cluster"):
+        shutil.copytree(REPO / package, other / package, ignore=shutil.ignore_patterns("__pycache__"))
+    with (other / "cluster" / "__init__.py").open("a") as init:
+        init.write("# another build of Hearth\n")
+    (tmp_path / "state").mkdir()
+    env = {**os.environ, "HEARTH_STATE_DIR": str(tmp_path / "state"), "PYTHONPATH": str(other)}
+    done = subprocess.run([sys.executable, "-m", "cluster.cli", "node", "start", "--address", head.address,
+                           "--host", "127.0.0.5", "--token-file", str(head.state / "ray-token")],
+                          env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert re.search(rf"box \S+ runs Hearth \S+ but the head at {re.escape(head.address)} runs Hearth \S+",
+                     done.stderr), done.stderr
+    assert len(head.api("GET", "/v1/nodes")) == 3  # it never joined
+
+
+def _events(head: Head, task_id: str) -> list[Any]:
+    store = head.store()
+    try:
+        return list(store.events(task_id))
+    finally:
+        store.close()
+
+
+def _assert_no_event_lost(events: list[Any]) -> None:
+    assert [e.seq for e in events] == list(range(1, len(events) + 1)), [(e.seq, e.kind) for e in events]
+
+
+def test_head_sidecar_and_scheduler_killed_mid_task(lab: tuple[Head, list[Box]], greeting_project: Path) -> None:
+    """The sidecar and the scheduler die mid-step; `hearth up` starts only the sidecar again (Ray, and
+    the attempt on its box, carry on), Ray restarts the scheduler, and the task completes."""
+    head, _ = lab
+    task_id = head.submit(greeting_project, "scripted:sleep-6")
+    wait_until(lambda: head.task(task_id)["state"] == "running", 180, f"{task_id} running")
+    info = head.info()
+    assert info is not None
+    ray_pid, scheduler_pid = info["ray_pid"], head.scheduler_pid()
+    os.kill(info["sidecar_pid"], signal.SIGKILL)
+    os.kill(scheduler_pid, signal.SIGKILL)
+    restarted = head.up()
+    assert "starting only the sidecar again" in restarted.stdout, restarted.stdout
+    after = head.info()
+    assert after is not None and after["ray_pid"] == ray_pid and after["sidecar_pid"] != info["sidecar_pid"]
+    wait_until(lambda: head.task(task_id)["state"] in FINAL, 300, f"{task_id} finished")
+    task = head.task(task_id)
+    assert task["state"] == "completed", task["message"]
+    assert task["attempts"] == 1  # the attempt on the box carried on through the head's crash
+    assert head.scheduler_pid() != scheduler_pid
+    events = _events(head, task_id)
+    _assert_no_event_lost(events)
+    assert [e.step_id for e in events if e.kind == "step_started"] == ["US-001", "US-002"]
+
+
+def test_a_box_killed_mid_step_restarts_the_task_on_the_other_box(lab: tuple[Head, list[Box]],
+                                                                    greeting_project: Path) -> None:
+    head, boxes = lab
+    by_ip = {box.ip: box for box in boxes}
+    task_id = head.submit(greeting_project, "scripted:sleep-8")
+    wait_until(lambda: head.task(task_id)["state"] == "running", 180, f"{task_id} running")
+    nodes = {n["node_id"]: n["address"] for n in head.api("GET", "/v1/nodes")}
+    first = by_ip[nodes[head.task(task_id)["node_id"]]]
+    killed = first.kill()  # every process in the box, by PID: a power cut
+    assert killed
+    wait_until(lambda: head.task(task_id)["state"] in FINAL, 300, f"{task_id} finished")
+    task = head.task(task_id)
+    assert task["state"] == "completed", task["message"]
+    assert nodes.get(task["node_id"]) != first.ip and task["attempts"] == 2
+    events = _events(head, task_id)
+    _assert_no_event_lost(events)
+    kinds = [(e.kind, getattr(e, "reason", None)) for e in events]
+    assert ("attempt_ended", "node_lost") in kinds
+    requeued = [e for e in events if e.kind == "task_requeued"]
+    assert requeued and requeued[0].reason == "node_lost" and requeued[0].from_step == 0
+    told = head.cli("logs", task_id).stdout
+    assert "re-queued (node_lost), from step 0" in told
