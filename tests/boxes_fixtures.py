@@ -61,6 +61,17 @@ exec "$HEARTH_BOX_PYTHON" -m cluster.cli node start --address "$HEARTH_BOX_HEAD"
 """
 
 
+RAN: set[tuple[str, frozenset[str]]] = set()
+"""Every ``hearth`` command form (subcommand, option names) these fixtures have run."""
+
+
+def command_form(argv: list[str]) -> tuple[str, frozenset[str]]:
+    """``hearth node start --address A --block`` → ("node start", {"--address", "--block"})."""
+    words = [w for w in argv[1:] if not w.startswith("-")]
+    sub = " ".join(words[:2]) if words and words[0] in {"node", "image", "openclaw"} else (words[0] if words else "")
+    return sub, frozenset(w.split("=", 1)[0] for w in argv if w.startswith("--"))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -109,6 +120,7 @@ class Head:
         """The boxes' state dirs, outside /tmp (which every box replaces with its own)."""
 
     def cli(self, *args: str, timeout_s: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+        RAN.add(command_form(["hearth", *args]))
         done = subprocess.run([sys.executable, "-m", "cluster.cli", *args], env=self.env, cwd=REPO,
                               capture_output=True, text=True, timeout=timeout_s)
         if check and done.returncode != 0:
@@ -118,8 +130,8 @@ class Head:
     def up(self, *extra: str) -> subprocess.CompletedProcess[str]:
         config = self.state.parent / "head.toml"
         with_config = ["--config", str(config)] if config.exists() else []
-        return self.cli("up", "--slots", "0", "--host", self.host, "--port", str(self.api_port), *with_config,
-                        *extra)
+        return self.cli("up", "--host", self.host, "--ray-port", str(self.ray_port), "--slots", "0",
+                        "--port", str(self.api_port), *with_config, *extra)
 
     def submit(self, project: Path, model: str, *extra: str) -> str:
         done = self.cli("submit", str(project / "tasks" / "prd.json"), "--model", model, *extra)
@@ -173,6 +185,7 @@ class Head:
         raise AssertionError("no scheduler actor process in the head's Ray session")
 
     _port = 0
+    ray_port = 0
 
 
 def _session(pid: int) -> int | None:
@@ -205,6 +218,7 @@ class Box:
                "HEARTH_BOX_MODELS": str(models) if models.is_dir() else ""}
         for leak in ("HEARTH_STATE_DIR", "PYTHONPATH", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
             env.pop(leak, None)
+        RAN.add(command_form(["hearth", "node", "start", *BOX_SCRIPT.split("node start", 1)[1].split()]))
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(["unshare", "--mount", "--uts", "--propagation", "private",
                                           "bash", "-c", BOX_SCRIPT], env=env, stdout=out,
@@ -237,11 +251,11 @@ class Box:
         kill_pids(pids)
         if self.proc is not None:
             self.proc.wait(timeout=30)
-        wait_until(lambda: not [p for p in self.pids() if _running(p)], 30, f"box {self.name} dead")
+        wait_until(lambda: not [p for p in self.pids() if process_running(p)], 30, f"box {self.name} dead")
         return pids
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
@@ -259,6 +273,7 @@ def boxes_cluster(names_ips: list[tuple[str, str]], slots: int = 1,
     if head_toml:
         (root / "head.toml").write_text(head_toml)
     head._port = free_port()
+    head.ray_port = free_port()
     boxes: list[Box] = []
     try:
         head.up()

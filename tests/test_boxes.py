@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from boxes_fixtures import REPO, Box, Head, boxes_cluster, wait_until
+from boxes_fixtures import RAN, REPO, Box, Head, boxes_cluster, command_form, process_running, wait_until
 
 from cluster.node_join import JoinError, probe_head
 
@@ -35,6 +36,20 @@ def lab() -> Iterator[tuple[Head, list[Box]]]:
         yield cluster
 
 
+@pytest.fixture
+def project(lab: tuple[Head, list[Box]], tmp_path: Path) -> Path:
+    """The quick-start example as a project on the head, made with the real `hearth init`."""
+    head, _ = lab
+    path = tmp_path / "greeting"
+    shutil.copytree(REPO / "examples" / "greeting", path)
+    for command in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "example"]):
+        subprocess.run(["git", *command], cwd=path, check=True, env={
+            **os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t"})
+    head.cli("init", str(path), "--check", "python3 check.py")
+    return path
+
+
 def listeners(pids: set[int]) -> list[tuple[str, str]]:
     """(local address, process name) of every TCP listening socket owned by ``pids``."""
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
@@ -47,11 +62,11 @@ def listeners(pids: set[int]) -> list[tuple[str, str]]:
     return found
 
 
-def test_boxes_share_nothing_but_the_network(lab: tuple[Head, list[Box]], greeting_project: Path) -> None:
+def test_boxes_share_nothing_but_the_network(lab: tuple[Head, list[Box]], project: Path) -> None:
     head, boxes = lab
     for box in boxes:
         assert box.run("hostname").stdout.strip() == box.name
-        for head_path in (greeting_project, head.state, REPO):  # the user's repo, the head's state, Hearth's checkout
+        for head_path in (project, head.state, REPO):  # the user's repo, the head's state, Hearth's checkout
             assert box.run("test", "-e", str(head_path)).returncode == 1, f"{box.name} sees {head_path}"
         assert box.run("test", "-f", "/tmp/hearth-code/cluster/cli.py").returncode == 0
     nodes = {n["address"]: n for n in head.api("GET", "/v1/nodes")}
@@ -113,11 +128,11 @@ def _assert_no_event_lost(events: list[Any]) -> None:
     assert [e.seq for e in events] == list(range(1, len(events) + 1)), [(e.seq, e.kind) for e in events]
 
 
-def test_head_sidecar_and_scheduler_killed_mid_task(lab: tuple[Head, list[Box]], greeting_project: Path) -> None:
+def test_head_sidecar_and_scheduler_killed_mid_task(lab: tuple[Head, list[Box]], project: Path) -> None:
     """The sidecar and the scheduler die mid-step; `hearth up` starts only the sidecar again (Ray, and
     the attempt on its box, carry on), Ray restarts the scheduler, and the task completes."""
     head, _ = lab
-    task_id = head.submit(greeting_project, "scripted:sleep-6")
+    task_id = head.submit(project, "scripted:sleep-6")
     wait_until(lambda: head.task(task_id)["state"] == "running", 180, f"{task_id} running")
     info = head.info()
     assert info is not None
@@ -139,10 +154,10 @@ def test_head_sidecar_and_scheduler_killed_mid_task(lab: tuple[Head, list[Box]],
 
 
 def test_a_box_killed_mid_step_restarts_the_task_on_the_other_box(lab: tuple[Head, list[Box]],
-                                                                    greeting_project: Path) -> None:
+                                                                    project: Path) -> None:
     head, boxes = lab
     by_ip = {box.ip: box for box in boxes}
-    task_id = head.submit(greeting_project, "scripted:sleep-8")
+    task_id = head.submit(project, "scripted:sleep-8")
     wait_until(lambda: head.task(task_id)["state"] == "running", 180, f"{task_id} running")
     nodes = {n["node_id"]: n["address"] for n in head.api("GET", "/v1/nodes")}
     first = by_ip[nodes[head.task(task_id)["node_id"]]]
@@ -160,3 +175,20 @@ def test_a_box_killed_mid_step_restarts_the_task_on_the_other_box(lab: tuple[Hea
     assert requeued and requeued[0].reason == "node_lost" and requeued[0].from_step == 0
     told = head.cli("logs", task_id).stdout
     assert "re-queued (node_lost), from step 0" in told
+    assert re.search(rf"{task_id}\s.*completed", head.cli("tasks").stdout)
+
+
+def test_every_command_in_the_operations_guide_was_run(lab: tuple[Head, list[Box]]) -> None:
+    """docs/operations.md shows only hearth commands (subcommand and options) these tests ran; the
+    last of them, `hearth down`, stops the head by PID."""
+    head, _ = lab
+    info = head.info()
+    assert info is not None
+    started = head.session_pids(info["ray_pid"]) + head.session_pids(info["sidecar_pid"])
+    head.cli("down")
+    wait_until(lambda: not [p for p in started if process_running(p)], 60, "head stopped")
+    guide = (REPO / "docs" / "operations.md").read_text()
+    documented = {command_form(shlex.split(line.split("$ ", 1)[1]))
+                  for line in guide.splitlines() if re.match(r"^\w+\$ hearth ", line)}
+    assert len(documented) >= 8
+    assert documented <= RAN, sorted(documented - RAN)
