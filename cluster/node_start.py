@@ -155,7 +155,9 @@ def _start_box_ray(command: list[str], env: dict[str, str], ray_log: Path, box: 
 
     try:
         local._wait(ready, 120, f"box {box}'s Ray node", ray_log)
-    except RuntimeError as exc:
+    except JoinError:
+        raise
+    except RuntimeError as exc:  # no word from Ray within the deadline
         local._stop_session(proc.pid)
         raise JoinError(str(exc)) from None
     return proc
