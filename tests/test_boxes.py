@@ -66,7 +66,8 @@ def test_boxes_share_nothing_but_the_network(lab: tuple[Head, list[Box]], projec
     head, boxes = lab
     for box in boxes:
         assert box.run("hostname").stdout.strip() == box.name
-        for head_path in (project, head.state, REPO):  # the user's repo, the head's state, Hearth's checkout
+        # The user's repo, the head's state, Hearth's checkout on the head (an empty mount point there).
+        for head_path in (project, head.state, REPO / "cluster"):
             assert box.run("test", "-e", str(head_path)).returncode == 1, f"{box.name} sees {head_path}"
         assert box.run("test", "-f", "/tmp/hearth-code/cluster/cli.py").returncode == 0
     nodes = {n["address"]: n for n in head.api("GET", "/v1/nodes")}
