@@ -141,3 +141,22 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
         problems = [line for line in (done.stdout + done.stderr).splitlines()
                     if str(unit) in line or name in line]
         assert done.returncode == 0 and not problems, done.stdout + done.stderr
+
+
+@pytest.mark.ray
+def test_the_scheduler_places_nothing_on_a_node_running_another_hearth(ray_cluster: Any, scheduler: Any,
+                                                                        greeting_project: Path) -> None:
+    import ray
+    from tests_support import configure
+
+    other = ray_cluster.add_node(num_cpus=1, resources={"hearth_slots": 1},
+                                 labels={"hearth-version": "0-other", "pool": "mismatch"})
+    ray_cluster.wait_for_nodes()
+    try:
+        nodes = {n["node_id"]: n for n in ray.get(scheduler.nodes.remote())}
+        assert nodes[other.node_id]["refused"] == f"runs Hearth 0-other, the head runs {hearth_version()}"
+        configure(greeting_project, allowed_nodes=["pool=mismatch"])
+        with pytest.raises(ray.exceptions.RayTaskError, match="no node can ever run this task"):
+            ray.get(scheduler.submit.remote(str(greeting_project), "tasks/prd.json", None, None, "scripted:demo"))
+    finally:
+        ray_cluster.remove_node(other)
