@@ -64,8 +64,10 @@ def chat(base_url: str, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
 
 def docker_figures(starts: int) -> dict[str, Any]:
     """Cold start and warm tool-call latency of the local CPU llama.cpp image through Docker."""
-    from agent.models.docker_runtime import LOCAL_MODEL, DockerModelRuntime, build_local_llamacpp_image
-    from agent.sandbox.docker_engine import ensure_base_image, start_dockerd
+    from agent.models.docker_runtime import DockerModelRuntime
+    from agent.models.llamacpp_image import LOCAL_MODEL, build_local_llamacpp_image
+    from agent.sandbox.docker_base_image import ensure_base_image
+    from agent.sandbox.docker_engine import start_dockerd
 
     daemon = start_dockerd()
     client = daemon.client()

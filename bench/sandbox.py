@@ -65,7 +65,8 @@ def _docker(workspace: Path, config: SandboxConfig) -> Sandbox:
     import atexit
 
     from agent.sandbox.docker import DockerSandbox
-    from agent.sandbox.docker_engine import ensure_base_image, start_dockerd
+    from agent.sandbox.docker_base_image import ensure_base_image
+    from agent.sandbox.docker_engine import start_dockerd
 
     daemon = start_dockerd()
     atexit.register(daemon.stop)

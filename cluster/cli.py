@@ -22,7 +22,7 @@ from agent.config import ConfigError, parse_priority
 from agent.events import EventAdapter
 from agent.prd import PrdError, load_prd
 from agent.project import ProjectError, checkpoint_commits, init_project, task_branch
-from cluster import local
+from cluster import cli_admin, local
 from cluster.nodes import inventory
 
 app = typer.Typer(help="Hearth: turn PRDs into finished work on your own boxes.", no_args_is_help=True,
@@ -256,6 +256,8 @@ def _print_result(task: dict[str, Any]) -> None:
 
 image_app = typer.Typer(help="The guest image of the qemu sandbox.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
+app.add_typer(cli_admin.model_app, name="model")
+app.add_typer(cli_admin.docker_app, name="docker")
 
 
 @image_app.command("build")

@@ -10,17 +10,17 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import platformdirs
 from pydantic import BaseModel
+
+from agent import processes
 
 
 def state_dir() -> Path:
@@ -59,16 +59,6 @@ def read_up(base: Path | None = None) -> UpInfo | None:
     return UpInfo.model_validate_json(path.read_text()) if path.exists() else None
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -76,11 +66,8 @@ def _free_port() -> int:
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
+    if processes.wait_until(predicate, timeout_s, 0.2):
+        return
     tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
     raise RuntimeError(f"{what} did not come up within {timeout_s:.0f} s; last log lines:\n{tail}")
 
@@ -106,12 +93,12 @@ def up(*, api_port: int = 8765, ray_port: int = 0, slots: int | None = None, hos
     token = ensure_token(base)
     token_file = ray_token(base)
     current = read_up(base)
-    if current and _alive(current.ray_pid) and _ray_answers(current.ray_address):
+    if current and processes.alive(current.ray_pid) and _ray_answers(current.ray_address):
         if _healthy(current.api_url, token):
             progress(f"already up: {current.api_url}")
             return current
         progress(f"Ray is running (pid {current.ray_pid}); starting only the sidecar again")
-        _stop_session(current.sidecar_pid)
+        processes.stop_session(current.sidecar_pid)
         return _start_sidecar(current, token, token_file, progress)
     if current:
         down(progress=lambda _: None)
@@ -175,44 +162,6 @@ def _start_sidecar(info: UpInfo, token: str, token_file: Path, progress: Callabl
     return info
 
 
-def _session_members(sid: int) -> list[int]:
-    """PIDs in session ``sid``: Ray's workers get their own process groups but stay in the session."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[3]) == sid:  # fields after "comm)": state ppid pgrp session ...
-            members.append(int(stat.parent.name))
-    return members
-
-
-def _stop_session(pid: int | None, timeout_s: float = 20) -> None:
-    """Stop ``pid`` (a session leader we started) and every process in its session, by PID."""
-    if not _alive(pid):
-        return
-    assert pid is not None
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for member in _session_members(pid) or [pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(member, sig)
-        deadline = time.monotonic() + (timeout_s if sig == signal.SIGTERM else 5)
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            if not [m for m in _session_members(pid) if _alive(m) and not _zombie(m)]:
-                return
-            time.sleep(0.2)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def down(*, progress: Callable[[str], None] = print) -> None:
     """Stop what ``up`` started, by process group; also the node's embedded model server."""
     base = state_dir()
@@ -220,7 +169,7 @@ def down(*, progress: Callable[[str], None] = print) -> None:
     box = base / "node.json"  # a box's Ray node (cluster/node_start.py)
     if box.exists():
         with contextlib.suppress(OSError, ValueError):
-            _stop_session(json.loads(box.read_text()).get("ray_pid"))
+            processes.stop_session(json.loads(box.read_text()).get("ray_pid"))
         box.unlink(missing_ok=True)
         if info is None:
             progress("stopped this box's Ray node")
@@ -228,14 +177,14 @@ def down(*, progress: Callable[[str], None] = print) -> None:
     if info is None:
         progress("nothing to stop")
         return
-    _stop_session(info.sidecar_pid)
-    _stop_session(info.ray_pid)
+    processes.stop_session(info.sidecar_pid)
+    processes.stop_session(info.ray_pid)
     for state in base.glob("embedded-*.json"):
         try:
             pid = json.loads(state.read_text()).get("pid")
         except (OSError, ValueError):
             continue
-        _stop_session(pid, timeout_s=5)
+        processes.stop_session(pid, term_s=5)
         state.unlink(missing_ok=True)
     (base / "up.json").unlink(missing_ok=True)
     progress("stopped")

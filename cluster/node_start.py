@@ -13,7 +13,6 @@ waits on its Ray; the head also starts its sidecar again whenever it dies, and n
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from agent import processes
 from cluster import local
 from cluster.node_join import (
     RAY_TOKEN_FILE,
@@ -103,7 +103,7 @@ def join(address: str, *, host: str | None = None, slots: int | None = None, tok
     box = box_name()
     head_host, port = parse_address(address)
     current = read_node(base)
-    if current and local._alive(current.ray_pid):
+    if current and processes.alive(current.ray_pid):
         raise JoinError(f"box {box} already runs a Ray node (pid {current.ray_pid}, joined to "
                         f"{current.head_address}); `hearth down` stops it", 2)
     token_path = install_token(base, token_file, box)
@@ -147,7 +147,7 @@ def _start_box_ray(command: list[str], env: dict[str, str], ray_log: Path, box: 
 
     def ready() -> bool:
         if proc.poll() is not None:
-            local._stop_session(proc.pid)  # whatever it left in its session
+            processes.stop_session(proc.pid)  # whatever it left in its session
             tail = output().strip()[-1500:]
             failure = _RegistrationTimedOut if "timed out during startup" in tail else JoinError
             raise failure(f"box {box}: Ray did not join the head at {head} (exit {proc.returncode}):\n{tail}")
@@ -158,14 +158,14 @@ def _start_box_ray(command: list[str], env: dict[str, str], ray_log: Path, box: 
     except JoinError:
         raise
     except RuntimeError as exc:  # no word from Ray within the deadline
-        local._stop_session(proc.pid)
+        processes.stop_session(proc.pid)
         raise JoinError(str(exc)) from None
     return proc
 
 
 def block_box(proc: subprocess.Popen[bytes]) -> int:
     """Stay in the foreground until the box's Ray exits (or a SIGTERM/SIGINT stops it)."""
-    with _stop_on_signal(lambda: local._stop_session(proc.pid)):
+    with _stop_on_signal(lambda: processes.stop_session(proc.pid)):
         return proc.wait()
 
 
@@ -181,26 +181,17 @@ def supervise_head(info: local.UpInfo, restart: Callable[[], local.UpInfo],
 
     with _stop_on_signal(stop):
         while not stopped:
-            if not running(info.ray_pid):
+            if not processes.alive(info.ray_pid):
                 progress(f"Ray on the head exited; see {Path(info.state_dir) / 'logs' / 'ray-head.log'}")
                 local.down(progress=progress)
                 return 1
-            if not running(info.sidecar_pid):
+            if not processes.alive(info.sidecar_pid):
                 progress(f"the sidecar (pid {info.sidecar_pid}) exited; starting it again")
                 with contextlib.suppress(RuntimeError):
                     info = restart()
             time.sleep(SUPERVISE_EVERY_S)
     local.down(progress=progress)
     return 0
-
-
-def running(pid: int | None) -> bool:
-    """``pid`` runs (a dead child of ours is reaped first, so a zombie does not count)."""
-    if pid is None:
-        return False
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    return local._alive(pid) and not local._zombie(pid)
 
 
 @contextlib.contextmanager

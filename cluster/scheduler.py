@@ -24,6 +24,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from agent import processes
 from agent.config import ProjectConfig, parse_priority
 from agent.events import (
     AnswerReceived,
@@ -596,9 +597,4 @@ def get_or_create_scheduler(state_dir: str, policy: dict[str, Any] | None = None
 
 def wait_for(predicate: Any, timeout_s: float, interval_s: float = 0.1) -> bool:
     """Poll ``predicate`` until it is truthy or ``timeout_s`` passes (for CLIs and tests)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return bool(predicate())
+    return processes.wait_until(predicate, timeout_s, interval_s)

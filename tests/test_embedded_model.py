@@ -18,20 +18,15 @@ import httpx
 import pytest
 
 from agent.models import ModelEndpoint, ModelUnavailable
-from agent.models.embedded import (
-    EmbeddedRuntime,
-    default_app_dir,
-    find_node,
-    gguf_path,
-    npm_deps_ready,
-    pid_alive,
-)
+from agent.models.embedded import EmbeddedRuntime
+from agent.models.embedded_install import default_app_dir, find_node, gguf_path, npm_deps_ready
 from agent.models.openai_chat import OpenAIChat
+from agent.processes import alive as pid_alive
 
 pytestmark = [pytest.mark.real_llm, pytest.mark.slow]
 
 NAME = "smollm2-135m"
-INSTALL_HINT = "run `python -m agent.models.embedded install` (or bash deploy/setup.sh)"
+INSTALL_HINT = "run `hearth model install-embedded` (or bash deploy/setup.sh)"
 
 
 def _missing() -> str | None:

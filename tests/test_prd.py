@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import agent.prd
+import agent.prd.writer
 from agent.prd import PrdError, Step, TaskPlan, load_prd, mark_story_passed, parse_prd_text
 
 DATA = Path(__file__).parent / "data" / "prd"
@@ -704,7 +704,7 @@ def test_mark_story_passed_falls_back_to_reserializing_when_minimal_edit_is_impo
     def impossible(body: str, index: int, notes: str) -> str:
         raise ValueError("simulated: story span not found")
 
-    monkeypatch.setattr(agent.prd, "_minimal_edit", impossible)
+    monkeypatch.setattr(agent.prd.writer, "_minimal_edit", impossible)
     document = {"name": "Four", "userStories": [story("A"), story("B", completionNotes="old")]}
     path = tmp_path / "prd.json"
     path.write_text(json.dumps(document, indent=4, ensure_ascii=False) + "\n")

@@ -23,7 +23,8 @@ from agent.sandbox import (
     SandboxUnavailable,
     open_sandbox,
 )
-from agent.sandbox.bwrap import OUTPUT_CAP_CHARS, BwrapSandbox
+from agent.sandbox.bwrap import BwrapSandbox
+from agent.sandbox.output import OUTPUT_CAP_CHARS
 from agent.sandbox.snapshots import SNAPSHOT_DIR_ENV
 
 

@@ -203,7 +203,7 @@ def parse_catalogue(data: dict[str, Any], source: str = "models.toml") -> Catalo
 
 def default_catalogue_path(state_dir: Path | None = None) -> Path:
     if state_dir is None:
-        from agent.models.embedded import default_state_dir
+        from agent.models.embedded_install import default_state_dir
 
         state_dir = default_state_dir()
     return Path(state_dir) / "models.toml"

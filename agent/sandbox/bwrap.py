@@ -58,23 +58,18 @@ from agent.sandbox.base import (
     SandboxCrashed,
     SandboxError,
     SandboxUnavailable,
-    resolve_inside,
 )
-from agent.sandbox.files import safe_name
+from agent.sandbox.cgroups import SandboxCgroup, pid_namespace
+from agent.sandbox.files import guest_dir, read_inside, safe_name, worktree_git_dirs, write_inside
+from agent.sandbox.output import OutputEmitter, TailBuffer
 from agent.sandbox.snapshots import WorkspaceSnapshots, snapshot_root
 
-CGROUP_PARENT_ENV = "HEARTH_CGROUP_PARENT"
-"""A delegated cgroup v2 directory to create sandbox cgroups in (pure-v2 hosts, where the
-process's own cgroup holds processes and so cannot hand controllers to children)."""
-OUTPUT_CAP_CHARS = 1_000_000
-"""Characters of stdout and of stderr kept per command; the tail is kept."""
 TIMEOUT_EXIT_CODE = 124
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ROOT_ENTRIES = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc")
 _MASKED_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-")
 _MASKED_DIRS = ("/etc/ssh",)
 _NAMESPACES = ("--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup")
-_CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Joins the cgroups named before "--" and becomes the rest: no preexec_fn, which is unsafe in a
 # threaded host such as a Ray worker, and no window in which bwrap could fork outside the cgroup.
 _JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
@@ -115,8 +110,8 @@ class BwrapSandbox:
         self._extra_ro_binds = tuple(p.resolve() for p in extra_ro_binds)
         self.snapshot_root = snapshot_root(self.workspace, self.name)
         self._snapshots = WorkspaceSnapshots(self.workspace, self.snapshot_root)
-        label = f"hearth-{safe_name(self.name)}-{_pid_namespace()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._cgroup = _Cgroup.create(label, config)
+        label = f"hearth-{safe_name(self.name)}-{pid_namespace()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._cgroup = SandboxCgroup.create(label, config)
         self.enforcement = self._enforcement()
         """Per limit ("pids", "memory", "cpu"): how it is enforced — cgroup-v1, cgroup-v2, rlimit, none."""
         self._destroyed = False
@@ -133,7 +128,7 @@ class BwrapSandbox:
         on_output: OutputCallback | None = None,
     ) -> ExecResult:
         self._check_alive()
-        guest_cwd = self._guest_cwd(cwd)
+        guest_cwd = guest_dir(self.workspace, cwd)
         timeout = self.config.exec_timeout_s if timeout_s is None else timeout_s
         status_r, status_w = os.pipe()
         if env and "PATH" in env and self._shell[0] == "bash":  # -l sources /etc/profile, which resets PATH
@@ -150,7 +145,7 @@ class BwrapSandbox:
             raise
         finally:
             os.close(status_w)
-        emit = _Emitter(on_output)
+        emit = OutputEmitter(on_output)
         assert proc.stdout is not None and proc.stderr is not None
         captures = [_Capture("stdout", proc.stdout, emit), _Capture("stderr", proc.stderr, emit)]
         timed_out = False
@@ -230,25 +225,9 @@ class BwrapSandbox:
         return [*argv, "--"]
 
     def _git_binds(self) -> list[str]:
-        """A worktree's ``.git`` is a file naming a git dir elsewhere: show that dir read-only so
-        ``git status``/``diff``/``log`` work inside; commits are made host-side."""
-        dotgit = self.workspace / ".git"
-        if not dotgit.is_file():
-            return []
-        text = dotgit.read_text(errors="replace").strip()
-        if not text.startswith("gitdir:"):
-            return []
-        gitdir = (self.workspace / text.removeprefix("gitdir:").strip()).resolve()
-        common = gitdir / "commondir"
-        dirs = {gitdir, (gitdir / common.read_text().strip()).resolve() if common.is_file() else gitdir}
-        return [arg for d in sorted(dirs) if d.is_dir() for arg in ("--ro-bind", str(d), str(d))]
-
-    def _guest_cwd(self, cwd: str) -> str:
-        host = resolve_inside(self.workspace, cwd)
-        if not host.is_dir():
-            raise SandboxError(f"cwd {cwd!r} is not a directory in the workspace")
-        rel = host.relative_to(self.workspace).as_posix()
-        return GUEST_WORKSPACE if rel == "." else f"{GUEST_WORKSPACE}/{rel}"
+        """A worktree's git dirs, read-only, so ``git status``/``diff``/``log`` work inside;
+        commits are made host-side."""
+        return [arg for d in worktree_git_dirs(self.workspace) for arg in ("--ro-bind", str(d), str(d))]
 
     @staticmethod
     def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -270,13 +249,11 @@ class BwrapSandbox:
 
     def read_file(self, path: str) -> str:
         self._check_alive()
-        return resolve_inside(self.workspace, path).read_text()
+        return read_inside(self.workspace, path)
 
     def write_file(self, path: str, content: str) -> None:
         self._check_alive()
-        target = resolve_inside(self.workspace, path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
+        write_inside(self.workspace, path, content)
 
     # -- snapshots -------------------------------------------------------------------------------
 
@@ -315,39 +292,12 @@ class BwrapSandbox:
 # -- output --------------------------------------------------------------------------------------
 
 
-class _Emitter:
-    """Serialises on_output calls from the two reader threads; a callback that raises is not
-    called again and its error is raised from ``exec`` once the command is over."""
-
-    def __init__(self, callback: OutputCallback | None) -> None:
-        self._callback = callback
-        self._lock = threading.Lock()
-        self._error: BaseException | None = None
-
-    def __call__(self, stream: str, text: str) -> None:
-        if self._callback is None:
-            return
-        with self._lock:
-            if self._error is not None:
-                return
-            try:
-                self._callback(stream, text)
-            except Exception as exc:
-                self._error = exc
-
-    def reraise(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-
 class _Capture:
     """Reads one pipe on a thread as data arrives; keeps the last OUTPUT_CAP_CHARS characters."""
 
-    def __init__(self, stream: str, pipe: IO[bytes], emit: _Emitter) -> None:
+    def __init__(self, stream: str, pipe: IO[bytes], emit: OutputEmitter) -> None:
         self._stream, self._pipe, self._emit = stream, pipe, emit
-        self._chunks: list[str] = []
-        self._size = 0
-        self._dropped = 0
+        self._buffer = TailBuffer()
         self.thread = threading.Thread(target=self._run, name=f"bwrap-{stream}", daemon=True)
         self.thread.start()
 
@@ -359,28 +309,15 @@ class _Capture:
         self._add(decoder.decode(b"", final=True))
 
     def _add(self, text: str) -> None:
-        if not text:
-            return
-        self._emit(self._stream, text)
-        self._chunks.append(text)
-        self._size += len(text)
-        if self._size > 2 * OUTPUT_CAP_CHARS:
-            self._trim()
+        if text:
+            self._emit(self._stream, text)
+            self._buffer.add(text)
 
     def note(self, text: str) -> None:
-        self._chunks.append(text)
-        self._size += len(text)
-
-    def _trim(self) -> None:
-        joined = "".join(self._chunks)
-        self._dropped += max(0, len(joined) - OUTPUT_CAP_CHARS)
-        self._chunks = [joined[-OUTPUT_CAP_CHARS:]]
-        self._size = len(self._chunks[0])
+        self._buffer.add(text)
 
     def text(self) -> str:
-        self._trim()
-        body = self._chunks[0]
-        return f"[… {self._dropped} earlier characters dropped …]\n{body}" if self._dropped else body
+        return self._buffer.text()
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
@@ -428,175 +365,3 @@ def _skip_space(text: str, pos: int) -> int:
     while pos < len(text) and text[pos].isspace():
         pos += 1
     return pos
-
-
-# -- cgroups -------------------------------------------------------------------------------------
-
-
-class _Cgroup:
-    """One cgroup per sandbox, in v2 and/or v1 hierarchies (hybrid hosts mount both)."""
-
-    def __init__(self, dirs: dict[str, Path], enforced: dict[str, str]) -> None:
-        self.dirs = dirs
-        """"v2" → the unified cgroup; "pids"/"memory"/"cpu" → a v1 cgroup of that controller."""
-        self.enforced = enforced
-
-    @classmethod
-    def create(cls, label: str, config: SandboxConfig) -> _Cgroup | None:
-        v2_base, v1_bases = _own_cgroups()
-        if delegated := os.environ.get(CGROUP_PARENT_ENV):
-            v2_base = Path(delegated)
-        dirs: dict[str, Path] = {}
-        enforced: dict[str, str] = {}
-        for base in [v2_base, *v1_bases.values()]:
-            if base is not None:
-                _remove_stale(base)
-        if v2_base is not None and _mkdir(v2_base / label):
-            dirs["v2"] = v2_base / label
-            offered = _read(v2_base / "cgroup.controllers").split()
-            for controller in ("pids", "memory", "cpu"):
-                if controller in offered and controller not in v1_bases:
-                    _write(v2_base / "cgroup.subtree_control", f"+{controller}")
-                    if _set_limits(v2_base / label, controller, config, v2=True):
-                        enforced[controller] = "cgroup-v2"
-        for controller, base in v1_bases.items():
-            if controller not in enforced and _mkdir(base / label):
-                dirs[controller] = base / label
-                if _set_limits(base / label, controller, config, v2=False):
-                    enforced[controller] = "cgroup-v1"
-        return cls(dirs, enforced) if dirs else None
-
-    def procs_files(self) -> list[Path]:
-        return [d / "cgroup.procs" for d in self.dirs.values()]
-
-    def pids(self) -> set[int]:
-        found: set[int] = set()
-        for f in self.procs_files():
-            found.update(int(p) for p in _read(f).split())
-        return found
-
-    def oom_kills(self) -> int:
-        """Processes the kernel OOM-killed in this cgroup so far."""
-        events = (self.dirs["memory"] / "memory.oom_control" if "memory" in self.dirs
-                  else self.dirs["v2"] / "memory.events" if "v2" in self.dirs else None)
-        for line in _read(events).splitlines() if events else []:
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-        return 0
-
-    def kill(self) -> None:
-        if "v2" in self.dirs and (self.dirs["v2"] / "cgroup.kill").exists():
-            _write(self.dirs["v2"] / "cgroup.kill", "1")
-        deadline = time.monotonic() + 5
-        while (pids := self.pids()) and time.monotonic() < deadline:
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.01)
-
-    def remove(self) -> None:
-        self.kill()
-        for d in self.dirs.values():
-            for _ in range(50):  # rmdir is refused until the last task has been reaped
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)
-
-
-_V1_FILES = {"pids": ("pids.max",), "memory": ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"),
-             "cpu": ("cpu.cfs_period_us", "cpu.cfs_quota_us")}
-_V2_FILES = {"pids": ("pids.max",), "memory": ("memory.max", "memory.swap.max"), "cpu": ("cpu.max",)}
-
-
-def _set_limits(cgroup: Path, controller: str, config: SandboxConfig, *, v2: bool) -> bool:
-    memory = str(config.memory_mib * 2**20)
-    quota = str(max(1000, int(config.cpus * 100_000)))
-    values = {"pids.max": str(config.pids), "memory.max": memory,
-              "memory.limit_in_bytes": memory, "memory.memsw.limit_in_bytes": memory,
-              "memory.swap.max": "0", "cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": quota,
-              "cpu.max": f"{quota} 100000"}
-    files = (_V2_FILES if v2 else _V1_FILES)[controller]
-    # The first file is the limit itself; the rest (swap) only exist on some hosts.
-    return _write(cgroup / files[0], values[files[0]]) and all(
-        _write(cgroup / f, values[f]) for f in files[1:] if (cgroup / f).exists())
-
-
-def _pid_namespace() -> int:
-    try:
-        return os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return 0
-
-
-def _remove_stale(base: Path) -> None:
-    """rmdir empty sandbox cgroups whose creating process is gone (it crashed before destroy).
-    Only those made from this pid namespace: a pid from another one would look dead here."""
-    for d in base.glob(f"hearth-*-{_pid_namespace()}-*-*"):
-        pid = d.name.split("-")[-2]
-        if pid.isdigit() and not Path("/proc", pid).exists():
-            with contextlib.suppress(OSError):
-                d.rmdir()
-
-
-def _own_cgroups() -> tuple[Path | None, dict[str, Path]]:
-    """This process's cgroup directories: the v2 one, and v1 ones per controller we limit."""
-    try:
-        membership = Path("/proc/self/cgroup").read_text().splitlines()
-        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return None, {}
-    own = {}
-    for line in membership:
-        _, controllers, path = line.split(":", 2)
-        for controller in controllers.split(",") if controllers else ["v2"]:
-            own[controller] = path
-    v2_base: Path | None = None
-    v1: dict[str, Path] = {}
-    for line in mounts:
-        fields, _, tail = line.partition(" - ")
-        parts, fs = fields.split(), tail.split()
-        if len(parts) < 5 or len(fs) < 3 or not parts[4].startswith(str(_CGROUP_ROOT)):
-            continue
-        root, mountpoint = parts[3], Path(parts[4])
-        if fs[0] == "cgroup2" and "v2" in own:
-            v2_base = _under(mountpoint, root, own["v2"]) or v2_base
-        elif fs[0] == "cgroup":
-            for controller in set(fs[2].split(",")) & {"pids", "memory", "cpu"}:
-                if controller in own and (d := _under(mountpoint, root, own[controller])):
-                    v1[controller] = d
-    return v2_base, v1
-
-
-def _under(mountpoint: Path, mount_root: str, path: str) -> Path | None:
-    if not (path == mount_root or path.startswith(mount_root.rstrip("/") + "/")):
-        return None
-    d = mountpoint / path[len(mount_root):].lstrip("/")
-    return d if d.is_dir() else None
-
-
-def _mkdir(path: Path) -> bool:
-    try:
-        path.mkdir()
-    except OSError:
-        return False
-    return True
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
-def _write(path: Path, value: str) -> bool:
-    try:
-        path.write_text(value)
-    except OSError:
-        return False
-    return True

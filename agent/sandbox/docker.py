@@ -13,9 +13,9 @@ with:
 * a worktree's git dirs (its ``.git`` file points outside the workspace) bind-mounted read-only at
   the same path, as the bwrap backend does.
 
-``exec`` runs ``bash -c COMMAND`` through ``docker exec`` and demultiplexes the attach stream
-itself, so output reaches ``on_output`` as it arrives. An exec's first process leads its own
-session; on timeout every process of that session is SIGKILLed from the host (found through
+``exec`` runs ``bash -c COMMAND`` through ``docker exec`` and reads the attach stream with
+docker-py's frame decoder, so output reaches ``on_output`` as it arrives. An exec's first process
+leads its own session; on timeout every process of that session is SIGKILLed from the host (found through
 ``/proc``: containers share the host's kernel), which stops a fork bomb even when the container's
 pid limit would refuse another ``docker exec``. The container, and any concurrent exec, lives on.
 When the command's shell exits, what it left running in the background is killed the same way
@@ -38,15 +38,16 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
-import signal
 import socket
-import struct
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from docker.utils.socket import STDERR, frames_iter
+
+from agent import processes
 from agent.sandbox.base import (
     GUEST_WORKSPACE,
     ExecResult,
@@ -55,15 +56,15 @@ from agent.sandbox.base import (
     SandboxCrashed,
     SandboxError,
     SandboxUnavailable,
-    resolve_inside,
 )
-from agent.sandbox.docker_engine import BASE_ENV, BASE_IMAGE, docker_client, image_exists
-from agent.sandbox.files import safe_name
+from agent.sandbox.docker_base_image import BASE_ENV, BASE_IMAGE
+from agent.sandbox.docker_engine import docker_client, image_exists
+from agent.sandbox.files import guest_dir, read_inside, safe_name, worktree_git_dirs, write_inside
+from agent.sandbox.output import OutputEmitter, TailBuffer
 from agent.sandbox.snapshots import WorkspaceSnapshots, snapshot_root
 
 IMAGE_ENV = "HEARTH_DOCKER_SANDBOX_IMAGE"
 SNAPSHOT_REPOSITORY = "hearth/snapshot"
-OUTPUT_CAP_CHARS = 1_000_000
 TIMEOUT_EXIT_CODE = 124
 SHELL = ["bash", "-c"]
 
@@ -93,7 +94,7 @@ class DockerSandbox:
         if not image_exists(self.client, self.image):
             raise SandboxUnavailable(
                 f"docker image {self.image} is missing: build it with "
-                f"`python -m agent.sandbox.docker_engine base-image`"
+                f"`hearth docker base-image`"
             )
         self.snapshot_root = snapshot_root(self.workspace, self.name)
         self._files = WorkspaceSnapshots(self.workspace, self.snapshot_root)
@@ -136,16 +137,7 @@ class DockerSandbox:
         """Whether the container's processes are this host's (so a timeout can kill them by pid)."""
 
     def _git_dirs(self) -> list[Path]:
-        dotgit = self.workspace / ".git"
-        if not dotgit.is_file():
-            return []
-        text = dotgit.read_text(errors="replace").strip()
-        if not text.startswith("gitdir:"):
-            return []
-        gitdir = (self.workspace / text.removeprefix("gitdir:").strip()).resolve()
-        common = gitdir / "commondir"
-        dirs = {gitdir, (gitdir / common.read_text().strip()).resolve() if common.is_file() else gitdir}
-        return [d for d in sorted(dirs) if d.is_dir() and not d.is_relative_to(self.workspace)]
+        return [d for d in worktree_git_dirs(self.workspace) if not d.is_relative_to(self.workspace)]
 
     def _remove_container(self) -> None:
         if self.container is None:
@@ -166,7 +158,7 @@ class DockerSandbox:
         on_output: OutputCallback | None = None,
     ) -> ExecResult:
         self._check_alive()
-        guest_cwd = self._guest_cwd(cwd)
+        guest_cwd = guest_dir(self.workspace, cwd)
         timeout = self.config.exec_timeout_s if timeout_s is None else timeout_s
         api = self.client.api
         started = time.monotonic()
@@ -186,18 +178,18 @@ class DockerSandbox:
                 timed_out = True
                 self._kill_exec(leader, local)
                 break
-            if local and not _alive(leader):
-                _kill_session(leader)  # the shell is gone: what it left behind goes too
+            if local and not processes.alive(leader):
+                processes.kill_session(leader)  # the shell is gone: what it left behind goes too
                 break
         if not reader.done.wait(10):
             if local:
-                _kill_session(leader)
+                processes.kill_session(leader)
             if not reader.done.wait(5):
                 reader.close()
         reader.thread.join(5)
         info = _exec_inspect(api, exec_id)
-        if local and not _alive(leader):
-            _kill_session(leader)  # background processes the shell left behind
+        if local and not processes.alive(leader):
+            processes.kill_session(leader)  # background processes the shell left behind
         duration_ms = (time.monotonic() - started) * 1000
         reader.emit.reraise()
         stdout, stderr = reader.text("stdout"), reader.text("stderr")
@@ -218,7 +210,7 @@ class DockerSandbox:
 
     def _kill_exec(self, leader: int, local: bool) -> None:
         if local:
-            _kill_session(leader)
+            processes.kill_session(leader)
             return
         # A remote daemon: no host pids to signal, so restart the container (its workspace survives).
         with contextlib.suppress(Exception):
@@ -239,24 +231,15 @@ class DockerSandbox:
         new, self._oom_seen = count > self._oom_seen, max(count, self._oom_seen)
         return new
 
-    def _guest_cwd(self, cwd: str) -> str:
-        host = resolve_inside(self.workspace, cwd)
-        if not host.is_dir():
-            raise SandboxError(f"cwd {cwd!r} is not a directory in the workspace")
-        rel = host.relative_to(self.workspace).as_posix()
-        return GUEST_WORKSPACE if rel == "." else f"{GUEST_WORKSPACE}/{rel}"
-
     # -- files -----------------------------------------------------------------------------------
 
     def read_file(self, path: str) -> str:
         self._check_alive()
-        return resolve_inside(self.workspace, path).read_text()
+        return read_inside(self.workspace, path)
 
     def write_file(self, path: str, content: str) -> None:
         self._check_alive()
-        target = resolve_inside(self.workspace, path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
+        write_inside(self.workspace, path, content)
 
     # -- snapshots -------------------------------------------------------------------------------
 
@@ -332,24 +315,28 @@ class DockerSandbox:
 
 
 def _exec_inspect(api: Any, exec_id: str) -> dict[str, Any]:
-    for _ in range(100):
-        info: dict[str, Any] = api.exec_inspect(exec_id)
-        if not info.get("Running"):
-            return info
-        time.sleep(0.02)
-    return {}
+    """The exec's final state ({} if it still runs after two seconds)."""
+    info: dict[str, Any] = {}
+
+    def finished() -> bool:
+        nonlocal info
+        info = api.exec_inspect(exec_id)
+        return not info.get("Running")
+
+    return info if processes.wait_until(finished, 2.0, 0.02) else {}
 
 
 def _exec_pid(api: Any, exec_id: str) -> int:
     """The host pid of the exec's first process (0 if it has already ended or is not visible)."""
-    for _ in range(200):
+    pid = 0
+
+    def known() -> bool:
+        nonlocal pid
         info = api.exec_inspect(exec_id)
-        if info.get("Pid"):
-            return int(info["Pid"])
-        if info.get("ExitCode") is not None and not info.get("Running"):
-            return 0
-        time.sleep(0.01)
-    return 0
+        pid = int(info.get("Pid") or 0)
+        return bool(pid) or (info.get("ExitCode") is not None and not info.get("Running"))
+
+    return pid if processes.wait_until(known, 2.0, 0.01) else 0
 
 
 def _in_container(pid: int, container_id: str) -> bool:
@@ -360,96 +347,28 @@ def _in_container(pid: int, container_id: str) -> bool:
         return False
 
 
-def _stat_fields(pid: int) -> list[str]:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rfind(")") + 2:].split()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return _stat_fields(pid)[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
-def _session_members(sid: int) -> list[int]:
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = _stat_fields(int(entry.name))
-        except (OSError, IndexError):
-            continue
-        if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
-
-
-def _kill_session(sid: int, timeout_s: float = 10.0) -> None:
-    """SIGKILL every process of session ``sid`` until none is left (a fork bomb keeps forking)."""
-    deadline = time.monotonic() + timeout_s
-    while (members := _session_members(sid)) and time.monotonic() < deadline:
-        for pid in members:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.01)
-
-
-class _Emitter:
-    def __init__(self, callback: OutputCallback | None) -> None:
-        self._callback = callback
-        self._error: BaseException | None = None
-
-    def __call__(self, stream: str, text: str) -> None:
-        if self._callback is None or self._error is not None:
-            return
-        try:
-            self._callback(stream, text)
-        except Exception as exc:
-            self._error = exc
-
-    def reraise(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-
 class _StreamReader:
-    """Reads a docker attach stream (8-byte frame headers: stream, 0, 0, 0, big-endian length)."""
+    """Reads a docker attach stream with docker-py's frame decoder (``frames_iter``, what
+    ``demux=True`` uses), on a socket of our own so that a stuck exec can be cut off."""
 
     def __init__(self, sock: Any, callback: OutputCallback | None) -> None:
         self._sock = sock
-        self.emit = _Emitter(callback)
+        self.emit = OutputEmitter(callback)
         self.done = threading.Event()
-        self._chunks: dict[str, list[str]] = {"stdout": [], "stderr": []}
-        self._sizes = {"stdout": 0, "stderr": 0}
-        self._dropped = {"stdout": 0, "stderr": 0}
-        self._decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in self._chunks}
+        self._buffers = {"stdout": TailBuffer(), "stderr": TailBuffer()}
+        self._decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in self._buffers}
         self.thread = threading.Thread(target=self._run, name="docker-exec-stream", daemon=True)
         self.thread.start()
 
     def _raw(self) -> Any:
         return getattr(self._sock, "_sock", self._sock)
 
-    def _read_exactly(self, n: int) -> bytes:
-        data = b""
-        raw = self._raw()
-        while len(data) < n:
-            chunk = raw.recv(n - len(data)) if isinstance(raw, socket.socket) else raw.read(n - len(data))
-            if not chunk:
-                raise EOFError
-            data += chunk
-        return data
-
     def _run(self) -> None:
         try:
-            while True:
-                header = self._read_exactly(8)
-                kind, length = header[0], struct.unpack(">I", header[4:])[0]
-                payload = self._read_exactly(length) if length else b""
-                stream = "stderr" if kind == 2 else "stdout"
+            for stream_id, payload in frames_iter(self._raw(), tty=False):
+                stream = "stderr" if stream_id == STDERR else "stdout"
                 self._add(stream, self._decoders[stream].decode(payload))
-        except (EOFError, OSError, ValueError):
+        except (OSError, ValueError):
             pass
         finally:
             for stream, decoder in self._decoders.items():
@@ -463,25 +382,12 @@ class _StreamReader:
                 sock.close()
 
     def _add(self, stream: str, text: str) -> None:
-        if not text:
-            return
-        self.emit(stream, text)
-        self._chunks[stream].append(text)
-        self._sizes[stream] += len(text)
-        if self._sizes[stream] > 2 * OUTPUT_CAP_CHARS:
-            self._trim(stream)
-
-    def _trim(self, stream: str) -> None:
-        joined = "".join(self._chunks[stream])
-        self._dropped[stream] += max(0, len(joined) - OUTPUT_CAP_CHARS)
-        self._chunks[stream] = [joined[-OUTPUT_CAP_CHARS:]]
-        self._sizes[stream] = len(self._chunks[stream][0])
+        if text:
+            self.emit(stream, text)
+            self._buffers[stream].add(text)
 
     def text(self, stream: str) -> str:
-        self._trim(stream)
-        body = self._chunks[stream][0] if self._chunks[stream] else ""
-        dropped = self._dropped[stream]
-        return f"[… {dropped} earlier characters dropped …]\n{body}" if dropped else body
+        return self._buffers[stream].text()
 
     def close(self) -> None:
         raw = self._raw()

@@ -24,6 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
+from agent.processes import wait_until
 from agent.sandbox.base import SandboxError
 from agent.sandbox.files import copy_tree, remove_entry, remove_tree
 
@@ -225,9 +226,7 @@ def _settle(manifest: _Manifest) -> None:
     """Return once the clock is past every recorded ctime, so that any later change to an entry
     gets a different ctime; a ctime the clock does not pass (it went backwards) is never trusted."""
     newest = max((entry[1] for entry in manifest.values()), default=0)
-    deadline = time.monotonic() + 0.2
-    while time.time_ns() <= newest + _CLOCK_TICK_NS and time.monotonic() < deadline:
-        time.sleep(0.002)
+    wait_until(lambda: time.time_ns() > newest + _CLOCK_TICK_NS, 0.2, 0.002)
     horizon = time.time_ns() - _CLOCK_TICK_NS
     for rel, (_, ctime_ns, size, mode) in manifest.items():
         if ctime_ns >= horizon:

@@ -9,6 +9,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 case "${1:-start}" in
-  models-image) python3 -m agent.sandbox.docker_engine base-image >/dev/null && python3 -m agent.models.docker_runtime build-image ;;
-  *) exec python3 -m agent.sandbox.docker_engine "${1:-start}" ;;
+  models-image) python3 -m cluster.cli docker base-image >/dev/null && python3 -m cluster.cli model build-image ;;
+  *) exec python3 -m cluster.cli docker "${1:-start}" ;;
 esac

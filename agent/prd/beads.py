@@ -17,9 +17,10 @@ form ``ralph-tui convert --to beads`` writes), which is then cut from the step's
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, NoReturn
 
-from agent.prd import PrdError, Step, _show
+from agent.prd.model import PrdError, PrdFormat, Step, TaskPlan, build_plan, show_json
 
 _BLOCKING = frozenset({"blocks", "conditional-blocks", "waits-for"})
 _CRITERIA_HEADING = re.compile(r"^#{1,6}[ \t]*Acceptance Criteria[ \t]*:?[ \t]*$", re.I | re.M)
@@ -39,14 +40,21 @@ def unwrap_bd_json(value: dict[str, Any] | list[Any], source: str) -> list[tuple
     """Issues from ``bd list/ready/show --json``: a bare array, a single object, or an envelope."""
     if isinstance(value, dict) and "schema_version" in value and ("data" in value or "error" in value):
         if "error" in value:
-            problem = f"bd reported an error: {_show(value['error'])} (code {_show(value.get('code'))})"
+            problem = f"bd reported an error: {show_json(value['error'])} (code {show_json(value.get('code'))})"
             raise PrdError(source, problem)
         value = value["data"]
     if isinstance(value, dict):
         return [("issue", value)]
     if isinstance(value, list):
         return [(f"[{i}]", item) for i, item in enumerate(value)]
-    raise PrdError(source, f"bd envelope data must be an issue or an array of issues, got {_show(value)}")
+    raise PrdError(source, f"bd envelope data must be an issue or an array of issues, got {show_json(value)}")
+
+
+def beads_plan(values: list[tuple[str, Any]], source: str, hint: str, fmt: PrdFormat) -> TaskPlan:
+    """The plan of parsed issues; without a single epic it is named after the file."""
+    default_name = Path(hint).stem if hint and not hint.startswith("<") else "beads"
+    name, description, steps, done = read_beads(values, source, default_name)
+    return build_plan(source, fmt, name, description, None, steps, done, "dependencies")
 
 
 def read_beads(
@@ -57,7 +65,7 @@ def read_beads(
     where: dict[str, str] = {}
     for place, value in values:
         if not isinstance(value, dict):
-            raise PrdError(source, f"expected an issue object, got {_show(value)}", story=place)
+            raise PrdError(source, f"expected an issue object, got {show_json(value)}", story=place)
         if value.get("_type", "issue") != "issue":
             continue  # memory lines and any other non-issue export record
         issue = _checked(value, place, source)
@@ -89,28 +97,28 @@ def _checked(raw: dict[str, Any], place: str, source: str) -> dict[str, Any]:
         raise PrdError(source, problem, story=label, field=field)
 
     if label != raw.get("id"):
-        fail("id", f"missing required field: a non-empty string, got {_show(raw.get('id'))}")
+        fail("id", f"missing required field: a non-empty string, got {show_json(raw.get('id'))}")
     title = raw.get("title")
     if not isinstance(title, str):
-        fail("title", f"missing required field: a string, got {_show(title)}")
+        fail("title", f"missing required field: a string, got {show_json(title)}")
     issue: dict[str, Any] = {"id": label, "title": title}
     for key, default in (("description", ""), ("acceptance_criteria", ""), ("notes", ""), ("status", "open"),
                          ("issue_type", "task"), ("parent", None)):
         value = raw.get(key)
         if value is not None and not isinstance(value, str):
-            fail(key, f"must be a string, got {_show(value)}")
+            fail(key, f"must be a string, got {show_json(value)}")
         issue[key] = default if value is None else value
     priority = 2 if raw.get("priority") is None else raw["priority"]
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 4:
-        fail("priority", f"must be an integer 0-4 (0 = highest), got {_show(priority)}")
+        fail("priority", f"must be an integer 0-4 (0 = highest), got {show_json(priority)}")
     issue["priority"] = priority
     labels = [] if raw.get("labels") is None else raw["labels"]
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
-        fail("labels", f"must be a list of strings, got {_show(labels)}")
+        fail("labels", f"must be a list of strings, got {show_json(labels)}")
     issue["labels"] = labels
     edges = [] if raw.get("dependencies") is None else raw["dependencies"]
     if not isinstance(edges, list):
-        fail("dependencies", f"must be a list, got {_show(edges)}")
+        fail("dependencies", f"must be a list, got {show_json(edges)}")
     issue["edges"] = []
     for edge in edges:
         # bd list/export: {issue_id, depends_on_id, type}; bd show: an issue with dependency_type
@@ -118,7 +126,7 @@ def _checked(raw: dict[str, Any], place: str, source: str) -> dict[str, Any]:
         target = record.get("depends_on_id", record.get("id"))
         kind = record.get("type") or record.get("dependency_type") or "blocks"
         if not isinstance(target, str) or not isinstance(kind, str):
-            fail("dependencies", f"each dependency needs a depends_on_id and a type, got {_show(edge)}")
+            fail("dependencies", f"each dependency needs a depends_on_id and a type, got {show_json(edge)}")
         if record.get("issue_id", label) != label:
             continue  # a record about some other issue (bd dep list --direction up)
         if kind == "parent-child" and issue["parent"] is None:

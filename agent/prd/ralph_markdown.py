@@ -3,14 +3,14 @@
 Same regexes, same description and priority rules, so a markdown PRD and the prd.json that
 ``ralph-tui convert --to json`` makes from it give the same steps. One deliberate difference:
 ralph-tui guesses stories from any "Heading: text" when no ``### US-001: Title`` heading exists;
-Hearth refuses such a file instead of guessing. Id checks and ordering are ``agent.prd``'s job.
+Hearth refuses such a file instead of guessing. Ordering is ``agent.prd.model.build_plan``'s job.
 """
 
 from __future__ import annotations
 
 import re
 
-from agent.prd import PrdError, Step
+from agent.prd.model import PrdError, Step, TaskPlan, build_plan, check_ids
 
 TITLE = re.compile(r"^#[^\S\n]+(?:PRD:[^\S\n]*)?(.+)$", re.M)  # ralph matches line by line
 STORY = re.compile(
@@ -30,6 +30,13 @@ _DESCRIPTION_STOP = re.compile(r"^\*\*(Acceptance Criteria|Priority|Depends on|L
 
 def looks_like_markdown_prd(text: str) -> bool:
     return bool(TITLE.search(text)) or any(STORY.match(line) for line in text.split("\n"))
+
+
+def markdown_plan(text: str, source: str) -> TaskPlan:
+    """A markdown PRD's plan: ids checked, open steps ordered (markdown has no finished stories)."""
+    name, description, branch, steps = parse_markdown(text, source)
+    check_ids(source, steps, "Depends on")
+    return build_plan(source, "ralph-markdown", name, description, branch, steps, set(), "Depends on")
 
 
 def parse_markdown(text: str, source: str) -> tuple[str, str, str | None, list[Step]]:
