@@ -47,9 +47,9 @@ mount --bind -o ro "$HEARTH_BOX_CODE" /tmp/hearth-code
 mount -t tmpfs tmpfs "$HEARTH_BOX_CODE"
 mount --bind "$HEARTH_BOX_STATE" /tmp/state
 mount -t tmpfs tmpfs "$HEARTH_BOX_STATES"
-if [ -n "${HEARTH_BOX_MODELS:-}" ]; then
-  mkdir -p /tmp/home/.local/share/hearth
-  mount --bind -o ro "$HEARTH_BOX_MODELS" /tmp/home/.local/share/hearth
+if [ -n "${HEARTH_BOX_MODELS:-}" ]; then  # the embedded model's npm packages, as setup.sh installed them
+  mkdir -p /tmp/home/.local/share/hearth/embedded-model
+  mount --bind -o ro "$HEARTH_BOX_MODELS" /tmp/home/.local/share/hearth/embedded-model
 fi
 hostname "$HEARTH_BOX_NAME"
 umask 077
@@ -207,7 +207,7 @@ class Box:
         """The box's state dir as the test sees it (the box sees it as /tmp/state)."""
 
     def start(self) -> None:
-        models = Path.home() / ".local" / "share" / "hearth"
+        models = Path.home() / ".local" / "share" / "hearth" / "embedded-model"
         self.state.mkdir(parents=True, exist_ok=True)
         self.state.chmod(0o700)
         env = {**os.environ, "HEARTH_BOX_TOKEN": (self.head.state / "ray-token").read_text().strip(),

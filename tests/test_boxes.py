@@ -20,7 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from boxes_fixtures import RAN, REPO, Box, Head, boxes_cluster, command_form, process_running, wait_until
+from boxes_fixtures import (
+    RAN,
+    REPO,
+    Box,
+    Head,
+    boxes_cluster,
+    command_form,
+    free_port,
+    process_running,
+    wait_until,
+)
 
 from cluster.node_join import JoinError, probe_head
 
@@ -82,6 +92,34 @@ def test_boxes_share_nothing_but_the_network(lab: tuple[Head, list[Box]], projec
     bound = listeners(set(head.session_pids(info["ray_pid"])) | set(head.session_pids(info["sidecar_pid"])))
     assert bound and all(address in {"127.0.0.2", "127.0.0.1", "*", "0.0.0.0", "::"} for address, _ in bound), bound
     assert any(address == "127.0.0.2" for address, _ in bound)
+
+
+def test_a_one_box_head_keeps_to_loopback_and_survives_a_sidecar_crash(project: Path, tmp_path: Path) -> None:
+    """`hearth up` with no --host: every listener on 127.0.0.1 (Ray would pick the LAN address by
+    itself); a sidecar crash mid-task, then `hearth up` again: only the sidecar starts, the attempt
+    carries on (restarting Ray would lose it to node_lost)."""
+    head = Head(tmp_path / "one-box-state", host="127.0.0.1")
+    head.state.mkdir()
+    head._port = free_port()
+    try:
+        head.cli("up", "--port", str(head._port), "--slots", "1")
+        info = head.info()
+        assert info is not None
+        bound = listeners(set(head.session_pids(info["ray_pid"])) | set(head.session_pids(info["sidecar_pid"])))
+        assert bound and {address for address, _ in bound} == {"127.0.0.1"}, bound
+        task_id = head.submit(project, "scripted:sleep-6")
+        wait_until(lambda: head.task(task_id)["state"] == "running", 180, f"{task_id} running")
+        os.kill(info["sidecar_pid"], signal.SIGKILL)
+        again = head.cli("up", "--port", str(head._port), "--slots", "1")
+        assert "starting only the sidecar again" in again.stdout, again.stdout
+        after = head.info()
+        assert after is not None and after["ray_pid"] == info["ray_pid"]
+        wait_until(lambda: head.task(task_id)["state"] in FINAL, 300, f"{task_id} finished")
+        task = head.task(task_id)
+        assert task["state"] == "completed" and task["attempts"] == 1, task
+        _assert_no_event_lost(_events(head, task_id))
+    finally:
+        head.cli("down", check=False)
 
 
 def test_ray_refuses_a_wrong_token_and_boxes_say_so(lab: tuple[Head, list[Box]], tmp_path: Path) -> None:
