@@ -23,6 +23,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -38,6 +39,7 @@ LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
 VERSION_LABEL = "hearth-version"
 RAY_VERSION_LABEL = "ray-version"
 ROLE_LABEL = "hearth-role"
+BOX_LABEL = "hearth-box"
 
 
 class JoinError(RuntimeError):
@@ -89,6 +91,13 @@ def refusal(labels: dict[str, str], head_hearth: str, head_ray: str) -> str | No
 
 def box_name() -> str:
     return socket.gethostname()
+
+
+def box_labels(role: str) -> dict[str, str]:
+    """``hearth-role`` (head or box) and ``hearth-box`` (the hostname, as a Ray label value), so a
+    project can pin tasks to a box by name: ``allowed_nodes = ["hearth-box=anvil"]``."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", box_name()).strip("-")[:63] or "box"
+    return {ROLE_LABEL: role, BOX_LABEL: name}
 
 
 def parse_address(address: str) -> tuple[str, int]:

@@ -27,8 +27,8 @@ from agent import processes
 from cluster import local
 from cluster.node_join import (
     RAY_TOKEN_FILE,
-    ROLE_LABEL,
     JoinError,
+    box_labels,
     box_name,
     check_join,
     install_token,
@@ -73,14 +73,14 @@ def head_ray_command(*, host: str, port: int, slots: int, temp_dir: Path) -> lis
     server); the agent and client-server ports are free ones, so several nodes can share a machine."""
     return _ray("--head", f"--port={port}", f"--node-ip-address={host}", "--include-dashboard=false",
                 *([f"--num-cpus={slots}"] if slots else []), *ray_start_args(inventory(with_models=False), slots=slots,
-                                                       extra_labels={ROLE_LABEL: "head"}),
+                                                       extra_labels=box_labels("head")),
                 f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={_free_port()}",
                 f"--ray-client-server-port={_free_port()}")
 
 
 def worker_ray_command(*, address: str, host: str, slots: int | None, temp_dir: Path) -> list[str]:
     return _ray(f"--address={address}", f"--node-ip-address={host}",
-                *ray_start_args(inventory(with_models=False), slots=slots, extra_labels={ROLE_LABEL: "box"}),
+                *ray_start_args(inventory(with_models=False), slots=slots, extra_labels=box_labels("box")),
                 f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={_free_port()}")
 
 

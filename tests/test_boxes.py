@@ -8,6 +8,7 @@ last, because it leaves one box.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import git
 import pytest
 from boxes_fixtures import (
     RAN,
@@ -31,7 +33,9 @@ from boxes_fixtures import (
     process_running,
     wait_until,
 )
+from tests_support import configure
 
+from agent.project import task_branch
 from cluster.node_join import JoinError, probe_head
 
 pytestmark = pytest.mark.boxes
@@ -84,6 +88,7 @@ def test_boxes_share_nothing_but_the_network(lab: tuple[Head, list[Box]], projec
     assert {a: (n["slots"], n["alive"], n["refused"]) for a, n in nodes.items()} == {
         "127.0.0.2": (0, True, None), "127.0.0.3": (1, True, None), "127.0.0.4": (1, True, None)}
     assert nodes["127.0.0.2"]["labels"]["hearth-role"] == "head"
+    assert {nodes[b.ip]["labels"]["hearth-box"] for b in boxes} == {b.name for b in boxes}
     assert head.api("GET", "/v1/policy")["aging_s"] == 123  # [scheduler] of head.toml reached the scheduler
     # Ray's parts listen on the address given (or on loopback), or, where Ray cannot be told, on every
     # interface; never on some other address of this machine (the LAN address Ray picks by itself).
@@ -215,6 +220,112 @@ def test_a_box_killed_mid_step_restarts_the_task_on_the_other_box(lab: tuple[Hea
     told = head.cli("logs", task_id).stdout
     assert "re-queued (node_lost), from step 0" in told
     assert re.search(rf"{task_id}\s.*completed", head.cli("tasks").stdout)
+
+
+def _embedded_missing() -> str | None:
+    from agent.models.base import ModelUnavailable
+    from agent.models.embedded_install import default_app_dir, find_node, gguf_path, npm_deps_ready
+
+    try:
+        find_node()
+        gguf_path("smollm2-135m")
+    except ModelUnavailable as exc:
+        return str(exc)
+    return None if npm_deps_ready(default_app_dir()) else "node-llama-cpp is not installed"
+
+
+def test_the_demo_prd_completes_on_a_box_and_its_checkpoints_land_on_the_head(
+        lab: tuple[Head, list[Box]], project: Path) -> None:
+    """The quick-start demo with the real embedded model (CPU), served on the box that runs it."""
+    missing = _embedded_missing()
+    if missing and os.environ.get("CI"):
+        pytest.fail(f"CI must have the embedded model (deploy/setup.sh installs it): {missing}")
+    if missing:
+        pytest.skip(f"embedded model unavailable: {missing}")
+    head, boxes = lab
+    task_id = head.submit(project, "embedded:smollm2-135m")
+    wait_until(lambda: head.task(task_id)["state"] in FINAL, 900, f"{task_id} finished", interval_s=2)
+    task = head.task(task_id)
+    assert task["state"] == "completed", task["message"]
+    nodes = {n["node_id"]: n["address"] for n in head.api("GET", "/v1/nodes")}
+    assert nodes[task["node_id"]] in {b.ip for b in boxes}  # the head runs no tasks
+    repo = git.Repo(project)
+    branch = task_branch(task_id)
+    subjects = [c.summary for c in repo.iter_commits(f"{task['spec']['base_commit']}..{branch}")]
+    assert subjects == ["US-002: Create goodbye file", "US-001: Create hello file"]
+    prd = json.loads(repo.git.show(f"{branch}:tasks/prd.json"))
+    assert [s["passes"] for s in prd["userStories"]] == [True, True]
+    assert repo.head.commit.hexsha == task["spec"]["base_commit"]  # the user's checkout is untouched
+
+
+def _parked_in_step_2(head: Head, task_id: str) -> bool:
+    task = head.task(task_id)
+    asked = [e for e in _events(head, task_id) if e.kind == "clarification_requested"]
+    return task["state"] == "waiting_input" and task["attempt_id"] is None and asked[-1].step_id == "US-002"
+
+
+def test_an_answer_while_its_box_is_full_resumes_on_the_other_box_from_its_last_checkpoint(
+        lab: tuple[Head, list[Box]], project: Path) -> None:
+    head, _ = lab
+    task_id = head.submit(project, "scripted:ask")
+    wait_until(lambda: head.task(task_id)["state"] == "waiting_input", 180, f"{task_id} asks")
+    head.cli("answer", task_id, "blue")
+    wait_until(lambda: _parked_in_step_2(head, task_id), 180, f"{task_id} parked asking in step 2")
+    parked = head.task(task_id)
+    step_1 = next(e.commit for e in _events(head, task_id) if e.kind == "checkpoint_ready" and e.step_id == "US-001")
+    nodes = {n["node_id"]: n for n in head.api("GET", "/v1/nodes")}
+    full = nodes[parked["resume_node"]]["labels"]["hearth-box"]
+    # Fill the box the question was asked on; the answer must then go to the other box.
+    configure(project, allowed_nodes=[f"hearth-box={full}"])
+    blocker = head.submit(project, "scripted:sleep-60")
+    wait_until(lambda: head.task(blocker)["state"] == "running", 180, f"{blocker} running on {full}")
+    head.cli("answer", task_id, "green")
+    wait_until(lambda: head.task(task_id)["state"] in FINAL, 300, f"{task_id} finished")
+    head.cli("cancel", blocker)
+    task = head.task(task_id)
+    assert task["state"] == "completed", task["message"]
+    assert nodes[task["node_id"]]["labels"]["hearth-box"] != full
+    events = _events(head, task_id)
+    _assert_no_event_lost(events)
+    last_attempt = task["attempt_id"] or [e.attempt_id for e in events if e.kind == "step_started"][-1]
+    assert [e.step_id for e in events if e.kind == "step_started" and e.attempt_id == last_attempt] == ["US-002"]
+    assert not [e for e in events if e.kind == "task_requeued" and e.from_step == 0]
+    repo = git.Repo(project)
+    assert repo.is_ancestor(step_1, task_branch(task_id))  # step 1's checkpoint was kept, not redone
+    assert repo.git.show(f"{task_branch(task_id)}:answer.txt") == "green"
+
+
+def test_a_project_given_as_a_git_url_completes_and_its_branch_is_pushed_there(
+        lab: tuple[Head, list[Box]], project: Path, tmp_path: Path) -> None:
+    head, _ = lab
+    served = tmp_path / "served"
+    served.mkdir()
+    git.Repo.clone_from(str(project), str(served / "greeting.git"), bare=True)
+    port = free_port()
+    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--listen=127.0.0.1", f"--port={port}",
+                               f"--base-path={served}", "--export-all", "--enable=receive-pack", str(served)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until(lambda: _accepts(port), 30, "git daemon listening")
+        url = f"git://127.0.0.1:{port}/greeting.git"
+        done = head.cli("submit", "tasks/prd.json", "--project", url, "--model", "scripted:demo")
+        task_id = re.search(r"submitted (T-\d+)", done.stdout).group(1)  # type: ignore[union-attr]
+        wait_until(lambda: head.task(task_id)["state"] in FINAL, 300, f"{task_id} finished")
+        task = head.task(task_id)
+        assert task["state"] == "completed", task["message"]
+        bare = git.Repo(served / "greeting.git")
+        prd = json.loads(bare.git.show(f"{task_branch(task_id)}:tasks/prd.json"))
+        assert [s["passes"] for s in prd["userStories"]] == [True, True]
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(timeout=30)
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_every_command_in_the_operations_guide_was_run(lab: tuple[Head, list[Box]]) -> None:
