@@ -347,16 +347,16 @@ def node_start(
     """One command per box: `--head` starts Ray, the scheduler and the sidecar; `--address HEAD:PORT`
     checks the head (reachable, token accepted, same Hearth and Ray) and joins it."""
     from cluster.node_join import JoinError
-    from cluster.node_start import block_box, head_ray_command, join, worker_ray_command
+    from cluster.node_start import block_box, head_ray_command, join, ray_temp_dir, worker_ray_command
 
     if head == bool(address):
         fail("give exactly one of --head or --address HOST:PORT")
     if dry_run:
-        base = local.state_dir()
+        temp_dir = ray_temp_dir(local.state_dir())
         command = (head_ray_command(host=host or "127.0.0.1", port=port or 6379,
-                                    slots=(os.cpu_count() or 1) if slots is None else slots, temp_dir=base / "ray")
+                                    slots=(os.cpu_count() or 1) if slots is None else slots, temp_dir=temp_dir)
                    if head else worker_ray_command(address=str(address), host=host or "<this box>", slots=slots,
-                                                   temp_dir=base / "ray"))
+                                                   temp_dir=temp_dir))
         typer.echo(" ".join(shlex.quote(part) for part in command))
         return
     if head:

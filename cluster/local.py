@@ -87,7 +87,7 @@ def up(*, api_port: int = 8765, ray_port: int = 0, slots: int | None = None, hos
     If Ray is still running but the sidecar is not (it crashed), only the sidecar is started again:
     restarting Ray would lose every running attempt to ``node_lost``.
     """
-    from cluster.node_start import head_ray_command, ray_token
+    from cluster.node_start import head_ray_command, ray_temp_dir, ray_token
 
     base = state_dir()
     token = ensure_token(base)
@@ -109,8 +109,8 @@ def up(*, api_port: int = 8765, ray_port: int = 0, slots: int | None = None, hos
     ray_log = logs / "ray-head.log"
     progress(f"starting Ray head on {host}:{ray_port} ({slots} task slots, token auth on)")
     with ray_log.open("ab") as out:
-        ray_proc = subprocess.Popen(head_ray_command(host=host, port=ray_port, slots=slots, temp_dir=base / "ray"),
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        command = head_ray_command(host=host, port=ray_port, slots=slots, temp_dir=ray_temp_dir(base))
+        ray_proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                     env=_ray_env(token_file, host))
 
     def ray_ready() -> bool:

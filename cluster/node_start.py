@@ -13,10 +13,12 @@ waits on its Ray; the head also starts its sidecar again whenever it dies, and n
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,6 +64,18 @@ def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def ray_temp_dir(base: Path) -> Path:
+    """Where this node's Ray keeps its sessions: ``<state dir>/ray``, unless that path is too long for
+    the unix sockets Ray makes under it (107 bytes, with ~65 of Ray's own); then a short private dir
+    under the system's temp dir, named after the state dir so each node keeps its own."""
+    preferred = base / "ray"
+    if len(str(preferred)) <= 40:
+        return preferred
+    short = Path(tempfile.gettempdir()) / f"hearth-ray-{hashlib.sha256(str(base).encode()).hexdigest()[:10]}"
+    short.mkdir(mode=0o700, exist_ok=True)
+    return short
 
 
 def _ray(*args: str) -> list[str]:
@@ -112,7 +126,7 @@ def join(address: str, *, host: str | None = None, slots: int | None = None, tok
     host = host or address_towards(head_host, port)
     logs = base / "logs"
     logs.mkdir(exist_ok=True)
-    command = worker_ray_command(address=f"{head_host}:{port}", host=host, slots=slots, temp_dir=base / "ray")
+    command = worker_ray_command(address=f"{head_host}:{port}", host=host, slots=slots, temp_dir=ray_temp_dir(base))
     for attempt in range(1, STARTS + 1):
         progress(f"box {box}: starting Ray on {host}, joining {head_host}:{port}")
         try:

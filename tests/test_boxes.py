@@ -51,9 +51,9 @@ def lab() -> Iterator[tuple[Head, list[Box]]]:
 
 
 @pytest.fixture
-def project(lab: tuple[Head, list[Box]], tmp_path: Path) -> Path:
+def project(tmp_path: Path) -> Path:
     """The quick-start example as a project on the head, made with the real `hearth init`."""
-    head, _ = lab
+    head = Head(tmp_path / "cli-state")
     path = tmp_path / "greeting"
     shutil.copytree(REPO / "examples" / "greeting", path)
     for command in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "example"]):

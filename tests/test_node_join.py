@@ -109,6 +109,18 @@ def test_a_box_that_cannot_reach_the_head_fails_fast_naming_both(tmp_path: Path)
     assert stat.S_IMODE(copied.stat().st_mode) == 0o600 and copied.read_text() == "not-the-head's\n"
 
 
+def test_rays_sessions_go_where_its_socket_paths_fit(tmp_path: Path) -> None:
+    from cluster.node_start import ray_temp_dir
+
+    assert ray_temp_dir(Path("/var/lib/hearth")) == Path("/var/lib/hearth/ray")
+    deep = tmp_path / ("a-long-state-directory-name" * 3)
+    short = ray_temp_dir(deep)
+    # Ray's deepest socket: <temp dir>/session_2026-12-01_06-14-55_650085_32080/sockets/plasma_store
+    assert len(f"{short}/session_2026-12-01_06-14-55_650085_32080/sockets/plasma_store") <= 107
+    assert short != ray_temp_dir(tmp_path / ("another-long-state-directory" * 3))
+    assert stat.S_IMODE(short.stat().st_mode) == 0o700
+
+
 def test_the_token_file_is_checked_and_copied_private(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.write_text("")
