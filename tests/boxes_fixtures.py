@@ -116,8 +116,9 @@ class Head:
         self.state = state
         self.host = host
         self.env = {**os.environ, "HEARTH_STATE_DIR": str(state), "PYTHONPATH": str(REPO)}
-        self.box_states = Path(tempfile.mkdtemp(prefix="hearth-boxes-", dir="/var/tmp"))
-        """The boxes' state dirs, outside /tmp (which every box replaces with its own)."""
+        self.box_states = Path("/nonexistent")
+        """The boxes' state dirs, outside /tmp (which every box replaces with its own); set by
+        ``boxes_cluster``."""
 
     def cli(self, *args: str, timeout_s: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
         RAN.add(command_form(["hearth", *args]))
@@ -270,6 +271,7 @@ def boxes_cluster(names_ips: list[tuple[str, str]], slots: int = 1,
     root = Path(tempfile.mkdtemp(prefix="hearth-boxes-"))
     head = Head(root / "head-state")
     head.state.mkdir()
+    head.box_states = Path(tempfile.mkdtemp(prefix="hearth-boxes-", dir="/var/tmp"))
     if head_toml:
         (root / "head.toml").write_text(head_toml)
     head._port = free_port()
