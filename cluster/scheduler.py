@@ -84,8 +84,8 @@ class Scheduler:
         self.pending_loads: PendingLoads = {}
         """Model servers planned on a node that its inventory does not show yet."""
         self.preempted_at: dict[str, float] = {}
-        self.refused: set[str] = set()
-        """Nodes already reported as running another Hearth or Ray than the head."""
+        self.refused: dict[str, str] = {}
+        """Alive nodes that run another Hearth or Ray than the head → why they get no tasks."""
         self._loop_task: asyncio.Task[None] | None = None
         # Ray runs an async actor's __init__ inside its event loop: start cycling right away, so a
         # restarted scheduler (Ray re-runs only __init__) resumes without waiting for a call.
@@ -176,7 +176,9 @@ class Scheduler:
         await self._refresh_inventories(force=not self.inventories)
         missing = self._infeasible(config, model)
         if missing:
-            raise SubmitError(f"no node can ever run this task: {missing}")
+            alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+            refused = "".join(f"; {why}, so it gets no tasks" for node, why in self.refused.items() if node in alive)
+            raise SubmitError(f"no node can ever run this task: {missing}{refused}")
         self.store.put_project(config.name, str(project.path), config.model_dump(mode="json"))
         spec = TaskSpec(task_id="pending", project_path=str(project.path), plan=plan, prd_relpath=prd_relpath,
                         model=model, base_commit=project.head_commit(), config=config)
@@ -205,7 +207,7 @@ class Scheduler:
     def _refusal(self, node: dict[str, Any]) -> str | None:
         reason = refusal(node.get("Labels") or {}, hearth_version(), ray.__version__)
         if reason and node["NodeID"] not in self.refused:
-            self.refused.add(node["NodeID"])
+            self.refused[node["NodeID"]] = f"node {node['NodeID'][:12]} ({node.get('NodeManagerAddress')}) {reason}"
             log.warning("refusing node %s (%s): it %s", node["NodeID"][:12], node.get("NodeManagerAddress"), reason)
         return reason
 
