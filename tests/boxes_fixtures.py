@@ -41,12 +41,18 @@ BOX_SCRIPT = r"""
 set -eu
 token="$HEARTH_BOX_TOKEN"; unset HEARTH_BOX_TOKEN
 mount --make-rprivate /
+# Hold the code and the box's state dir on /mnt first: either may live under /tmp, which goes next.
+mount -t tmpfs tmpfs /mnt
+mkdir /mnt/code /mnt/state
+mount --bind -o ro "$HEARTH_BOX_CODE" /mnt/code
+mount --bind "$HEARTH_BOX_STATE" /mnt/state
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p /tmp/hearth-code /tmp/home /tmp/state
-mount --bind -o ro "$HEARTH_BOX_CODE" /tmp/hearth-code
-mount -t tmpfs tmpfs "$HEARTH_BOX_CODE"
-mount --bind "$HEARTH_BOX_STATE" /tmp/state
-mount -t tmpfs tmpfs "$HEARTH_BOX_STATES"
+mount --move /mnt/code /tmp/hearth-code
+mount --move /mnt/state /tmp/state
+umount /mnt
+[ -d "$HEARTH_BOX_CODE" ] && mount -t tmpfs tmpfs "$HEARTH_BOX_CODE"
+[ -d "$HEARTH_BOX_STATES" ] && mount -t tmpfs tmpfs "$HEARTH_BOX_STATES"
 if [ -n "${HEARTH_BOX_MODELS:-}" ]; then  # the embedded model's npm packages, as setup.sh installed them
   mkdir -p /tmp/home/.local/share/hearth/embedded-model
   mount --bind -o ro "$HEARTH_BOX_MODELS" /tmp/home/.local/share/hearth/embedded-model
