@@ -16,46 +16,19 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 
 class TerminationReason(StrEnum):
-    """Why an attempt (or a task) ended. ``REASONS`` maps each to retry policy and a user sentence."""
+    """Why an attempt (or a task) ended. ``cluster/scheduling/endings.py: ENDINGS`` maps each to the
+    task's next state, whether to retry, and the sentence people see."""
 
     completed = "completed"
     node_lost = "node_lost"
     preempted = "preempted"
-    rejected = "rejected"
     budget = "budget"
-    check_failed = "check_failed"
+    stuck = "stuck"
+    """The loop saw the model make no progress; the step ends (a failure, not retried)."""
     error = "error"
     cancelled = "cancelled"
     waiting_input = "waiting_input"
     """Not an ending of the task: the attempt parked itself to wait for a person's answer."""
-
-
-class ReasonInfo(BaseModel):
-    retry: bool
-    sentence: str
-
-
-REASONS: dict[TerminationReason, ReasonInfo] = {
-    TerminationReason.completed: ReasonInfo(retry=False, sentence="All steps passed their checks."),
-    TerminationReason.node_lost: ReasonInfo(
-        retry=True, sentence="The node running this task was lost; the task restarts from step 0."
-    ),
-    TerminationReason.preempted: ReasonInfo(
-        retry=True, sentence="Paused at a checkpoint to make room for a higher-priority task."
-    ),
-    TerminationReason.rejected: ReasonInfo(retry=False, sentence="A reviewer rejected the work."),
-    TerminationReason.budget: ReasonInfo(
-        retry=False, sentence="A step ran out of its turn or time budget before its check passed."
-    ),
-    TerminationReason.check_failed: ReasonInfo(
-        retry=False, sentence="The project's check command kept failing for a step."
-    ),
-    TerminationReason.error: ReasonInfo(retry=True, sentence="The attempt crashed with an error."),
-    TerminationReason.cancelled: ReasonInfo(retry=False, sentence="The task was cancelled."),
-    TerminationReason.waiting_input: ReasonInfo(
-        retry=True, sentence="Waiting for an answer; the model slot is free until someone replies."
-    ),
-}
 
 
 class _Event(BaseModel):

@@ -71,7 +71,7 @@ class Bench:
 
     def submit(self, project: Path, model: str = "scripted:demo", priority: int | None = None) -> str:
         row = ray.get(self.scheduler.submit.remote(str(project), "tasks/prd.json", None, priority, model))
-        return str(row["id"])
+        return str(row.id)
 
     def events(self, task_id: str) -> list[Any]:
         store = Store(self.db, readonly=True)

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from pydantic import SecretStr  # noqa: E402
+from tests_support import stored_spec  # noqa: E402
 
 from agent.events import ClarificationRequested, TaskCompleted, TaskSubmitted  # noqa: E402
 from cluster.openclaw import GatewayClient, GatewaySettings, Notifier  # noqa: E402
@@ -120,8 +121,7 @@ class StandInGateway:
 
 
 def new_task(store: Store, n: int) -> str:
-    config = {"name": "bench", "notify": {"channel": "telegram", "target": "111"}}
-    spec = {"config": config, "plan": {"steps": [{"id": "US-001", "title": "Bench"}]}}
+    spec = stored_spec("bench", "scripted:demo", {"US-001": "Bench"}, {"channel": "telegram", "target": "111"})
     return store.create_task(project="bench", name=f"bench {n}", priority=50, model="scripted:demo", spec=spec,
                              submitted=TaskSubmitted(task_id="pending", name="b", steps=["US-001"], priority=50)).id
 
@@ -199,6 +199,7 @@ def answer_to_resume(answers: int, phases: dict[str, list[float]]) -> list[float
 
     from cluster.api import create_app
     from cluster.scheduler import get_or_create_scheduler
+    from cluster.scheduler_client import RaySchedulerClient
 
     work = Path(tempfile.mkdtemp(prefix="hearth-bench-events-"))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"hearth_slots": 4},
@@ -209,7 +210,7 @@ def answer_to_resume(answers: int, phases: dict[str, list[float]]) -> list[float
         scheduler = get_or_create_scheduler(str(work / "state"))
         db_path = work / "state" / "hearth.db"
         project = make_project(work, "bench-ask")
-        app = create_app(lambda: scheduler, db_path, "admin")
+        app = create_app(RaySchedulerClient(scheduler), db_path, "admin")
         with Sidecar(app) as sidecar, httpx.Client(base_url=sidecar.url, headers={"Authorization": "Bearer admin"},
                                                    timeout=60) as http:
             while len(samples) < answers:

@@ -52,8 +52,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cluster.policy import decide
-from cluster.policy_model import (
+from cluster.scheduling.policy import decide
+from cluster.scheduling.types import (
     Decisions,
     Eviction,
     GpuState,

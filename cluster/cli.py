@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -19,11 +20,13 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.config import ConfigError, parse_priority
-from agent.events import EventAdapter
+from agent.events import Event
 from agent.prd import PrdError, load_prd
 from agent.project import ProjectError, checkpoint_commits, init_project, task_branch
 from cluster import cli_admin, local
+from cluster.cli_client import SidecarClient, SidecarError
 from cluster.nodes import inventory
+from cluster.store import TaskRow
 
 app = typer.Typer(help="Hearth: turn PRDs into finished work on your own boxes.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -36,38 +39,27 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-class Client:
-    """The sidecar, reached with the token ``hearth up`` wrote."""
+class Client(SidecarClient):
+    """The sidecar, reached with the token ``hearth up`` wrote; its errors end the command."""
 
     def __init__(self) -> None:
         info = local.read_up()
         if info is None:
             fail("Hearth is not running here; start it with `hearth up`", 3)
         assert info is not None
-        self.base = info.api_url
-        self.headers = {"Authorization": f"Bearer {local.ensure_token(local.state_dir())}"}
+        super().__init__(info.api_url, local.ensure_token(local.state_dir()))
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            reply = httpx.request(method, self.base + path, headers=self.headers, timeout=120, **kwargs)
-        except httpx.HTTPError as exc:
-            fail(f"cannot reach the sidecar at {self.base}: {exc}", 3)
-            raise
-        if reply.status_code >= 400:
-            detail = reply.json().get("detail", reply.text) if reply.headers.get("content-type", "").startswith(
-                "application/json") else reply.text
-            fail(str(detail), 2 if reply.status_code in (404, 409, 422) else 3)
-        return reply.json()
+            return super().request(method, path, **kwargs)
+        except SidecarError as exc:
+            fail(str(exc), exc.exit_code)
 
-    def stream_events(self, task_id: str, follow: bool = True) -> Any:
-        params = {"follow": str(follow).lower()}
-        with httpx.stream("GET", f"{self.base}/v1/tasks/{task_id}/events", headers=self.headers,
-                          params=params, timeout=None) as reply:
-            if reply.status_code >= 400:
-                fail(reply.read().decode(errors="replace"), 2)
-            for line in reply.iter_lines():
-                if line.startswith("data:"):
-                    yield EventAdapter.validate_json(line[5:].strip())
+    def stream_events(self, task_id: str, follow: bool = True) -> Iterator[Event]:
+        try:
+            yield from super().stream_events(task_id, follow)
+        except SidecarError as exc:
+            fail(str(exc), exc.exit_code)
 
 
 @app.command()
@@ -201,54 +193,51 @@ def submit(prd: Path,
         raise typer.Exit(_follow(task["id"]))
 
 
+_DESCRIBE: dict[str, Callable[[Any], str]] = {
+    "step_started": lambda e: f"[bold cyan]▶ step {e.index + 1}/{e.total} {e.step_id}[/]: {e.title}",
+    "agent_action": lambda e: f"   · turn {e.turn}: {e.tool} {e.summary}",
+    "check_ran": lambda e: f"   {'[green]✔ check passed' if e.passed else '[yellow]✘ check failed'}[/]",
+    "checkpoint_ready": lambda e: (f"   [green]● checkpoint[/] {e.commit[:10]} "
+                                   f"({', '.join(e.files_changed) or 'no files'})"
+                                   + (" — [magenta]awaiting approval[/]" if e.needs_approval else "")),
+    "clarification_requested": lambda e: (f"   [magenta]? question:[/] {e.question}  "
+                                          f"(answer: hearth answer {e.task_id} \"…\")"),
+    "task_placed": lambda e: f"[dim]placed on node {e.node_id[:12]} (attempt {e.attempt_no})[/]",
+    "task_completed": lambda e: f"[bold green]✔ completed[/] on branch {e.branch}",
+    "task_failed": lambda e: f"[bold red]✘ failed[/] ({e.reason}): {e.message}",
+    "attempt_ended": lambda e: f"[yellow]attempt ended: {e.reason}[/] {e.message}",
+    "task_requeued": lambda e: f"[yellow]re-queued ({e.reason}), from step {e.from_step}[/]",
+}
+"""How ``hearth logs`` shows each kind of event (others: their kind, dimmed)."""
+
+
 def _describe(event: Any) -> str:
-    kind = event.kind
-    if kind == "step_started":
-        return f"[bold cyan]▶ step {event.index + 1}/{event.total} {event.step_id}[/]: {event.title}"
-    if kind == "agent_action":
-        return f"   · turn {event.turn}: {event.tool} {event.summary}"
-    if kind == "check_ran":
-        return f"   {'[green]✔ check passed' if event.passed else '[yellow]✘ check failed'}[/]"
-    if kind == "checkpoint_ready":
-        note = " — [magenta]awaiting approval[/]" if event.needs_approval else ""
-        return f"   [green]● checkpoint[/] {event.commit[:10]} ({', '.join(event.files_changed) or 'no files'}){note}"
-    if kind == "clarification_requested":
-        return f"   [magenta]? question:[/] {event.question}  (answer: hearth answer {event.task_id} \"…\")"
-    if kind == "task_placed":
-        return f"[dim]placed on node {event.node_id[:12]} (attempt {event.attempt_no})[/]"
-    if kind == "task_completed":
-        return f"[bold green]✔ completed[/] on branch {event.branch}"
-    if kind == "task_failed":
-        return f"[bold red]✘ failed[/] ({event.reason}): {event.message}"
-    if kind == "attempt_ended" and event.reason != "completed":
-        return f"[yellow]attempt ended: {event.reason}[/] {event.message}"
-    if kind == "task_requeued":
-        return f"[yellow]re-queued ({event.reason}), from step {event.from_step}[/]"
-    return f"[dim]{kind}[/]"
+    describe = _DESCRIBE.get(event.kind)
+    if describe is None or (event.kind == "attempt_ended" and event.reason == "completed"):
+        return f"[dim]{event.kind}[/]"
+    return describe(event)
 
 
 def _follow(task_id: str) -> int:
     client = Client()
     for event in client.stream_events(task_id):
         console.print(_describe(event), highlight=False)
-    task = client.request("GET", f"/v1/tasks/{task_id}")
-    if task["state"] == "completed":
+    task = TaskRow.model_validate(client.request("GET", f"/v1/tasks/{task_id}"))
+    if task.state == "completed":
         _print_result(task)
         return 0
-    console.print(f"{task_id} ended {task['state']}: {task['message']}")
+    console.print(f"{task_id} ended {task.state.value}: {task.message}")
     return 1
 
 
-def _print_result(task: dict[str, Any]) -> None:
-    spec = task["spec"]
-    branch = task_branch(task["id"])
-    console.print(f"\n[bold]branch[/bold] {branch} in {spec['project_path']}")
-    for commit, subject in checkpoint_commits(Path(spec["project_path"]), task["id"], spec["base_commit"]):
+def _print_result(task: TaskRow) -> None:
+    spec, branch = task.spec, task_branch(task.id)
+    console.print(f"\n[bold]branch[/bold] {branch} in {spec.project_path}")
+    for commit, subject in checkpoint_commits(Path(spec.project_path), task.id, spec.base_commit):
         console.print(f"  {commit[:10]} {subject}")
-    if spec.get("prd_relpath") and spec["plan"]["format"] == "prd-json":
-        repo = git.Repo(spec["project_path"])
-        prd = json.loads(repo.git.show(f"{branch}:{spec['prd_relpath']}"))
-        console.print(f"[bold]{spec['prd_relpath']}[/bold] on {branch}:")
+    if spec.prd_relpath and spec.plan.format == "prd-json":
+        prd = json.loads(git.Repo(spec.project_path).git.show(f"{branch}:{spec.prd_relpath}"))
+        console.print(f"[bold]{spec.prd_relpath}[/bold] on {branch}:")
         for story in prd["userStories"]:
             mark = "[green]passes: true[/]" if story.get("passes") else "[red]passes: false[/]"
             console.print(f"  {story['id']} {story['title']}: {mark}")
@@ -282,8 +271,9 @@ def openclaw_connect(
 ) -> None:
     """Tell Hearth where the gateway is (it then sends questions and approval cards there), and print
     the settings the gateway's hearth plugin needs."""
-    from cluster.api import PLUGIN_TOKEN_FILE, ensure_token_file
+    from cluster.api import PLUGIN_TOKEN_FILE
     from cluster.openclaw import GATEWAY_CONFIG_FILE, GATEWAY_TOKEN_FILE
+    from cluster.private_files import ensure_token_file, write_private
 
     parsed = httpx.URL(url) if "://" in url else None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
@@ -296,11 +286,7 @@ def openclaw_connect(
         fail(f"--token-file {token_file}: the file is empty; it must hold the gateway's gateway.auth.token")
     state = local.state_dir()
     secret = state / GATEWAY_TOKEN_FILE
-    partial = secret.with_suffix(".partial")
-    partial.unlink(missing_ok=True)
-    with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
-        handle.write(token + "\n")
-    partial.replace(secret)
+    write_private(secret, token + "\n")
     (state / GATEWAY_CONFIG_FILE).write_text(json.dumps({"url": url.rstrip("/")}) + "\n")
     plugin_token = state / PLUGIN_TOKEN_FILE
     ensure_token_file(plugin_token)
@@ -413,14 +399,14 @@ def tasks(state: Annotated[str | None, typer.Option(help="Only tasks in this sta
 @app.command()
 def show(task_id: str) -> None:
     """Show one task: state, steps and, once completed, its branch and checkpoints."""
-    task = Client().request("GET", f"/v1/tasks/{task_id}")
-    console.print(f"[bold]{task['id']}[/bold] {task['name']} — {task['state']} (priority {task['priority']})")
-    if task["message"]:
-        console.print(task["message"])
-    for number, step in enumerate(task["spec"]["plan"]["steps"], 1):
-        done = "✔" if number <= task["next_step"] else " "
-        console.print(f"  {done} {step['id']} {step['title']}")
-    if task["state"] == "completed":
+    task = TaskRow.model_validate(Client().request("GET", f"/v1/tasks/{task_id}"))
+    console.print(f"[bold]{task.id}[/bold] {task.name} — {task.state.value} (priority {task.priority})")
+    if task.message:
+        console.print(task.message)
+    for number, step in enumerate(task.spec.plan.steps, 1):
+        done = "✔" if number <= task.next_step else " "
+        console.print(f"  {done} {step.id} {step.title}")
+    if task.state == "completed":
         _print_result(task)
 
 

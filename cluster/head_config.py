@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.config import ConfigError
 from agent.config import _describe as describe_validation_error
-from cluster.policy_model import PolicyConfig
+from cluster.scheduling.types import PolicyConfig
 
 HEAD_CONFIG_FILE = "head.toml"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -21,12 +20,11 @@ import platformdirs
 from pydantic import BaseModel
 
 from agent import processes
+from cluster.private_files import ensure_token_file, private_dir
 
 
 def state_dir() -> Path:
-    path = Path(os.environ.get("HEARTH_STATE_DIR") or platformdirs.user_state_dir("hearth"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return private_dir(Path(os.environ.get("HEARTH_STATE_DIR") or platformdirs.user_state_dir("hearth")))
 
 
 class UpInfo(BaseModel):
@@ -47,11 +45,7 @@ def token_path(base: Path | None = None) -> Path:
 
 
 def ensure_token(base: Path) -> str:
-    path = token_path(base)
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return ensure_token_file(token_path(base))
 
 
 def read_up(base: Path | None = None) -> UpInfo | None:

@@ -34,6 +34,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from cluster.private_files import write_private
+
 RAY_TOKEN_FILE = "ray-token"
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
 VERSION_LABEL = "hearth-version"
@@ -143,11 +145,7 @@ def install_token(state_dir: Path, token_file: Path | None, box: str) -> Path:
     if not token:
         raise JoinError(f"box {box}: --token-file {token_file} is empty; copy the head's "
                         f"<state dir>/{RAY_TOKEN_FILE}", 2)
-    partial = target.with_suffix(".partial")
-    partial.unlink(missing_ok=True)
-    with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
-        handle.write(token + "\n")
-    partial.replace(target)
+    write_private(target, token + "\n")
     return target
 
 

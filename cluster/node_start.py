@@ -53,7 +53,7 @@ class NodeInfo(BaseModel):
 
 def ray_token(base: Path) -> Path:
     """The head's cluster token file (made once, 0600); boxes get a copy (``--token-file``)."""
-    from cluster.api import ensure_token_file
+    from cluster.private_files import ensure_token_file
 
     path = base / RAY_TOKEN_FILE
     ensure_token_file(path)

@@ -152,3 +152,24 @@ def ray_start_args(inv: NodeInventory, *, slots: int | None = None,
     if count == 0:
         args.insert(0, "--num-cpus=0")
     return args
+
+
+class NodeView(BaseModel):
+    """One node as ``hearth nodes`` and ``GET /v1/nodes`` show it."""
+
+    node_id: str
+    alive: bool
+    address: str
+    gpus: list[GpuInfo]
+    vram_total_mib: int
+    vram_free_mib: int
+    nvml: str
+    """'ok', 'unknown' (the node did not answer), or why NVML could not be used."""
+    slots: int
+    """Tasks the node runs at once (its ``hearth_slots`` resource)."""
+    models: list[ModelServerInfo]
+    labels: dict[str, str]
+    running: list[str]
+    """Ids of the tasks placed there."""
+    refused: str | None = None
+    """Why the scheduler places no task there (it runs another Hearth or Ray than the head)."""

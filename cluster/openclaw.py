@@ -48,20 +48,9 @@ import filelock
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from agent.events import (
-    REASONS,
-    AttemptEnded,
-    CheckpointReady,
-    ClarificationRequested,
-    DecisionMade,
-    Event,
-    ModelOutage,
-    TaskCancelled,
-    TaskCompleted,
-    TaskFailed,
-    TaskRequeued,
-)
-from cluster.store import OutboxEntry, Store, TaskRow, UnknownTask
+from cluster.chat_cards import Card, render
+from cluster.errors import HearthError, UnknownTask
+from cluster.store import OutboxEntry, Store, TaskRow
 
 log = logging.getLogger("hearth.openclaw")
 
@@ -69,8 +58,6 @@ GATEWAY_CONFIG_FILE = "openclaw.json"
 """``<state_dir>/openclaw.json``: ``{"url": "http://127.0.0.1:18789"}`` (no secrets in it)."""
 GATEWAY_TOKEN_FILE = "gateway-token"
 """``<state_dir>/gateway-token`` (0600): the gateway's ``gateway.auth.token``."""
-CALLBACK_NAMESPACE = "hearth"
-"""Button callback values are ``hearth:<approve|reject|answer>:<task id>:<event seq>``."""
 
 
 class GatewaySettings(BaseModel):
@@ -95,98 +82,8 @@ def load_gateway_settings(state_dir: Path) -> GatewaySettings | None:
     return GatewaySettings(url=url.rstrip("/"), token=SecretStr(token_file.read_text().strip()))
 
 
-# rendering ---------------------------------------------------------------------------------------
-class Card(BaseModel):
-    """One chat message: text plus optional buttons (label, callback value)."""
-
-    text: str
-    buttons: list[tuple[str, str]] = []
-
-    def presentation(self) -> dict[str, Any] | None:
-        if not self.buttons:
-            return None
-        buttons = [{"label": label, "action": {"type": "callback", "value": value}}
-                   for label, value in self.buttons]
-        return {"blocks": [{"type": "buttons", "buttons": buttons}]}
-
-
-def tag(event: Event) -> str:
-    """``[task T-12 #7]``: how replies and buttons find their way back to a task and an event."""
-    return f"[task {event.task_id} #{event.seq}]"
-
-
-def _step_title(task: TaskRow | None, step_id: str) -> str:
-    if task is None:
-        return ""
-    for step in task.spec.get("plan", {}).get("steps", []):
-        if step.get("id") == step_id:
-            return str(step.get("title", ""))
-    return ""
-
-
-def _clip(text: str, limit: int) -> str:
-    text = text.strip()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def render(event: Event, task: TaskRow | None = None) -> Card:
-    """The chat message for one notifiable event (see ``store.NOTIFY_KINDS``)."""
-    head = tag(event)
-    where = f" ({task.project}: {task.name})" if task else ""
-    if isinstance(event, ClarificationRequested):
-        title = _step_title(task, event.step_id)
-        step = f"{event.step_id} {title}".strip()
-        return Card(
-            text=f"{head} Question{where}, step {step}:\n{event.question}\n\n"
-                 f"Reply to this message with your answer, or send /hearth answer {event.task_id} <text>.",
-            buttons=[("Answer", f"{CALLBACK_NAMESPACE}:answer:{event.task_id}:{event.seq}")],
-        )
-    if isinstance(event, CheckpointReady):
-        title = _step_title(task, event.step_id)
-        files = ", ".join(event.files_changed[:10]) or "(none)"
-        if len(event.files_changed) > 10:
-            files += f" and {len(event.files_changed) - 10} more"
-        check = _clip(event.check_summary, 400) or "(no check output)"
-        return Card(
-            text=f"{head} Checkpoint waiting for approval{where}\n"
-                 f"Step: {event.step_id} {title}".rstrip() + "\n"
-                 f"Commit: {event.commit[:12]}\n"
-                 f"Diff: {_clip(event.diff_stat, 300) or '(empty)'}\n"
-                 f"Files: {files}\n"
-                 f"Check: {check}\n\n"
-                 f"Approve to continue; Reject rolls the step back and redoes it "
-                 f"(/hearth reject {event.task_id} <reason> to say why).",
-            buttons=[("Approve", f"{CALLBACK_NAMESPACE}:approve:{event.task_id}:{event.seq}"),
-                     ("Reject", f"{CALLBACK_NAMESPACE}:reject:{event.task_id}:{event.seq}")],
-        )
-    if isinstance(event, TaskCompleted):
-        commits = ", ".join(c[:10] for c in event.commits[:5])
-        return Card(text=f"{head} Completed{where}. Branch {event.branch}, {len(event.commits)} commit(s)"
-                         + (f": {commits}" if commits else "") + ".")
-    if isinstance(event, TaskFailed):
-        return Card(text=f"{head} Failed{where}: {event.reason.value}. {_clip(event.message, 500)}\n"
-                         f"{REASONS[event.reason].sentence}")
-    if isinstance(event, AttemptEnded):
-        return Card(text=f"{head} Attempt {event.attempt_id or ''} ended: {event.reason.value}{where}. "
-                         f"{REASONS[event.reason].sentence} {_clip(event.message, 300)}".rstrip())
-    if isinstance(event, ModelOutage):
-        after = ("it is back and the step goes on" if event.recovered
-                 else "it did not come back in time; the attempt ends and the task is retried")
-        return Card(text=f"{head} Model {event.model} stopped answering during step {event.step_id}{where}: "
-                         f"{after}. {_clip(event.message, 300)}")
-    if isinstance(event, DecisionMade):
-        verdict = "approved" if event.approve else "rejected"
-        return Card(text=f"{head} Checkpoint of step {event.step_id} {verdict} by {event.who}{where}: "
-                         f"{_clip(event.reason, 300)}")
-    if isinstance(event, TaskCancelled):
-        return Card(text=f"{head} Cancelled by {event.who}{where}.")
-    if isinstance(event, TaskRequeued):
-        return Card(text=f"{head} Re-queued{where} ({event.reason.value}), from step {event.from_step + 1}.")
-    return Card(text=f"{head} {event.kind}{where}")
-
-
 # the gateway -------------------------------------------------------------------------------------
-class DeliveryError(Exception):
+class DeliveryError(HearthError):
     """The gateway did not acknowledge a message (the sentence never contains the token).
 
     ``maybe_delivered``: the request may have reached the gateway (a timeout or a dropped
@@ -310,6 +207,12 @@ class Notifier:
         delay = min(self.backoff_cap_s, self.backoff_base_s * 2 ** max(0, tries - 1))
         return delay * random.uniform(0.8, 1.0)
 
+    async def aclose(self) -> None:
+        """Release the sender's connections (the sidecar is stopping)."""
+        close = getattr(self.sender, "aclose", None)
+        if close is not None:
+            await close()
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Deliver until cancelled (or ``stop`` is set). Waits for the outbox lock first."""
         lock = filelock.FileLock(str(self.lock_path))
@@ -371,8 +274,7 @@ class Notifier:
             task: TaskRow | None = store.task(entry.task_id)
         except UnknownTask:
             task = None
-        notify = (task.spec.get("config", {}).get("notify") or {}) if task else {}
-        channel, target = str(notify.get("channel", "")), str(notify.get("target", ""))
+        channel, target = (task.spec.config.notify.channel, task.spec.config.notify.target) if task else ("", "")
         if not channel or not target:
             store.outbox_ack(entry.event_id, message_id=None,
                              outcome="skipped: no [notify] channel and target")

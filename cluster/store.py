@@ -21,8 +21,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from agent.config import ProjectConfig
 from agent.events import Event, EventAdapter
-from cluster.states import TaskState, transition
+from agent.runner import TaskSpec
+from cluster.errors import UnknownTask
+from cluster.private_files import create_private_file, private_dir
+from cluster.scheduling.states import TaskState, transition
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
@@ -56,7 +60,8 @@ class TaskRow(BaseModel):
     state: TaskState
     priority: int
     model: str
-    spec: dict[str, Any]
+    spec: TaskSpec
+    """What the task runs (its PRD's plan, the project's config at submission)."""
     attempts: int
     next_step: int
     resume_commit: str | None
@@ -82,18 +87,13 @@ class AttemptRow(BaseModel):
     reason: str | None
 
 
-class UnknownTask(KeyError):
-    def __str__(self) -> str:
-        return f"no task {self.args[0]!r}"
-
-
 class Store:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
         if readonly:
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(private_dir(path.parent) / path.name)
             self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
@@ -116,29 +116,29 @@ class Store:
         self.db.execute("COMMIT")
 
     # projects -----------------------------------------------------------------------------------
-    def put_project(self, name: str, path: str, config: dict[str, Any]) -> None:
+    def put_project(self, path: str, config: ProjectConfig) -> None:
         self.db.execute(
             "INSERT INTO projects VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE SET path=excluded.path,"
             " config=excluded.config, updated_at=excluded.updated_at",
-            (name, path, json.dumps(config), time.time()),
+            (config.name, path, config.model_dump_json(), time.time()),
         )
 
-    def projects(self) -> dict[str, dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM projects").fetchall()
-        return {r["name"]: {"path": r["path"], "config": json.loads(r["config"])} for r in rows}
+    def project_paths(self) -> dict[str, str]:
+        """Each project this cluster has run, by name → where it lives."""
+        return {r["name"]: r["path"] for r in self.db.execute("SELECT name, path FROM projects").fetchall()}
 
     # tasks --------------------------------------------------------------------------------------
-    def create_task(self, *, project: str, name: str, priority: int, model: str, spec: dict[str, Any],
+    def create_task(self, *, project: str, name: str, priority: int, model: str, spec: TaskSpec,
                     submitted: Event) -> TaskRow:
         now = time.time()
         with self.tx() as db:
             number = db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM tasks").fetchone()[0]
             task_id = f"T-{number}"
-            spec = {**spec, "task_id": task_id}
+            spec = spec.model_copy(update={"task_id": task_id})
             db.execute(
                 "INSERT INTO tasks (id, number, project, name, state, priority, model, spec, created_at,"
                 " updated_at, queued_since) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (task_id, number, project, name, TaskState.queued, priority, model, json.dumps(spec),
+                (task_id, number, project, name, TaskState.queued, priority, model, spec.model_dump_json(),
                  now, now, now),
             )
             self._append(db, submitted.model_copy(update={"task_id": task_id}))
@@ -222,6 +222,13 @@ class Store:
             (task_id, *kinds),
         ).fetchone()
         return EventAdapter.validate_json(row["body"]) if row else None
+
+    def events_of(self, task_id: str, *kinds: str) -> list[Event]:
+        """The task's events of ``kinds``, in order."""
+        marks = ", ".join("?" for _ in kinds)
+        rows = self.db.execute(f"SELECT body FROM events WHERE task_id = ? AND kind IN ({marks}) ORDER BY seq",
+                               (task_id, *kinds)).fetchall()
+        return [EventAdapter.validate_json(r["body"]) for r in rows]
 
     def events(self, task_id: str, after_seq: int = 0, limit: int = 1000) -> list[Event]:
         rows = self.db.execute(
@@ -350,5 +357,5 @@ def _outbox_row(row: sqlite3.Row) -> OutboxEntry:
 
 def _task_row(row: sqlite3.Row) -> TaskRow:
     data = dict(row)
-    data["spec"] = json.loads(data["spec"])
+    data["spec"] = TaskSpec.model_validate_json(data["spec"])
     return TaskRow.model_validate(data)

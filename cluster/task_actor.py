@@ -56,26 +56,26 @@ class RayController:
         self.link = link
 
     def emit(self, event: Event) -> None:
-        self.link.call("report", event.model_dump(mode="json"))
+        self.link.call("report", event)
 
     def at_checkpoint(self, step_id: str) -> Verdict:
         verdict: Verdict = self.link.call("at_checkpoint", step_id)
         return verdict
 
     def await_decision(self, step_id: str) -> Decision:
-        return Decision.model_validate(self.link.call("await_decision", step_id))
+        decision: Decision = self.link.call("await_decision", step_id)
+        return decision
 
     def await_answer(self, step_id: str, question: str) -> Answer | None:
-        self.link.call("await_answer", step_id, question)
         return None  # park: free the node while people think; the answer starts a new attempt
 
 
 @ray.remote(num_cpus=0, max_concurrency=4)  # type: ignore[call-overload]
 class TaskActor:
-    def __init__(self, spec: dict[str, Any], attempt_id: str, attempt_no: int, start_step: int,
+    def __init__(self, spec: TaskSpec, attempt_id: str, attempt_no: int, start_step: int,
                  resume_commit: str | None, answer: dict[str, str] | None = None,
                  gpu_index: int | None = None) -> None:
-        self.spec = TaskSpec.model_validate(spec)
+        self.spec = spec
         self.attempt_id = attempt_id
         self.attempt_no = attempt_no
         self.start_step = start_step
@@ -86,9 +86,6 @@ class TaskActor:
         self._done = threading.Event()
         self._result: RunResult | None = None
         self._thread: threading.Thread | None = None
-
-    def node_id(self) -> str:
-        return ray.get_runtime_context().get_node_id()
 
     def start(self) -> None:
         if self._thread is None:
@@ -118,7 +115,7 @@ class TaskActor:
         finally:
             self._done.set()
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> RunResult:
         self._done.wait()
         assert self._result is not None
-        return self._result.model_dump(mode="json")
+        return self._result

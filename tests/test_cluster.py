@@ -15,6 +15,7 @@ from tests_support import configure, from_store
 from agent.project import task_branch
 from cluster.api import create_app
 from cluster.scheduler import wait_for
+from cluster.scheduler_client import RaySchedulerClient
 
 pytestmark = pytest.mark.ray
 TOKEN = "test-token"
@@ -23,7 +24,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 def api(scheduler: Any) -> TestClient:
-    return TestClient(create_app(lambda: scheduler, Path(scheduler.state_dir) / "hearth.db", TOKEN))
+    return TestClient(create_app(RaySchedulerClient(scheduler), Path(scheduler.state_dir) / "hearth.db", TOKEN))
 
 
 def task_state(scheduler: Any, task_id: str) -> str:

@@ -52,19 +52,19 @@ def test_the_demo_prd_completes_with_the_embedded_model(scheduler: Any, greeting
     def state() -> str:
         store = Store(db_path, readonly=True)
         try:
-            return store.task(row["id"]).state.value
+            return store.task(row.id).state.value
         finally:
             store.close()
 
     assert wait_for(lambda: state() in {"completed", "failed"}, 600, interval_s=1)
     store = Store(db_path, readonly=True)
     try:
-        task, events = store.task(row["id"]), store.events(row["id"])
+        task, events = store.task(row.id), store.events(row.id)
     finally:
         store.close()
     assert task.state.value == "completed", task.message
     assert sum(1 for e in events if e.kind == "agent_action") >= 2  # the model really drove the steps
-    branch = task_branch(row["id"])
+    branch = task_branch(row.id)
     repo = git.Repo(greeting_project)
     stories = json.loads(repo.git.show(f"{branch}:tasks/prd.json"))["userStories"]
     assert [s["passes"] for s in stories] == [True, True]

@@ -19,7 +19,7 @@ def test_configuration_reference_lists_every_key() -> None:
 
 def test_head_config_reference_lists_every_key() -> None:
     from cluster.head_config import HeadListenConfig
-    from cluster.policy_model import PolicyConfig
+    from cluster.scheduling.types import PolicyConfig
 
     text = (DOCS / "configuration.md").read_text()
     for prefix, model in (("head.", HeadListenConfig), ("scheduler.", PolicyConfig)):

@@ -38,7 +38,7 @@ def test_node_loss_restarts_the_task_from_step_0_on_another_node(ray_cluster: An
     by_id = {w.node_id: w for w in workers}
     configure(greeting_project, allowed_nodes=["pool=failover"], max_attempts=3)
     row = ray.get(scheduler.submit.remote(str(greeting_project), "tasks/prd.json", None, None, "scripted:sleep-4"))
-    task_id = row["id"]
+    task_id = row.id
     assert wait_for(lambda: task(scheduler, task_id).state.value == "running", 60)
     first = task(scheduler, task_id)
     assert first.node_id in by_id
@@ -58,7 +58,7 @@ def test_node_loss_restarts_the_task_from_step_0_on_another_node(ray_cluster: An
     assert attempts[0].reason == "node_lost" and attempts[1].reason == "completed"
     # The branch holds exactly one checkpoint per step: the restart began again from the base commit.
     repo = git.Repo(greeting_project)
-    subjects = [c.summary for c in repo.iter_commits(f"{first.spec['base_commit']}..{task_branch(task_id)}")]
+    subjects = [c.summary for c in repo.iter_commits(f"{first.spec.base_commit}..{task_branch(task_id)}")]
     assert subjects == ["US-002: Create goodbye file", "US-001: Create hello file"]
     for worker in workers:
         if worker.node_id != first.node_id:
@@ -67,7 +67,7 @@ def test_node_loss_restarts_the_task_from_step_0_on_another_node(ray_cluster: An
 
 def test_killing_the_scheduler_loses_nothing(ray_cluster: Any, scheduler: Any, greeting_project: Path) -> None:
     row = ray.get(scheduler.submit.remote(str(greeting_project), "tasks/prd.json", None, None, "scripted:sleep-3"))
-    task_id = row["id"]
+    task_id = row.id
     assert wait_for(lambda: task(scheduler, task_id).state.value == "running", 60)
     pid = ray.get(scheduler.pid.remote())
     os.kill(pid, signal.SIGKILL)  # a crash, not a polite stop: Ray restarts the actor
@@ -91,14 +91,14 @@ def test_high_priority_preempts_a_low_one_at_its_next_checkpoint(ray_cluster: An
     ray_cluster.wait_for_nodes()
     configure(greeting_project, allowed_nodes=["pool=preempt"], max_priority=100)
     low = ray.get(scheduler.submit.remote(str(greeting_project), "tasks/prd.json", None, 20, "scripted:sleep-3"))
-    assert wait_for(lambda: task(scheduler, low["id"]).state.value == "running", 60)
+    assert wait_for(lambda: task(scheduler, low.id).state.value == "running", 60)
     high = ray.get(scheduler.submit.remote(str(greeting_project), "tasks/prd.json", None, 90, "scripted:demo"))
-    assert wait_for(lambda: task(scheduler, low["id"]).state.value in {"yielding", "queued"}, 30)
-    assert wait_for(lambda: task(scheduler, high["id"]).state.value == "completed", 120)
-    assert wait_for(lambda: task(scheduler, low["id"]).state.value == "completed", 120)
+    assert wait_for(lambda: task(scheduler, low.id).state.value in {"yielding", "queued"}, 30)
+    assert wait_for(lambda: task(scheduler, high.id).state.value == "completed", 120)
+    assert wait_for(lambda: task(scheduler, low.id).state.value == "completed", 120)
     db = store_of(scheduler)
     try:
-        low_events, high_events = db.events(low["id"]), db.events(high["id"])
+        low_events, high_events = db.events(low.id), db.events(high.id)
     finally:
         db.close()
     # The victim finished its first step (never interrupted mid-step), yielded, and resumed at step 2.
@@ -109,5 +109,5 @@ def test_high_priority_preempts_a_low_one_at_its_next_checkpoint(ray_cluster: An
     first_done = next(e.at for e in low_events if e.kind == "step_completed")
     high_start = next(e.at for e in high_events if e.kind == "step_started")
     assert high_start >= first_done  # the high task waited for the checkpoint, not for the whole task
-    assert task(scheduler, low["id"]).attempts == 2
+    assert task(scheduler, low.id).attempts == 2
     ray_cluster.remove_node(worker)

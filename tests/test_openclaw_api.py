@@ -10,8 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 from openclaw_fixtures import make_project
 
-from cluster.api import create_app, ensure_token_file
+from cluster.api import create_app
+from cluster.private_files import ensure_token_file
 from cluster.scheduler import wait_for
+from cluster.scheduler_client import RaySchedulerClient
 from cluster.store import Store
 
 pytestmark = pytest.mark.ray
@@ -21,7 +23,7 @@ PLUGIN = {"Authorization": "Bearer plugin-token"}
 
 @pytest.fixture
 def api(scheduler: Any) -> TestClient:
-    return TestClient(create_app(lambda: scheduler, Path(scheduler.state_dir) / "hearth.db", "admin-token",
+    return TestClient(create_app(RaySchedulerClient(scheduler), Path(scheduler.state_dir) / "hearth.db", "admin-token",
                                  plugin_token="plugin-token"))
 
 

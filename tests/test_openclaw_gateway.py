@@ -33,6 +33,7 @@ from pydantic import SecretStr
 from agent.project import task_branch
 from cluster.api import create_app
 from cluster.openclaw import GatewayClient, GatewaySettings, Notifier
+from cluster.scheduler_client import RaySchedulerClient
 from cluster.store import Store
 
 pytestmark = [pytest.mark.openclaw, pytest.mark.slow, pytest.mark.ray]
@@ -54,7 +55,7 @@ class Chat:
         notifier = Notifier(self.store_path, GatewayClient(GatewaySettings(
             url=self.gateway.url, token=SecretStr(self.gateway.token))),
             poll_s=0.02, backoff_base_s=0.25, backoff_cap_s=2.0)
-        app = create_app(lambda: self.scheduler, self.store_path, self.admin["Authorization"].split()[1],
+        app = create_app(RaySchedulerClient(self.scheduler), self.store_path, self.admin["Authorization"].split()[1],
                          plugin_token=self.plugin_token, notifier=notifier)
         return Sidecar(app, port=self.sidecar.port if hasattr(self, "sidecar") else None)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests_support import stored_spec
 
 from agent.events import (
     AgentAction,
@@ -29,15 +30,16 @@ from agent.events import (
     TaskSubmitted,
     TerminationReason,
 )
-from cluster.openclaw import Card, DeliveryError, GatewayClient, GatewaySettings, Notifier, render
+from cluster.chat_cards import Card, render
+from cluster.openclaw import DeliveryError, GatewayClient, GatewaySettings, Notifier
 from cluster.store import Store
 
 TOKEN = "gw-secret-token-never-logged-0123456789"
 
 
 def make_task(store: Store, notify: dict[str, str] | None = None, name: str = "demo") -> str:
-    config = {"name": name, "notify": notify if notify is not None else {"channel": "telegram", "target": "111"}}
-    spec = {"config": config, "plan": {"steps": [{"id": "US-001", "title": "Write hello"}]}}
+    notify = notify if notify is not None else {"channel": "telegram", "target": "111"}
+    spec = stored_spec(name, "scripted:demo", {"US-001": "Write hello"}, notify)
     row = store.create_task(project=name, name="Greeting", priority=50, model="scripted:demo", spec=spec,
                             submitted=TaskSubmitted(task_id="pending", name="Greeting", steps=["US-001"], priority=50))
     return row.id

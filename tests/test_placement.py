@@ -1,13 +1,13 @@
 """From what the scheduler knows to the policy's snapshot: node inventories, loaded model servers,
-and servers planned but not reported yet (``cluster/placement.py``; pure, no Ray)."""
+and servers planned but not reported yet (``cluster/scheduling/snapshot.py``; pure, no Ray)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from cluster.placement import PENDING_LOAD_S, build_snapshot, with_pending_loads
-from cluster.policy import PolicyConfig, decide
-from cluster.policy_model import ModelSpec
+from cluster.scheduling.policy import PolicyConfig, decide
+from cluster.scheduling.snapshot import PENDING_LOAD_S, build_snapshot, with_pending_loads
+from cluster.scheduling.types import ModelSpec
 
 GPU_NODE = {"NodeID": "n1", "Alive": True, "Resources": {"hearth_slots": 4}, "Labels": {}}
 A6000 = {"index": 0, "name": "NVIDIA RTX A6000", "total_vram_mib": 49_152, "free_vram_mib": 30_000}
@@ -43,7 +43,7 @@ def test_a_planned_server_counts_until_the_inventory_shows_it() -> None:
 def test_pending_loads_stop_the_same_vram_being_planned_twice(monkeypatch: Any) -> None:
     """Two tasks for a 20 GB model, 30 GB free: the first is placed with a new server; planned again
     before the node reports that server, the second must share it, not load a second copy."""
-    import cluster.placement as placement
+    import cluster.scheduling.snapshot as placement
 
     monkeypatch.setattr(placement, "model_spec", lambda model: ModelSpec(vram_mib=20_000, max_concurrent=2))
     from tests_support import queued_row

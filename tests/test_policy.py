@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from cluster.policy import PolicyConfig, decide, effective_priority, feasible, urgency
-from cluster.policy_model import (
+from cluster.scheduling.policy import PolicyConfig, decide, effective_priority, feasible, urgency
+from cluster.scheduling.types import (
     Decisions,
     GpuState,
     LoadedModelState,
@@ -561,8 +561,8 @@ def test_duplicate_queued_ids_are_refused() -> None:
 
 
 def test_a_cpu_model_preempts_for_a_task_slot_and_only_at_a_checkpoint() -> None:
-    from cluster.policy import PolicyConfig, decide
-    from cluster.policy_model import ModelSpec, NodeState, ProjectPolicy, QueuedTask, RunningTask, Snapshot
+    from cluster.scheduling.policy import PolicyConfig, decide
+    from cluster.scheduling.types import ModelSpec, NodeState, ProjectPolicy, QueuedTask, RunningTask, Snapshot
 
     cpu = ModelSpec(vram_mib=0, max_concurrent=64, needs_gpu=False)
     snap = Snapshot(

@@ -67,14 +67,28 @@ def configure(project: Path, **values: object) -> None:
     repo.git.commit("-m", "test policy", author="t <t@t>")
 
 
+def stored_spec(project: str, model: str, steps: dict[str, str] | None = None,
+                notify: dict[str, str] | None = None) -> TaskSpec:
+    """A task's spec as the store keeps it, for a project that exists nowhere on disk."""
+    from agent.config import ProjectConfig
+    from agent.prd import Step, TaskPlan
+
+    plan = TaskPlan(name=project, source="<test>", format="prd-json",
+                    steps=[Step(id=i, title=t) for i, t in (steps or {}).items()])
+    return TaskSpec(task_id="pending", project_path="/nowhere", model=model, base_commit="0" * 40, plan=plan,
+                    config=ProjectConfig.model_validate({"name": project, "notify": notify or {}}))
+
+
 def queued_row(task_id: str, model: str, *, node: str | None = None, project: str = "p") -> Any:
     """A store row for a task of project ``project`` (placed on ``node`` if given, else queued)."""
-    from cluster.states import TaskState
+    from cluster.scheduling.states import TaskState
     from cluster.store import TaskRow
+
+    spec = stored_spec(project, model)
 
     return TaskRow(id=task_id, number=int(task_id.split("-")[1]), project=project, name=task_id,
                    state=TaskState.placed if node else TaskState.queued, priority=50, model=model,
-                   spec={"config": {"name": project}}, attempts=1 if node else 0, next_step=0,
+                   spec=spec, attempts=1 if node else 0, next_step=0,
                    resume_commit=None, resume_node=None, node_id=node, attempt_id=None, waiting_for=None,
                    answer=None, message="", created_at=0.0, updated_at=0.0, queued_since=0.0)
 

@@ -1,4 +1,4 @@
-"""What the scheduling policy reads and what it answers (see ``cluster.policy``).
+"""What the scheduling policy reads and what it answers (see ``cluster.scheduling.policy``).
 
 ``Snapshot`` is everything ``decide()`` may look at: the caller's clock (``now``), the nodes with their
 GPUs and loaded model servers, the model catalogue, the project policies, the queue and the running

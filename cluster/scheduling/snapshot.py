@@ -1,6 +1,6 @@
 """From what the scheduler knows to the policy's ``Snapshot`` (gather), and back (what to apply).
 
-The policy (``cluster/policy.py``) is pure; this module is the only place that knows how store
+The policy (``cluster/scheduling/policy.py``) is pure; this module is the only place that knows how store
 rows, Ray's node table and the node inventories map onto it:
 
 * a node's task capacity is its ``hearth_slots`` resource (else its CPUs), given to the policy as
@@ -15,11 +15,11 @@ rows, Ray's node table and the node inventories map onto it:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import ProjectConfig
 from agent.models import ModelError, split_spec
-from cluster.policy_model import (
+from cluster.scheduling.types import (
     GpuState,
     LoadedModelState,
     ModelSpec,
@@ -29,7 +29,14 @@ from cluster.policy_model import (
     RunningTask,
     Snapshot,
 )
-from cluster.store import TaskRow
+
+if TYPE_CHECKING:  # rows are read, never made here: the store sits above the Ray-free scheduling package
+    from cluster.store import TaskRow
+
+RayNode = dict[str, Any]
+"""One row of Ray's node table, as ``ray.nodes()`` gives it (``NodeID``, ``Alive``, ``Resources``, ``Labels``)."""
+InventoryJson = dict[str, Any]
+"""A node's ``cluster.nodes.NodeInventory`` as JSON (``gpus``, ``models``…), as the node reported it."""
 
 UNSERVABLE_MIB = 1 << 40
 CPU_MODEL_SLOTS = 64
@@ -51,12 +58,12 @@ def model_spec(model: str) -> ModelSpec:
     return ModelSpec(vram_mib=entry.vram(), max_concurrent=entry.concurrency, needs_gpu=not entry.cpu_only)
 
 
-def slots(info: dict[str, Any]) -> int:
+def slots(info: RayNode) -> int:
     resources = info.get("Resources") or {}
     return int(resources.get("hearth_slots", resources.get("CPU", 0)))
 
 
-def node_state(node_id: str, info: dict[str, Any], inventory: dict[str, Any], busy: int,
+def node_state(node_id: str, info: RayNode, inventory: InventoryJson, busy: int,
                models: dict[str, ModelSpec]) -> NodeState:
     gpus = [GpuState(index=g["index"], name=g.get("name", ""), total_vram_mib=g["total_vram_mib"],
                      free_vram_mib=g["free_vram_mib"]) for g in inventory.get("gpus", [])]
@@ -65,7 +72,7 @@ def node_state(node_id: str, info: dict[str, Any], inventory: dict[str, Any], bu
                      gpus=gpus, labels=labels, loaded=loaded_models(inventory, models))
 
 
-def loaded_models(inventory: dict[str, Any], models: dict[str, ModelSpec]) -> list[LoadedModelState]:
+def loaded_models(inventory: InventoryJson, models: dict[str, ModelSpec]) -> list[LoadedModelState]:
     """The node's running model servers (from its inventory) as the policy sees them. A server on
     a GPU the inventory does not list (NVML gone) counts as a CPU server: it still holds a slot."""
     indexes = {g["index"] for g in inventory.get("gpus", [])}
@@ -79,20 +86,19 @@ def loaded_models(inventory: dict[str, Any], models: dict[str, ModelSpec]) -> li
     return out
 
 
-def project_policy(config: dict[str, Any]) -> ProjectPolicy:
-    cfg = ProjectConfig.model_validate(config)
+def project_policy(cfg: ProjectConfig) -> ProjectPolicy:
     return ProjectPolicy(base_priority=cfg.base_priority, max_priority=cfg.max_priority,
                          max_concurrent=cfg.concurrency, allowed_nodes=cfg.allowed_nodes)
 
 
-def build_snapshot(now: float, nodes: dict[str, dict[str, Any]], inventories: dict[str, dict[str, Any]],
+def build_snapshot(now: float, nodes: dict[str, RayNode], inventories: dict[str, InventoryJson],
                    queued: list[TaskRow], active: list[TaskRow],
                    preempted_at: dict[str, float]) -> Snapshot:
     busy: dict[str, int] = {}
     for task in active:
         if task.node_id:
             busy[task.node_id] = busy.get(task.node_id, 0) + 1
-    projects = {t.project: project_policy(t.spec["config"]) for t in [*queued, *active]}
+    projects = {t.project: project_policy(t.spec.config) for t in [*queued, *active]}
     served = [m["model"] for n in nodes for m in inventories.get(n, {}).get("models", [])]
     models = {name: model_spec(name) for name in {*(t.model for t in [*queued, *active]), *served}}
     return Snapshot(
@@ -117,8 +123,8 @@ PendingLoads = dict[tuple[str, str], tuple[int | None, int, float]]
 """(node, model) → (GPU index, VRAM MiB, when the load was planned)."""
 
 
-def with_pending_loads(inventories: dict[str, dict[str, Any]], pending: PendingLoads,
-                       now: float) -> dict[str, dict[str, Any]]:
+def with_pending_loads(inventories: dict[str, InventoryJson], pending: PendingLoads,
+                       now: float) -> dict[str, InventoryJson]:
     """The inventories plus the servers planned but not reported yet (a task placed with
     ``load_model`` starts its server lazily, and the next inventory comes seconds later: without
     this, the same VRAM would be planned twice). Drops entries the inventory now shows, or that

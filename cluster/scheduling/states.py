@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from cluster.errors import TransitionError
+
 
 class TaskState(StrEnum):
     queued = "queued"
@@ -47,10 +49,6 @@ for _state in TaskState:
     if _state not in TERMINAL:
         ALLOWED[(_state, S.failed)] = "attempts exhausted, budget spent, or an unrecoverable error"
         ALLOWED[(_state, S.cancelled)] = "a user cancelled the task"
-
-
-class TransitionError(ValueError):
-    pass
 
 
 def transition(current: TaskState, new: TaskState) -> TaskState:

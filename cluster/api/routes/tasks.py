@@ -1,0 +1,45 @@
+"""Tasks: submit, list, show, cancel, restart, change priority."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from cluster.api.auth import need
+from cluster.api.deps import ReadStore, Scheduler
+from cluster.api.schemas import PriorityRequest, SubmitRequest
+from cluster.api.services import tasks
+from cluster.store import TaskRow
+
+router = APIRouter(prefix="/v1/tasks")
+
+
+@router.post("", status_code=201, dependencies=[need("submit")])
+async def submit(body: SubmitRequest, store: ReadStore, scheduler: Scheduler) -> TaskRow:
+    return await tasks.submit(store, scheduler, body)
+
+
+@router.get("", dependencies=[need("read")])
+async def list_tasks(store: ReadStore, state: str | None = None) -> list[dict[str, Any]]:
+    return tasks.listed(store, state)
+
+
+@router.get("/{task_id}", dependencies=[need("read")])
+async def get_task(task_id: str, store: ReadStore) -> TaskRow:
+    return store.task(task_id)
+
+
+@router.post("/{task_id}/cancel", dependencies=[need("cancel")])
+async def cancel(task_id: str, scheduler: Scheduler) -> TaskRow:
+    return await scheduler.cancel(task_id)
+
+
+@router.post("/{task_id}/restart", dependencies=[need("restart")])
+async def restart(task_id: str, scheduler: Scheduler) -> TaskRow:
+    return await scheduler.restart(task_id)
+
+
+@router.post("/{task_id}/priority", dependencies=[need("priority")])
+async def priority(task_id: str, body: PriorityRequest, scheduler: Scheduler) -> TaskRow:
+    return await scheduler.set_priority(task_id, body.priority)

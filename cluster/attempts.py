@@ -1,0 +1,158 @@
+"""Attempts: one run of a task on one node, hosted by a ``TaskActor``.
+
+The scheduler launches an attempt where the policy placed its task, keeps a handle on it until its
+result arrives (re-attaching by name after a scheduler restart), and ends it by its reason
+(``cluster/scheduling/endings.py``). A report from an attempt that is not its task's current one is
+a late reply from a dead attempt: ``current()`` says so, and it is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import ray
+
+from agent.events import AttemptEnded, TaskFailed, TaskPlaced, TaskRequeued, TerminationReason
+from agent.runner import RunResult
+from cluster.errors import UnknownTask
+from cluster.inventories import Inventories, on_node
+from cluster.replies import Replies
+from cluster.scheduling.endings import ENDINGS
+from cluster.scheduling.states import TERMINAL, TaskState
+from cluster.store import Store, TaskRow
+from cluster.task_actor import NAMESPACE, TaskActor, attempt_actor_name
+
+S = TaskState
+ACTIVE = frozenset({S.placed, S.running, S.waiting_input, S.awaiting_approval, S.yielding})
+"""States in which a task holds (or is about to hold) a slot on a node."""
+
+
+class Attempts:
+    def __init__(self, store: Store, wake: asyncio.Event, inventories: Inventories, replies: Replies) -> None:
+        self.store = store
+        self.wake = wake
+        self.inventories = inventories
+        self.replies = replies
+        self.running: dict[str, tuple[str, Any, Any]] = {}
+        """attempt id → (task id, actor handle, ref of actor.result())."""
+
+    def reattach(self) -> None:
+        """Track every active attempt: re-attach to its actor by name, or treat it as lost.
+
+        Runs at start (a restarted scheduler) and each cycle, so an attempt that somehow went
+        untracked (a crash between creating its actor and recording it) can never strand a task.
+        """
+        tracked = {entry[0] for entry in self.running.values()}
+        for task in self.store.tasks(set(ACTIVE)):
+            if task.attempt_id is None or task.id in tracked:
+                continue
+            try:
+                actor = ray.get_actor(attempt_actor_name(task.attempt_id), namespace=NAMESPACE)
+                self.running[task.attempt_id] = (task.id, actor, actor.result.remote())
+            except ValueError:
+                self.lost(task, "the attempt's actor is gone (found on scheduler restart)")
+
+    def launch(self, task: TaskRow, node: str, gpu_index: int | None = None) -> None:
+        attempt_no = task.attempts + 1
+        attempt_id = f"{task.id}.{attempt_no}-{uuid.uuid4().hex[:6]}"
+        resume = task.resume_node == node and task.resume_commit is not None
+        start_step = task.next_step if resume else 0
+        answer = json.loads(task.answer) if task.answer and resume else None
+        actor = TaskActor.options(  # type: ignore[attr-defined]
+            name=attempt_actor_name(attempt_id), namespace=NAMESPACE, lifetime="detached",
+            scheduling_strategy=on_node(node),
+        ).remote(task.spec, attempt_id, attempt_no, start_step, task.resume_commit if resume else None, answer,
+                 gpu_index)
+        self.store.start_attempt(task.id, attempt_id, attempt_no, node)
+        self.store.set_state(task.id, S.placed,
+                             TaskPlaced(task_id=task.id, attempt_id=attempt_id, node_id=node,
+                                        attempt_no=attempt_no),
+                             attempts=attempt_no, attempt_id=attempt_id, node_id=node,
+                             next_step=start_step, answer=None)
+        actor.start.remote()
+        self.running[attempt_id] = (task.id, actor, actor.result.remote())
+
+    def reap(self) -> None:
+        """End every attempt whose result is in (or whose actor died)."""
+        if not self.running:
+            return
+        refs = {entry[2]: attempt for attempt, entry in self.running.items()}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+        for ref in ready:
+            attempt_id = refs[ref]
+            task_id, actor, _ = self.running.pop(attempt_id)
+            try:
+                result: RunResult = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                self.lost(self.store.task(task_id), f"{type(exc).__name__}", attempt_id)
+                continue
+            ray.kill(actor)
+            self.finish(task_id, attempt_id, result)
+
+    def finish(self, task_id: str, attempt_id: str, result: RunResult) -> None:
+        """Apply an attempt's result: ``ENDINGS`` says where its reason takes the task."""
+        task = self.store.task(task_id)
+        if task.attempt_id != attempt_id or task.state in TERMINAL:
+            return
+        reason, message, ending = result.reason, result.message, ENDINGS[result.reason]
+        self.store.end_attempt(attempt_id, reason.value)
+        ended = AttemptEnded(task_id=task_id, attempt_id=attempt_id, reason=reason, message=message)
+        if ending.retry and task.attempts < task.spec.config.max_attempts:
+            self._requeue_from_zero(task, ended, reason)
+        elif ending.retry or ending.next_state == S.failed:
+            self._fail(task, ended, message)
+        elif ending.keeps_work:
+            parked = {"attempt_id": None, "resume_node": task.node_id, "next_step": result.next_step,
+                      "resume_commit": result.resume_commit}
+            if ending.next_state == S.waiting_input and task.answer is not None:  # answered meanwhile
+                self.store.set_state(task_id, S.queued, ended, waiting_for=None, **parked)
+            else:
+                self.store.set_state(task_id, ending.next_state, ended, **parked)
+            if ending.next_state == S.queued:
+                self.store.append_event(TaskRequeued(task_id=task_id, reason=reason, from_step=result.next_step))
+        else:
+            self.store.set_state(task_id, ending.next_state, ended, attempt_id=None, next_step=result.next_step)
+        self.wake.set()
+
+    def lost(self, task: TaskRow, detail: str, attempt_id: str | None = None) -> None:
+        """The attempt's actor died (or vanished): ``node_lost`` if its node went too, else ``error``."""
+        attempt_id = attempt_id or task.attempt_id
+        if attempt_id is None or task.attempt_id != attempt_id or task.state in TERMINAL:
+            return
+        alive = self.inventories.alive_nodes()
+        reason = TerminationReason.node_lost if task.node_id not in alive else TerminationReason.error
+        self.store.end_attempt(attempt_id, reason.value)
+        ended = AttemptEnded(task_id=task.id, attempt_id=attempt_id, reason=reason, message=detail)
+        if ENDINGS[reason].retry and task.attempts < task.spec.config.max_attempts:
+            self._requeue_from_zero(task, ended, reason)
+        else:
+            self._fail(task, ended, f"gave up after {task.attempts} attempts: {detail}")
+
+    def stop(self, task: TaskRow) -> None:
+        """Kill the task's attempt now (the task is being cancelled)."""
+        if task.attempt_id and task.attempt_id in self.running:
+            _, actor, _ = self.running.pop(task.attempt_id)
+            ray.kill(actor)
+            self.store.end_attempt(task.attempt_id, TerminationReason.cancelled.value)
+
+    def current(self, attempt_id: str) -> TaskRow | None:
+        """The task ``attempt_id`` runs, if that attempt is still the task's current one."""
+        task_id = attempt_id.split(".", 1)[0]
+        try:
+            task = self.store.task(task_id)
+        except UnknownTask:
+            return None
+        return task if task.attempt_id == attempt_id and task.state not in TERMINAL else None
+
+    def _fail(self, task: TaskRow, ended: AttemptEnded, message: str) -> None:
+        self.store.set_state(task.id, S.failed, ended, attempt_id=None, message=message)
+        self.store.append_event(TaskFailed(task_id=task.id, reason=ended.reason, message=message))
+
+    def _requeue_from_zero(self, task: TaskRow, ended: AttemptEnded, reason: TerminationReason) -> None:
+        self.store.set_state(task.id, S.queued, ended, attempt_id=None, next_step=0, resume_commit=None,
+                             resume_node=None, answer=None, waiting_for=None)
+        self.store.append_event(TaskRequeued(task_id=task.id, reason=reason, from_step=0))
+        self.replies.forget(task.id)

@@ -1,0 +1,74 @@
+"""The CLI's client of the sidecar: JSON requests, and a task's event stream that survives a dropped
+connection (it reconnects with ``Last-Event-ID``, so no event is lost or shown twice)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from httpx_sse import SSEError, connect_sse
+
+from agent.events import Event, EventAdapter
+from cluster.errors import HearthError
+
+RECONNECT_FOR_S = 60.0
+"""How long ``stream_events`` keeps trying to reconnect (e.g. while the sidecar restarts)."""
+RECONNECT_PAUSE_S = 0.5
+
+
+class SidecarError(HearthError):
+    """The sidecar refused a request or could not be reached; ``exit_code`` is the CLI's (2 or 3)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _detail(reply: httpx.Response) -> str:
+    if reply.headers.get("content-type", "").startswith("application/json"):
+        return str(reply.json().get("detail", reply.text))
+    return reply.text
+
+
+class SidecarClient:
+    def __init__(self, base: str, token: str, *, reconnect_for_s: float = RECONNECT_FOR_S) -> None:
+        self.base = base
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.reconnect_for_s = reconnect_for_s
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            reply = httpx.request(method, self.base + path, headers=self.headers, timeout=120, **kwargs)
+        except httpx.HTTPError as exc:
+            raise SidecarError(f"cannot reach the sidecar at {self.base}: {exc}", 3) from None
+        if reply.status_code >= 400:
+            raise SidecarError(_detail(reply), 2 if reply.status_code in (404, 409, 422) else 3)
+        return reply.json()
+
+    def stream_events(self, task_id: str, follow: bool = True) -> Iterator[Event]:
+        """The task's events in order; following, until it ends. A dropped connection is resumed after
+        the last event received (the sidecar's ``Last-Event-ID``), for up to ``reconnect_for_s``."""
+        last_id: str | None = None
+        give_up = time.monotonic() + self.reconnect_for_s
+        while True:
+            headers = {**self.headers, **({"Last-Event-ID": last_id} if last_id else {})}
+            try:
+                with httpx.Client(timeout=httpx.Timeout(30, read=None)) as http, connect_sse(
+                        http, "GET", f"{self.base}/v1/tasks/{task_id}/events", headers=headers,
+                        params={"follow": str(follow).lower()}) as source:
+                    if source.response.status_code >= 400:
+                        source.response.read()
+                        raise SidecarError(_detail(source.response), 2)
+                    for sse in source.iter_sse():
+                        if sse.data:
+                            event = EventAdapter.validate_json(sse.data)
+                            last_id = sse.id or last_id
+                            give_up = time.monotonic() + self.reconnect_for_s
+                            yield event
+                return  # the sidecar ended the stream: the task ended (or we were not following)
+            except (httpx.TransportError, SSEError) as exc:
+                if time.monotonic() > give_up:
+                    raise SidecarError(f"lost the event stream from {self.base}: {exc}", 3) from None
+                time.sleep(RECONNECT_PAUSE_S)
