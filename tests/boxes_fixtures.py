@@ -121,7 +121,7 @@ class Head:
     def __init__(self, state: Path, host: str = "127.0.0.2") -> None:
         self.state = state
         self.host = host
-        self.env = {**os.environ, "HEARTH_STATE_DIR": str(state), "PYTHONPATH": str(REPO)}
+        self.env = {**os.environ, "HEARTH_STATE_DIR": str(state), "PYTHONPATH": str(REPO), "COLUMNS": "200"}
         self.box_states = Path("/nonexistent")
         """The boxes' state dirs, outside /tmp (which every box replaces with its own); set by
         ``boxes_cluster``."""
