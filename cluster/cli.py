@@ -25,6 +25,7 @@ from agent.prd import PrdError, load_prd
 from agent.project import ProjectError, checkpoint_commits, init_project, task_branch
 from cluster import cli_admin, local
 from cluster.cli_client import SidecarClient, SidecarError
+from cluster.cli_tokens import token_app
 from cluster.nodes import inventory
 from cluster.store import TaskRow
 
@@ -138,6 +139,7 @@ def _start_head(*, api_port: int | None, host: str | None, slots: int | None, ra
         fail(str(exc), 3)
         return
     console.print(f"Hearth is up: sidecar {info.api_url}, Ray {info.ray_address}", highlight=False)
+    console.print(f"Web page: {info.api_url}/ui/ (log in with the token in {local.token_path()})", soft_wrap=True)
     console.print(f"Boxes join with: hearth node start --address {info.ray_address} --token-file FILE "
                   f"(FILE: a copy of {Path(info.state_dir) / 'ray-token'})", highlight=False, soft_wrap=True)
     if block:
@@ -305,6 +307,7 @@ def openclaw_connect(
     console.print("Then restart the sidecar so it starts sending: hearth down && hearth up")
 
 
+app.add_typer(token_app, name="token")
 node_app = typer.Typer(help="This machine as a Ray node.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 

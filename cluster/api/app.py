@@ -15,6 +15,7 @@ from cluster.api.auth import token_table
 from cluster.api.routes import cluster, events, replies, tasks
 from cluster.errors import Conflict, HearthError, Invalid, NotAllowed, SchedulerUnavailable, UnknownTask
 from cluster.scheduler_client import SchedulerClient
+from cluster.web.app import mount_web
 
 if TYPE_CHECKING:
     from cluster.openclaw import Notifier
@@ -65,4 +66,5 @@ def create_app(scheduler: SchedulerClient, store_path: Path, token: str, *, plug
     async def refused(_: Request, exc: HearthError) -> JSONResponse:
         return JSONResponse(status_code=http_status(exc), content={"detail": str(exc)})
 
+    mount_web(app, token, plugin_token)  # the web page under /ui, and /metrics (cluster/web/)
     return app

@@ -1,4 +1,7 @@
-"""Bearer tokens and the rights they carry: ``need("submit")`` is a route's dependency."""
+"""Bearer tokens and the rights they carry: ``need("submit")`` is a route's dependency.
+
+Besides the admin and plugin tokens, a person's own token (``hearth token add NAME --role …``,
+cluster/people_tokens.py) carries its role's rights and speaks as NAME."""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ from typing import Any
 
 from fastapi import Depends, Header, HTTPException, Request
 from pydantic import BaseModel, ConfigDict
+
+from cluster import people_tokens
 
 RIGHTS = ("read", "submit", "answer", "decide", "cancel", "restart", "priority", "nodes")
 PLUGIN_RIGHTS = ("read", "submit", "answer", "decide")
@@ -17,6 +22,9 @@ class Caller(BaseModel):
     model_config = ConfigDict(frozen=True)
     role: str
     rights: tuple[str, ...]
+    person: str = ""
+    """For a person's token (``hearth token add``): their name, which their answers and decisions
+    carry whatever the request's ``who`` says."""
 
 
 ADMIN = Caller(role="admin", rights=RIGHTS)
@@ -37,6 +45,10 @@ def caller(request: Request, authorization: str = Header(default="")) -> Caller:
     for who, secret in request.app.state.tokens:
         if hmac.compare_digest(presented.encode(), secret) and scheme.lower() == "bearer":
             found = who
+    if found is None and scheme.lower() == "bearer" and presented:
+        person = people_tokens.find(request.app.state.store_path.parent, presented)
+        if person is not None:
+            found = Caller(role=person.role.value, rights=people_tokens.ROLE_RIGHTS[person.role], person=person.name)
     if found is None:
         raise HTTPException(status_code=401, detail="missing or wrong bearer token")
     return found

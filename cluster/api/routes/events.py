@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
 
+from cluster import metrics
 from cluster.api.auth import need
 from cluster.api.deps import ReadStore, open_store
 from cluster.scheduling.states import TERMINAL
@@ -25,6 +26,12 @@ async def events(task_id: str, request: Request, store: ReadStore, follow: bool 
 
 
 async def _stream(request: Request, task_id: str, after: int, follow: bool) -> AsyncIterator[dict[str, Any]]:
+    with metrics.sse_client("events"):
+        async for item in _events_after(request, task_id, after, follow):
+            yield item
+
+
+async def _events_after(request: Request, task_id: str, after: int, follow: bool) -> AsyncIterator[dict[str, Any]]:
     while True:
         store = open_store(request)  # one short read a poll: the stream may last for hours
         try:
