@@ -142,8 +142,8 @@ def join(address: str, *, host: str | None = None, slots: int | None = None, tok
     raise AssertionError("unreachable")
 
 
-STARTS = 2
-"""Tries of ``ray start``: Ray gives a new node a fixed 30 s to register, which a busy box can miss once."""
+STARTS = 3
+"""Tries of ``ray start``: Ray gives a new node a fixed 30 s to register, which a busy box can miss."""
 
 
 class _RegistrationTimedOut(JoinError):
