@@ -46,6 +46,10 @@ class BudgetConfig(BaseModel):
     max_format_errors: int = Field(
         default=6, ge=1, description="Consecutive malformed replies before the step is abandoned."
     )
+    stuck_after: int = Field(
+        default=5, ge=2,
+        description="Identical tool calls in a row that end the step as stuck (each repeat gets a hint first).",
+    )
     model_wait_s: float = Field(
         default=300, ge=0,
         description="Seconds a step waits for its model to come back (a crashed or evicted server is "
@@ -86,8 +90,9 @@ class ProjectConfig(BaseModel):
     model: str = Field(default="embedded:smollm2-135m", description="Default model spec for tasks.")
     check: str = Field(
         default="",
-        description="Command that accepts a step (run in the sandbox; $HEARTH_STEP names the story). "
-        "Empty: the model's step_done is accepted as is.",
+        description="Command that accepts a step (run in the sandbox; $HEARTH_STEP names the story), before "
+        "the story's own checks (acceptance criteria like \"`pytest tests/x.py` passes\"). Nothing anywhere: "
+        "the model's step_done is accepted on its word; submit warns, and approval cards say so.",
     )
     sandbox: Literal["bwrap", "qemu", "docker"] = Field(default="bwrap", description="Sandbox backend.")
     concurrency: int = Field(default=2, ge=1, description="Tasks of this project that may run at once.")

@@ -30,14 +30,16 @@ from agent.events import (
     ClarificationRequested,
     Event,
     ModelOutage,
+    ModelTurn,
     StepCompleted,
     StepStarted,
     TaskCompleted,
     TerminationReason,
 )
-from agent.loop import StepContext, StepResult, answer_message, run_step
+from agent.loop import StepContext, StepResult, TurnUsage, answer_message, run_step
 from agent.models.base import ChatModel, ModelError
 from agent.prd import TaskPlan, mark_story_passed
+from agent.progress import ProgressEntry, append_progress, read_progress
 from agent.project import (
     checkpoint_commit,
     diff_summary,
@@ -46,6 +48,7 @@ from agent.project import (
     reset_workspace,
     task_branch,
 )
+from agent.prompts import StepMemory, read_instructions
 from agent.sandbox import Sandbox, SandboxConfig, open_sandbox
 
 
@@ -98,6 +101,15 @@ class RunResult(BaseModel):
 
 class ModelGone(Exception):
     """The task's model stayed unreachable for ``budget.model_wait_s``: the attempt fails (and is retried)."""
+
+
+class StepEnded(Exception):
+    """A step ended without being accepted (out of budget, or stuck): the attempt ends with ``reason``."""
+
+    def __init__(self, reason: TerminationReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 class Parked(Exception):
@@ -178,9 +190,10 @@ class TaskRunner:
             steps = self.spec.plan.steps
             previous = (repo.head.commit.hexsha, sandbox.snapshot())
             for index in range(next_step, len(steps)):
-                previous = self._run_step(index, repo, sandbox, previous)
-                if previous[0] == "":
-                    return RunResult(reason=TerminationReason.budget, message=previous[1], next_step=index)
+                try:
+                    previous = self._run_step(index, repo, sandbox, previous)
+                except StepEnded as ended:
+                    return RunResult(reason=ended.reason, message=ended.message, next_step=index)
                 next_step = index + 1
                 if next_step < len(steps):
                     verdict = self.controller.at_checkpoint(steps[index].id)
@@ -207,12 +220,13 @@ class TaskRunner:
     ) -> tuple[str, str]:
         """Run, checkpoint and (if wanted) get approval for one step.
 
-        Returns the new (commit, snapshot id), or ("", reason) when the step ran out of budget.
+        Returns the new (commit, snapshot id); raises StepEnded when the step ran out of budget or got stuck.
         """
         spec, step = self.spec, self.spec.plan.steps[index]
         total = len(spec.plan.steps)
         self._emit(StepStarted, step_id=step.id, title=step.title, index=index, total=total)
         feedback, started, turns = "", time.monotonic(), 0
+        tokens = [0, 0]  # prompt, completion: this step, all its tries
         while True:
             ctx = StepContext(
                 task_id=spec.task_id,
@@ -231,13 +245,16 @@ class TaskRunner:
                     repo, task_id=spec.task_id, step_id=step.id, attempt_id=self.attempt_id,
                     message=f"{step.id} (work in progress): {summary}"[:200],
                 ),
+                on_turn=lambda usage: self._emit_turn(step.id, usage),
                 feedback=feedback,
+                memory=self._memory(index),
             )
             pending = self._take_pending(step.id)
             if pending:
                 ctx.messages = pending
             result = self._converse(ctx)
             turns += result.turns
+            tokens = [tokens[0] + result.prompt_tokens, tokens[1] + result.completion_tokens]
             while result.outcome == "needs_input":
                 self._emit(ClarificationRequested, step_id=step.id, question=result.question)
                 answer = self.controller.await_answer(step.id, result.question)
@@ -247,10 +264,13 @@ class TaskRunner:
                 ctx.messages = [*result.messages, answer_message(result.call_id, answer.text, answer.who)]
                 result = self._converse(ctx)
                 turns += result.turns
-            if result.outcome == "budget":
-                return "", f"step {step.id}: {result.summary}"
+                tokens = [tokens[0] + result.prompt_tokens, tokens[1] + result.completion_tokens]
+            if result.outcome in ("budget", "stuck"):
+                reason = TerminationReason.stuck if result.outcome == "stuck" else TerminationReason.budget
+                raise StepEnded(reason, f"step {step.id}: {result.summary}")
+            self._append_progress(repo, index, result, previous[0], time.monotonic() - started)
             commit, snapshot = self._checkpoint(index, repo, sandbox, result.summary, result.check_output,
-                                                previous[0])
+                                                previous[0], checked=result.checked)
             if self._needs_approval(index, total):
                 decision = self.controller.await_decision(step.id)
                 if not decision.approve:
@@ -260,8 +280,35 @@ class TaskRunner:
                     feedback = decision.reason or "no reason given"
                     continue
             self._emit(StepCompleted, step_id=step.id, commit=commit, turns=turns,
-                       duration_s=round(time.monotonic() - started, 3))
+                       duration_s=round(time.monotonic() - started, 3),
+                       prompt_tokens=tokens[0], completion_tokens=tokens[1])
             return commit, snapshot
+
+    def _emit_turn(self, step_id: str, usage: TurnUsage) -> None:
+        self._emit(ModelTurn, step_id=step_id, turn=usage.turn, prompt_tokens=usage.prompt_tokens,
+                   completion_tokens=usage.completion_tokens, finish_reason=usage.finish_reason,
+                   elided=usage.elided)
+
+    def _memory(self, index: int) -> StepMemory:
+        """What step ``index`` knows beyond its story: the PRD, the other stories, the progress file."""
+        plan = self.spec.plan
+        instructions_file, instructions = read_instructions(self.workdir)
+        return StepMemory(
+            prd_name=plan.name, prd_description=plan.description,
+            done=[f"{story} (done before this task)" for story in plan.skipped]
+            + [f"{s.id}: {s.title}" for s in plan.steps[:index]],
+            todo=[f"{s.id}: {s.title}" for s in plan.steps[index + 1:]],
+            progress=read_progress(self.workdir), instructions=instructions, instructions_file=instructions_file,
+        )
+
+    def _append_progress(self, repo: git.Repo, index: int, result: StepResult, parent: str, took: float) -> None:
+        """The step's entry in .ralph-tui/progress.md, written before its checkpoint commit so it is part of it."""
+        step = self.spec.plan.steps[index]
+        repo.git.add("-A")
+        files = [f for f in repo.git.diff("--cached", "--name-only", parent).splitlines() if f]
+        entry = ProgressEntry(step_id=step.id, title=step.title, duration_s=took, files_changed=files,
+                              notes=result.summary, learnings=result.learnings)
+        append_progress(self.workdir, entry)
 
     def _converse(self, ctx: StepContext) -> StepResult:
         """``run_step``, riding out model outages: when the model stops answering (its container
@@ -320,7 +367,8 @@ class TaskRunner:
         return mode == "each-step" or (mode == "final" and index == total - 1)
 
     def _checkpoint(
-        self, index: int, repo: git.Repo, sandbox: Sandbox, summary: str, check_output: str, parent: str
+        self, index: int, repo: git.Repo, sandbox: Sandbox, summary: str, check_output: str, parent: str,
+        *, checked: bool = True,
     ) -> tuple[str, str]:
         spec, step = self.spec, self.spec.plan.steps[index]
         if spec.prd_relpath and spec.plan.format == "prd-json":
@@ -339,5 +387,6 @@ class TaskRunner:
             files_changed=files,
             check_summary=check_output[-500:],
             needs_approval=self._needs_approval(index, len(spec.plan.steps)),
+            checked=checked,
         )
         return commit, snapshot

@@ -55,6 +55,8 @@ def model_spec(model: str) -> ModelSpec:
     except ModelError:
         # Unknown here: no GPU could serve it, so the policy reports it infeasible (nothing pends).
         return ModelSpec(vram_mib=UNSERVABLE_MIB, max_concurrent=1, needs_gpu=True)
+    if entry.base_url:  # served elsewhere (the user's own vLLM/llama.cpp): any node may call it
+        return ModelSpec(vram_mib=0, max_concurrent=entry.concurrency, needs_gpu=False)
     return ModelSpec(vram_mib=entry.vram(), max_concurrent=entry.concurrency, needs_gpu=not entry.cpu_only)
 
 

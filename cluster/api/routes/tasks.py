@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1/tasks")
 
 
 @router.post("", status_code=201, dependencies=[need("submit")])
-async def submit(body: SubmitRequest, store: ReadStore, scheduler: Scheduler) -> TaskRow:
+async def submit(body: SubmitRequest, store: ReadStore, scheduler: Scheduler) -> tasks.TaskDetail:
     return await tasks.submit(store, scheduler, body)
 
 
@@ -26,8 +26,8 @@ async def list_tasks(store: ReadStore, state: str | None = None) -> list[dict[st
 
 
 @router.get("/{task_id}", dependencies=[need("read")])
-async def get_task(task_id: str, store: ReadStore) -> TaskRow:
-    return store.task(task_id)
+async def get_task(task_id: str, store: ReadStore) -> tasks.TaskDetail:
+    return tasks.detail(store, task_id)
 
 
 @router.post("/{task_id}/cancel", dependencies=[need("cancel")])
