@@ -50,18 +50,21 @@ def lab() -> Iterator[tuple[Head, list[Box]]]:
         yield cluster
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
+def make_project(root: Path, name: str) -> Path:
     """The quick-start example as a project on the head, made with the real `hearth init`."""
-    head = Head(tmp_path / "cli-state")
-    path = tmp_path / "greeting"
+    path = root / name
     shutil.copytree(REPO / "examples" / "greeting", path)
     for command in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "example"]):
         subprocess.run(["git", *command], cwd=path, check=True, env={
             **os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
             "GIT_COMMITTER_EMAIL": "t@t"})
-    head.cli("init", str(path), "--check", "python3 check.py")
+    Head(root / "cli-state").cli("init", str(path), "--name", name, "--check", "python3 check.py")
     return path
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path, "greeting")
 
 
 def listeners(pids: set[int]) -> list[tuple[str, str]]:
@@ -265,7 +268,7 @@ def _parked_in_step_2(head: Head, task_id: str) -> bool:
 
 
 def test_an_answer_while_its_box_is_full_resumes_on_the_other_box_from_its_last_checkpoint(
-        lab: tuple[Head, list[Box]], project: Path) -> None:
+        lab: tuple[Head, list[Box]], project: Path, tmp_path: Path) -> None:
     head, _ = lab
     task_id = head.submit(project, "scripted:ask")
     wait_until(lambda: head.task(task_id)["state"] == "waiting_input", 180, f"{task_id} asks")
@@ -275,9 +278,11 @@ def test_an_answer_while_its_box_is_full_resumes_on_the_other_box_from_its_last_
     step_1 = next(e.commit for e in _events(head, task_id) if e.kind == "checkpoint_ready" and e.step_id == "US-001")
     nodes = {n["node_id"]: n for n in head.api("GET", "/v1/nodes")}
     full = nodes[parked["resume_node"]]["labels"]["hearth-box"]
-    # Fill the box the question was asked on; the answer must then go to the other box.
-    configure(project, allowed_nodes=[f"hearth-box={full}"])
-    blocker = head.submit(project, "scripted:sleep-60")
+    # Fill the box the question was asked on (with another project's task, kept to that box); the
+    # answer must then go to the other box.
+    other = make_project(tmp_path, "blocker")
+    configure(other, allowed_nodes=[f"hearth-box={full}"])
+    blocker = head.submit(other, "scripted:sleep-60")
     wait_until(lambda: head.task(blocker)["state"] == "running", 180, f"{blocker} running on {full}")
     head.cli("answer", task_id, "green")
     wait_until(lambda: head.task(task_id)["state"] in FINAL, 300, f"{task_id} finished")
