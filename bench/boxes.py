@@ -133,7 +133,7 @@ def measure(scheduler: Any, db: Path, root: Path, head_node: str, boxes: list[st
         return next((e.at for e in task(task_id)[1] if e.kind == kind and e.at >= after), None)
 
     def submit(project: Path, model: str) -> str:
-        return str(ray.get(scheduler.submit.remote(str(project), "tasks/prd.json", None, None, model))["id"])
+        return str(ray.get(scheduler.submit.remote(str(project), "tasks/prd.json", None, None, model)).id)
 
     result: dict[str, Any] = {}
     fast = make_project(root, "fast", steps=1)
