@@ -58,7 +58,7 @@ def make_project(root: Path, name: str) -> Path:
         subprocess.run(["git", *command], cwd=path, check=True, env={
             **os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
             "GIT_COMMITTER_EMAIL": "t@t"})
-    Head(root / "cli-state").cli("init", str(path), "--name", name, "--check", "python3 check.py")
+    Head(root / "cli-state").cli("init", str(path), "--check", "python3 check.py")  # named after its directory
     return path
 
 
