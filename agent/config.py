@@ -97,6 +97,11 @@ class ProjectConfig(BaseModel):
     sandbox: Literal["bwrap", "qemu", "docker"] = Field(default="bwrap", description="Sandbox backend.")
     concurrency: int = Field(default=2, ge=1, description="Tasks of this project that may run at once.")
     max_attempts: int = Field(default=3, ge=1, description="Attempts (placements) before a task fails.")
+    checkpoints: bool = Field(
+        default=True,
+        description="Whether this project's tasks may yield their node at a checkpoint. false: never chosen "
+        "as a pre-emption victim (they keep their node until they end); checkpoint commits still happen.",
+    )
     allowed_nodes: list[str] = Field(default=[], description="Node ids or labels; empty means any node.")
     approvers: list[str] = Field(default=[], description="Channel user ids allowed to approve or reject.")
     limits: SandboxConfig = Field(default_factory=SandboxConfig, description="Sandbox limits.")
@@ -150,4 +155,8 @@ def load_config(project_dir: Path) -> ProjectConfig:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; run `hearth init {project_dir}` first") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return parse_config(text, str(path))

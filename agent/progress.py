@@ -39,6 +39,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from agent.sandbox.base import SandboxError
+from agent.sandbox.files import read_workspace_file, write_workspace_file
+
 PROGRESS_FILE = ".ralph-tui/progress.md"
 MAX_SIZE = 50_000
 RECENT = 5
@@ -90,8 +93,11 @@ def _format(entry: ProgressEntry, iteration: int, now: float) -> str:
 def append_progress(workspace: Path, entry: ProgressEntry, *, now: float | None = None) -> Path:
     """Append ``entry`` to the workspace's progress file (created with Ralph TUI's header)."""
     path = workspace / PROGRESS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    existing = path.read_text(encoding="utf-8") if path.is_file() else HEADER
+    # The file is sandbox output: read and replaced without following links (agent/sandbox/files.py).
+    try:
+        existing = read_workspace_file(workspace, PROGRESS_FILE).decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        existing = HEADER
     numbers = [int(n) for n in _ENTRY.findall(existing)]
     content = existing + ("" if existing.endswith("\n") else "\n") + _format(
         entry, max(numbers, default=0) + 1, time.time() if now is None else now)
@@ -101,16 +107,14 @@ def append_progress(workspace: Path, entry: ProgressEntry, *, now: float | None 
         body = body[-(MAX_SIZE - len(head) - 1000):]
         cut = body.find("\n## ")
         content = head + "\n[...older entries truncated...]\n\n" + (body[cut + 1:] if cut > 0 else body)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(content, encoding="utf-8")
-    tmp.replace(path)
+    write_workspace_file(workspace, PROGRESS_FILE, content.encode("utf-8"))
     return path
 
 
 def read_progress(workspace: Path) -> str:
     try:
-        return (workspace / PROGRESS_FILE).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        return read_workspace_file(workspace, PROGRESS_FILE).decode("utf-8")
+    except (OSError, SandboxError, UnicodeDecodeError):
         return ""
 
 

@@ -19,6 +19,8 @@ from pydantic import BaseModel
 
 from agent.prd import Step
 from agent.progress import codebase_patterns, recent_progress
+from agent.sandbox.base import SandboxError
+from agent.sandbox.files import read_workspace_file
 
 INSTRUCTION_FILES = ("AGENTS.md", "CLAUDE.md")
 INSTRUCTIONS_LIMIT = 8000
@@ -45,11 +47,9 @@ class StepMemory(BaseModel):
 def read_instructions(workspace: Path) -> tuple[str, str]:
     """(file name, text) of the repository's agent instructions, or ("", "")."""
     for name in INSTRUCTION_FILES:
-        path = workspace / name
-        try:
-            if path.is_file():
-                return name, path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
+        try:  # sandbox output: no link followed (AGENTS.md -> /etc/shadow would reach the model), bounded
+            return name, read_workspace_file(workspace, name).decode("utf-8", errors="replace")
+        except (OSError, SandboxError):
             continue
     return "", ""
 

@@ -36,9 +36,10 @@ from agent.events import (
     TaskCompleted,
     TerminationReason,
 )
+from agent.host_git import open_task_repo, task_git_dir
 from agent.loop import StepContext, StepResult, TurnUsage, answer_message, run_step
 from agent.models.base import ChatModel, ModelError
-from agent.prd import TaskPlan, mark_story_passed
+from agent.prd import PrdError, TaskPlan, with_story_passed
 from agent.progress import ProgressEntry, append_progress, read_progress
 from agent.project import (
     checkpoint_commit,
@@ -50,6 +51,7 @@ from agent.project import (
 )
 from agent.prompts import StepMemory, read_instructions
 from agent.sandbox import Sandbox, SandboxConfig, open_sandbox
+from agent.sandbox.files import check_disk_limit, read_workspace_file, write_workspace_file
 
 
 class TaskSpec(BaseModel):
@@ -125,7 +127,7 @@ SandboxFactory = Callable[[str, Path, SandboxConfig, str], Sandbox]
 
 
 def _default_sandbox(kind: str, workspace: Path, config: SandboxConfig, name: str) -> Sandbox:
-    return open_sandbox(kind, workspace, config, name=name)
+    return open_sandbox(kind, workspace, config, name=name, git_dir=task_git_dir(workspace))
 
 
 class TaskRunner:
@@ -167,14 +169,14 @@ class TaskRunner:
 
     def _workspace(self) -> tuple[git.Repo, int]:
         """The clone to work in and the step to start from (0 unless resuming at a checkpoint here)."""
-        if self.start_step is not None and self.resume_commit and (self.workdir / ".git").exists():
-            repo = git.Repo(self.workdir)
+        if self.start_step is not None and self.resume_commit:
             try:
+                repo = open_task_repo(self.workdir)
                 repo.commit(self.resume_commit)
                 if not (self.answer and repo.head.commit.hexsha == self.resume_commit):
                     reset_workspace(repo, self.resume_commit)  # after an answer: keep the step's work
                 return repo, self.start_step
-            except (git.BadName, ValueError, git.GitCommandError):
+            except (git.BadName, ValueError, git.GitCommandError, git.InvalidGitRepositoryError):
                 pass
         return prepare_workspace(Path(self.spec.project_path), self.spec.task_id, self.spec.base_commit,
                                  self.workdir), 0
@@ -241,10 +243,7 @@ class TaskRunner:
                 on_check=lambda passed, output: self._emit(
                     CheckRan, step_id=step.id, passed=passed, output_tail=output[-1500:]
                 ),
-                on_checkpoint=lambda summary: checkpoint_commit(
-                    repo, task_id=spec.task_id, step_id=step.id, attempt_id=self.attempt_id,
-                    message=f"{step.id} (work in progress): {summary}"[:200],
-                ),
+                on_checkpoint=lambda summary: self._work_in_progress(repo, step.id, summary),
                 on_turn=lambda usage: self._emit_turn(step.id, usage),
                 feedback=feedback,
                 memory=self._memory(index),
@@ -362,6 +361,24 @@ class TaskRunner:
         messages: list[dict[str, Any]] = body["messages"]
         return [*messages, answer_message(body["call_id"], self.answer.text, self.answer.who)]
 
+    def _work_in_progress(self, repo: git.Repo, step_id: str, summary: str) -> str:
+        """The loop's ``checkpoint`` tool; over the disk limit it is refused and the model is told."""
+        check_disk_limit(self.workdir, self.spec.config.limits)
+        return checkpoint_commit(repo, task_id=self.spec.task_id, step_id=step_id, attempt_id=self.attempt_id,
+                                 message=f"{step_id} (work in progress): {summary}"[:200])
+
+    def _mark_passed(self, relpath: str, step_id: str, notes: str) -> None:
+        """Write ``passes`` into the workspace's prd.json. The file is sandbox output: a link there
+        (into the user's checkout, say) is refused, never followed (``agent.sandbox.files``)."""
+        data = read_workspace_file(self.workdir, relpath)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PrdError(relpath, "not UTF-8 any more (a step rewrote it)") from None
+        updated = with_story_passed(text, relpath, step_id, notes)
+        if updated != text:
+            write_workspace_file(self.workdir, relpath, updated.encode("utf-8"))
+
     def _needs_approval(self, index: int, total: int) -> bool:
         mode = self.spec.config.approval
         return mode == "each-step" or (mode == "final" and index == total - 1)
@@ -371,8 +388,9 @@ class TaskRunner:
         *, checked: bool = True,
     ) -> tuple[str, str]:
         spec, step = self.spec, self.spec.plan.steps[index]
+        check_disk_limit(self.workdir, spec.config.limits)  # before git and the snapshot copy it all
         if spec.prd_relpath and spec.plan.format == "prd-json":
-            mark_story_passed(self.workdir / spec.prd_relpath, step.id, f"Completed by Hearth: {summary}"[:500])
+            self._mark_passed(spec.prd_relpath, step.id, f"Completed by Hearth: {summary}"[:500])
         commit = checkpoint_commit(repo, task_id=spec.task_id, step_id=step.id, attempt_id=self.attempt_id,
                                    message=f"{step.id}: {step.title}")
         publish_branch(repo, spec.task_id)

@@ -22,7 +22,8 @@ import shlex
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.sandbox.base import Sandbox
+from agent.sandbox.base import Sandbox, SandboxError
+from agent.sandbox.files import read_workspace_file, write_workspace_file
 
 Profile = Literal["capable", "tiny"]
 OUTPUT_DIR = ".hearth/output"
@@ -279,13 +280,13 @@ def _match_lines(text: str, old: str) -> list[int]:
 def _ignore_output_dir(workspace: Path) -> None:
     """Keep saved tool output out of checkpoint commits even in a repository without hearth init's
     .gitignore (best effort: a workspace that is not a git clone needs nothing)."""
-    exclude = workspace / ".git" / "info" / "exclude"
+    # A task clone's git dir is host-private (agent/host_git.py adds .hearth/ to its exclude); what
+    # is at <workspace>/.git is sandbox output, so it is read and written without following links.
+    exclude = ".git/info/exclude"
     try:
-        if not exclude.parent.is_dir():
-            return
-        current = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
+        current = read_workspace_file(workspace, exclude).decode("utf-8", errors="replace")
         if ".hearth/" not in current.split():
-            exclude.write_text(current + ("" if current.endswith("\n") or not current else "\n") + ".hearth/\n",
-                               encoding="utf-8")
-    except OSError:
+            text = current + ("" if current.endswith("\n") or not current else "\n") + ".hearth/\n"
+            write_workspace_file(workspace, exclude, text.encode("utf-8"))
+    except (OSError, SandboxError):
         pass

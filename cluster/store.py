@@ -151,9 +151,15 @@ class Store:
         return _task_row(row)
 
     def tasks(self, states: set[TaskState] | None = None) -> list[TaskRow]:
-        rows = self.db.execute("SELECT * FROM tasks ORDER BY number").fetchall()
-        result = [_task_row(r) for r in rows]
-        return [t for t in result if states is None or t.state in states]
+        # Filtered in SQL: each row's spec (the whole PRD) is parsed, so a scheduler cycle that
+        # asks for active tasks must not parse every finished one too.
+        if states is None:
+            rows = self.db.execute("SELECT * FROM tasks ORDER BY number").fetchall()
+        else:
+            marks = ", ".join("?" * len(states))
+            rows = self.db.execute(f"SELECT * FROM tasks WHERE state IN ({marks}) ORDER BY number",
+                                   [s.value for s in states]).fetchall()
+        return [_task_row(r) for r in rows]
 
     def update_task(self, task_id: str, **fields: Any) -> None:
         if not fields:

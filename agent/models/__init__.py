@@ -43,6 +43,8 @@ def split_spec(spec: str) -> tuple[str, str]:
         raise ModelUnavailable(
             f"model spec {spec!r} is not '<runtime>:<name>' with runtime one of {', '.join(RUNTIMES)}"
         )
+    if runtime == "openai" and not name.startswith(("http://", "https://")):
+        raise ModelUnavailable(f"model spec {spec!r}: an openai: model is 'openai:http(s)://<host>/v1#<model>'")
     return runtime, name
 
 

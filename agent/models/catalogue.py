@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -139,6 +140,13 @@ class ModelEntry(BaseModel):
             raise ValueError(f"base_url {self.base_url!r} is not an http(s) URL")
         if self.context < 512:
             raise ValueError(f"context {self.context} is too small for the agent loop (at least 512 tokens)")
+        try:  # the scheduler computes this for every entry: it must be a number
+            estimate = self.weights_estimate_mib() + self.kv_cache_mib()
+        except OverflowError:
+            estimate = math.inf
+        if not math.isfinite(estimate):
+            raise ValueError("the VRAM estimate is not a finite number: check params_b, bytes_per_weight, "
+                             "layers, kv_heads, head_dim, kv_bytes, context and parallel (or give vram_mib)")
         return self
 
     def limits(self) -> ModelLimits:
@@ -242,7 +250,7 @@ def load_catalogue(path: Path | None = None, *, state_dir: Path | None = None) -
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise CatalogueError(f"no model catalogue at {path}: add models there (see docs/models.md)") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise CatalogueError(f"{path}: {exc}") from None
     return parse_catalogue(data, str(path))
 

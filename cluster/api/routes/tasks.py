@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from cluster.api.auth import need
+from cluster.api.auth import Caller, need, require_endpoint_right
 from cluster.api.deps import ReadStore, Scheduler
 from cluster.api.schemas import PriorityRequest, SubmitRequest
 from cluster.api.services import tasks
@@ -15,8 +15,10 @@ from cluster.store import TaskRow
 router = APIRouter(prefix="/v1/tasks")
 
 
-@router.post("", status_code=201, dependencies=[need("submit")])
-async def submit(body: SubmitRequest, store: ReadStore, scheduler: Scheduler) -> tasks.TaskDetail:
+@router.post("", status_code=201)
+async def submit(body: SubmitRequest, store: ReadStore, scheduler: Scheduler,
+                 who: Caller = need("submit")) -> tasks.TaskDetail:
+    require_endpoint_right(who, body.model)
     return await tasks.submit(store, scheduler, body)
 
 
