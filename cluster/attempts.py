@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from typing import Any
 
@@ -28,6 +29,9 @@ from cluster.store import Store, TaskRow
 from cluster.task_actor import NAMESPACE, TaskActor, attempt_actor_name
 
 S = TaskState
+SUSPECT_S = 60.0
+"""How long an attempt whose actor died waits for Ray to judge its node (default health checks declare
+a killed box dead in about 15 s, a hung one in about 65 s) before it counts as the actor's own crash."""
 ACTIVE = frozenset({S.placed, S.running, S.waiting_input, S.awaiting_approval, S.yielding})
 """States in which a task holds (or is about to hold) a slot on a node."""
 
@@ -42,6 +46,8 @@ class Attempts:
         self.replies = replies
         self.running: dict[str, tuple[str, Any, Any]] = {}
         """attempt id → (task id, actor handle, ref of actor.result())."""
+        self.suspect: dict[str, tuple[str, str, float]] = {}
+        """attempt id → (task id, error, since): its actor died while Ray still called its node alive."""
 
     def reattach(self) -> None:
         """Track every active attempt: re-attach to its actor by name, or treat it as lost.
@@ -49,7 +55,7 @@ class Attempts:
         Runs at start (a restarted scheduler) and each cycle, so an attempt that somehow went
         untracked (a crash between creating its actor and recording it) can never strand a task.
         """
-        tracked = {entry[0] for entry in self.running.values()}
+        tracked = {entry[0] for entry in self.running.values()} | {entry[0] for entry in self.suspect.values()}
         for task in self.store.tasks(set(ACTIVE)):
             if task.attempt_id is None or task.id in tracked:
                 continue
@@ -82,6 +88,7 @@ class Attempts:
 
     def reap(self) -> None:
         """End every attempt whose result is in (or whose actor died)."""
+        self._judge_suspects()
         if not self.running:
             return
         refs = {entry[2]: attempt for attempt, entry in self.running.items()}
@@ -92,10 +99,32 @@ class Attempts:
             try:
                 result: RunResult = ray.get(ref)
             except ray.exceptions.RayError as exc:
-                self.lost(self.store.task(task_id), f"{type(exc).__name__}", attempt_id)
+                task = self.store.task(task_id)
+                if task.node_id in self._ray_alive():
+                    # A box that just died still looks alive to Ray for a health-check period (about
+                    # 15 s by default): judged now, its task would be re-placed on that dead box.
+                    self.suspect[attempt_id] = (task_id, type(exc).__name__, time.monotonic())
+                else:
+                    self.lost(task, type(exc).__name__, attempt_id)
                 continue
             ray.kill(actor)
             self.finish(task_id, attempt_id, result)
+
+    def _judge_suspects(self) -> None:
+        """An attempt whose actor died: ``node_lost`` once Ray declares its node dead, ``error`` if the
+        node is still alive after ``SUSPECT_S`` (the actor itself crashed)."""
+        if not self.suspect:
+            return
+        alive = self._ray_alive()
+        for attempt_id, (task_id, detail, since) in list(self.suspect.items()):
+            task = self.store.task(task_id)
+            if task.node_id not in alive or time.monotonic() - since > SUSPECT_S:
+                del self.suspect[attempt_id]
+                self.lost(task, detail, attempt_id)
+
+    @staticmethod
+    def _ray_alive() -> set[str]:
+        return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
 
     def finish(self, task_id: str, attempt_id: str, result: RunResult) -> None:
         """Apply an attempt's result: ``ENDINGS`` says where its reason takes the task."""

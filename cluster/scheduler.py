@@ -113,7 +113,8 @@ class Scheduler(AttemptCodeCalls):
         await self.inventories.refresh(force=not self.inventories.by_node)
         missing = self._infeasible(config, spec.model)
         if missing:
-            raise SubmitError(f"no node can ever run this task: {missing}")
+            refused = "".join(f"; {why}, so it gets no tasks" for why in self.inventories.refused_nodes())
+            raise SubmitError(f"no node can ever run this task: {missing}{refused}")
         self.store.put_project(spec.project_path, config)
         row = self.store.create_task(project=config.name, name=spec.plan.name, priority=wanted, model=spec.model,
                                      spec=spec, submitted=submitted)
@@ -247,6 +248,10 @@ class Scheduler(AttemptCodeCalls):
 
     async def pid(self) -> int:
         return os.getpid()
+
+    async def policy_config(self) -> dict[str, Any]:
+        """The cluster-wide policy in force (``[scheduler]`` of the head's head.toml)."""
+        return self.policy.model_dump()
 
     async def ping(self) -> str:
         return "ok"

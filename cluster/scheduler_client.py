@@ -36,6 +36,8 @@ class SchedulerClient(Protocol):
 
     async def nodes(self) -> list[NodeView]: ...
 
+    async def policy(self) -> dict[str, Any]: ...
+
 
 class RaySchedulerClient:
     """``SchedulerClient`` over the scheduler actor's handle."""
@@ -85,3 +87,8 @@ class RaySchedulerClient:
     async def nodes(self) -> list[NodeView]:
         views: list[NodeView] = await self._call("nodes")
         return views
+
+    async def policy(self) -> dict[str, Any]:
+        """The cluster-wide scheduling policy in force (``[scheduler]`` of the head's head.toml)."""
+        policy: dict[str, Any] = await self._call("policy_config")
+        return policy

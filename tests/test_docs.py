@@ -19,3 +19,13 @@ def test_configuration_reference_lists_every_key() -> None:
             if name not in {"limits", "budget", "notify", "artifacts", "finish"} and (prefix, name) != (
                     "artifacts.", "image"):
                 assert f"`{prefix}{name}`" in text, f"docs/configuration.md lacks {prefix}{name}"
+
+
+def test_head_config_reference_lists_every_key() -> None:
+    from cluster.head_config import HeadListenConfig
+    from cluster.scheduling.types import PolicyConfig
+
+    text = (DOCS / "configuration.md").read_text()
+    for prefix, model in (("head.", HeadListenConfig), ("scheduler.", PolicyConfig)):
+        for name in model.model_fields:
+            assert f"`{prefix}{name}`" in text, f"docs/configuration.md lacks {prefix}{name}"
