@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.events import CheckpointReady, ClarificationRequested, Event, TaskPlaced
+from cluster.chat_cards import deliverables_text
 from cluster.store import TaskRow
 
 SLACK = "slack"
@@ -77,7 +78,9 @@ def slack_presentation(event: Event, task: TaskRow | None) -> dict[str, Any] | N
                                      f"*Commit* `{event.commit[:12]}`"},
             {"type": "text", "text": "*Diff*\n" + _code(event.diff_stat, 1200)},
             {"type": "text", "text": "*Check*\n" + _code(event.check_summary, 1200)},
-            {"type": "text", "text": "*Artifacts*\n" + files},
+            {"type": "text", "text": "*Files changed*\n" + files},
+            *([{"type": "text", "text": "*Deliverables*\n" + _clip(extra, 2800)}]
+              if (extra := deliverables_text(event).strip()) else []),
             {"type": "context", "text": "Reject rolls the step back and redoes it; it asks why, or reply "
                                         "`reject <reason>` in this thread."},
             {"type": "buttons", "buttons": [

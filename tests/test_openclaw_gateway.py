@@ -135,3 +135,20 @@ def test_a_gateway_outage_loses_nothing_and_repeats_nothing(chat: Chat, tmp_path
         tagged = [m for m in chat.telegram.sent(USER) if m["text"].startswith(f"[task {task_id} #")]
         assert len(tagged) == 1 and "Completed" in tagged[0]["text"], json.dumps(tagged)
     assert all(e.outcome == "sent" and e.message_id for e in entries())
+
+
+def test_approve_and_merge_from_the_final_card_merges_the_branch(chat: Chat, tmp_path: Path) -> None:
+    project = make_project(tmp_path, "oc-merge", approval="final", approvers=[str(USER)],
+                           notify={"channel": "telegram", "target": str(USER)})
+    task_id = chat.submit(project, "scripted:demo")
+    final = chat.card(task_id, "Checkpoint waiting for approval")
+    assert "US-002" in final["text"] and "+goodbye" in final["text"] and "keep|merge|push" in final["text"]
+    buttons = [b["text"] for row in final["reply_markup"]["inline_keyboard"] for b in row]
+    assert buttons == ["Approve", "Approve & merge", "Approve & push", "Reject"]
+    chat.telegram.click(USER, final, "Approve & merge")
+    assert chat.wait_state(task_id, {"completed", "failed"}) == "completed"
+    assert [e["finish"] for e in chat.events(task_id, "decision_made")] == ["merge"]
+    finished = chat.events(task_id, "branch_finished")
+    assert finished and finished[0]["ok"] and finished[0]["action"] == "merge", finished
+    with git.Repo(project) as repo:
+        assert repo.commit("main").hexsha == repo.commit(task_branch(task_id)).hexsha

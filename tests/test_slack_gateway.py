@@ -131,7 +131,7 @@ def test_checkpoint_cards_approve_reject_with_a_reason_and_refuse_others(chat: C
     kinds = [b["type"] for b in card1["blocks"]]
     assert kinds[:2] == ["section", "header"] and kinds[-1] == "actions", kinds  # tag line, then Block Kit
     text = "\n".join(b.get("text", {}).get("text", "") for b in card1["blocks"] if b["type"] == "section")
-    for needle in ("*Commit*", "*Diff*", "*Check*", "ok: US-001", "*Artifacts*", "hello.txt"):
+    for needle in ("*Commit*", "*Diff*", "*Check*", "ok: US-001", "*Files changed*", "hello.txt"):
         assert needle in text, text
     labels = [e["text"]["text"] for b in card1["blocks"] if b["type"] == "actions" for e in b["elements"]]
     assert labels == ["Approve", "Reject"]

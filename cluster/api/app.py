@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from cluster.api.auth import token_table
-from cluster.api.routes import chat, cluster, events, replies, tasks
+from cluster.api.routes import chat, cluster, deliverables, events, replies, tasks, transcripts
 from cluster.errors import Conflict, HearthError, Invalid, NotAllowed, SchedulerUnavailable, UnknownTask
 from cluster.scheduler_client import SchedulerClient
 from cluster.web.app import mount_web
@@ -26,6 +26,8 @@ ROUTERS = [
     events.router,
     replies.router,
     chat.router,
+    deliverables.router,
+    transcripts.router,
 ]
 """Every router the sidecar serves: adding one is one line here."""
 

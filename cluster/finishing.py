@@ -1,0 +1,34 @@
+"""Finishing a completed task's branch on the head: the decision's choice, else hearth.toml's.
+
+The scheduler calls ``finish_task`` once, when a task's last attempt completes and before the
+task is marked completed, so two tasks of one project finish in turn and the second merges on top
+of the first. The outcome (kept, merged, pushed, or refused with the reason — a conflict is
+reported, never forced) is the ``BranchFinished`` event people see.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.events import BranchFinished, DecisionMade
+from agent.finish import FinishConfig, finish_branch
+from agent.project import task_branch
+from agent.runner import TaskSpec
+from cluster.store import Store
+
+
+def chosen_action(db: Store, task_id: str, config: FinishConfig) -> str:
+    """The final decision's ``finish``, else the project's default."""
+    decision = db.last_event(task_id, "decision_made")
+    if isinstance(decision, DecisionMade) and decision.approve and decision.finish:
+        return decision.finish
+    return config.action
+
+
+def finish_task(db: Store, task_id: str, spec: TaskSpec) -> BranchFinished:
+    config = spec.config.finish
+    action = chosen_action(db, task_id, config)
+    branch = task_branch(task_id)
+    outcome = finish_branch(Path(spec.project_path), branch, action, config, base=spec.base_branch,
+                            title=f"Hearth task {task_id}: {spec.plan.name}")
+    return BranchFinished(task_id=task_id, branch=branch, **outcome.model_dump())
