@@ -13,12 +13,12 @@ from pathlib import Path
 
 import git
 import pytest
-from tests_support import RecordingController
+from tests_support import RecordingController, runner_for
 
 from agent.events import CheckpointReady, TerminationReason
 from agent.prd import PrdError, load_prd
 from agent.project import init_project, open_project, task_branch
-from agent.runner import TaskRunner, TaskSpec
+from agent.runner import TaskSpec
 from agent.writeback import bd_timestamp, close_bead, close_bead_line, go_json, markdown_to_prd_json
 from cluster.submission import uncommitted_prd
 
@@ -46,11 +46,8 @@ def run_task(project: Path, prd_relpath: str, *, prd_seed: str | None = None) ->
     spec = TaskSpec(task_id="T-7", project_path=str(project), plan=load_prd(project / prd_relpath),
                     prd_relpath=prd_relpath, prd_seed=prd_seed, model="scripted:demo",
                     base_commit=opened.head_commit(), config=opened.config)
-    from agent.models.scripted import scripted_model
-
     controller = RecordingController()
-    result = TaskRunner(spec, attempt_id="T-7.1-aaaaaa", attempt_no=1, controller=controller,
-                        model=scripted_model("demo"), workdir=project / ".hearth" / "work" / "T-7").run()
+    result = runner_for(spec, controller).run()
     assert result.reason == TerminationReason.completed, result.message
     return spec, controller
 
