@@ -31,9 +31,10 @@ def finish_task(db: Store, task_id: str, spec: TaskSpec) -> BranchFinished:
     action = chosen_action(db, task_id, config)
     branch = task_branch(task_id)
     if is_git_url(spec.project_path):
-        return BranchFinished(task_id=task_id, branch=branch, **_finish_at_url(spec.project_path, branch, action).model_dump())
-    outcome = finish_branch(Path(spec.project_path), branch, action, config, base=spec.base_branch,
-                            title=f"Hearth task {task_id}: {spec.plan.name}")
+        outcome = _finish_at_url(spec.project_path, branch, action)
+    else:
+        outcome = finish_branch(Path(spec.project_path), branch, action, config, base=spec.base_branch,
+                                title=f"Hearth task {task_id}: {spec.plan.name}")
     return BranchFinished(task_id=task_id, branch=branch, **outcome.model_dump())
 
 
@@ -42,7 +43,8 @@ def _finish_at_url(url: str, branch: str, action: str) -> FinishOutcome:
     with every checkpoint, so keep and push are already done; a merge is the remote's to make (a
     pull request), and is refused here with that reason rather than attempted."""
     if action in ("keep", "push"):
-        return FinishOutcome(action=action, ok=True, message=f"branch {branch} is at {url} (pushed with each checkpoint)")
+        return FinishOutcome(action=action, ok=True,
+                             message=f"branch {branch} is at {url} (pushed with each checkpoint)")
     return FinishOutcome(action=action, ok=False, message=(
         f"merge is not done for a project given as a git URL ({url}): the branch {branch} is pushed there, "
         "ready for a pull request"))
