@@ -122,8 +122,11 @@ class RayCodeHost:
 
 
 def node_code(link: SchedulerLink, spec: TaskSpec) -> NodeCode:
-    """This node's side of the task's code: its cache of the project under the node's state dir."""
-    cache = state_dir() / "repos" / f"{spec.config.name}.git"
+    """This node's side of the task's code: its cache of the project under the node's state dir.
+
+    ``node-cache/``, not ``repos/``: on a head that also runs tasks the state dir is shared, and
+    ``repos/`` holds the head's own mirrors (the node's fetches must never write into them)."""
+    cache = state_dir() / "node-cache" / f"{spec.config.name}.git"
     return NodeCode(RayCodeHost(link), cache, spec.task_id)
 
 

@@ -122,7 +122,7 @@ def test_a_box_with_its_own_state_dir_completes_the_demo_its_checkpoints_and_tra
     tip = repo.git.rev_parse(task_branch(task_id))
     assert attempt_refs(repo, task_id) == [(attempt_ref(scheduler, task_id, 0), tip)]
     # Node-local state lives under the node's own state dir, never under the project.
-    assert (state / "work" / task_id).is_dir() and (state / "repos" / "greeting.git" / "HEAD").is_file()
+    assert (state / "work" / task_id).is_dir() and (state / "node-cache" / "greeting.git" / "HEAD").is_file()
     assert not (greeting_project / ".hearth").exists()
 
     # What a person reads is on the head: the API and `hearth transcript` read it there.
