@@ -92,6 +92,8 @@ def test_boxes_share_nothing_but_the_network(lab: tuple[Head, list[Box]], projec
         "127.0.0.2": (0, True, None), "127.0.0.3": (1, True, None), "127.0.0.4": (1, True, None)}
     assert nodes["127.0.0.2"]["labels"]["hearth-role"] == "head"
     assert {nodes[b.ip]["labels"]["hearth-box"] for b in boxes} == {b.name for b in boxes}
+    listed = head.cli("nodes").stdout  # what the operations guide shows
+    assert all(box.ip in listed for box in boxes), listed
     assert head.api("GET", "/v1/policy")["aging_s"] == 123  # [scheduler] of head.toml reached the scheduler
     # Ray's parts listen on the address given (or on loopback), or, where Ray cannot be told, on every
     # interface; never on some other address of this machine (the LAN address Ray picks by itself).

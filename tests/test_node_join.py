@@ -165,8 +165,8 @@ def test_the_scheduler_places_nothing_on_a_node_running_another_hearth(ray_clust
                                  labels={"hearth-version": "0-other", "pool": "mismatch"})
     ray_cluster.wait_for_nodes()
     try:
-        nodes = {n["node_id"]: n for n in ray.get(scheduler.nodes.remote())}
-        assert nodes[other.node_id]["refused"] == f"runs Hearth 0-other, the head runs {hearth_version()}"
+        nodes = {n.node_id: n for n in ray.get(scheduler.nodes.remote())}
+        assert nodes[other.node_id].refused == f"runs Hearth 0-other, the head runs {hearth_version()}"
         configure(greeting_project, allowed_nodes=["pool=mismatch"])
         with pytest.raises(ray.exceptions.RayTaskError, match=r"no node can ever run this task.*runs Hearth 0-other"):
             ray.get(scheduler.submit.remote(str(greeting_project), "tasks/prd.json", None, None, "scripted:demo"))
