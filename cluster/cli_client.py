@@ -44,7 +44,7 @@ class SidecarClient:
         except httpx.HTTPError as exc:
             raise SidecarError(f"cannot reach the sidecar at {self.base}: {exc}", 3) from None
         if reply.status_code >= 400:
-            raise SidecarError(_detail(reply), 2 if reply.status_code in (404, 409, 422) else 3)
+            raise SidecarError(_detail(reply), 2 if reply.status_code in (400, 404, 409, 422) else 3)
         return reply.json()
 
     def stream_events(self, task_id: str, follow: bool = True) -> Iterator[Event]:

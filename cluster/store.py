@@ -172,6 +172,8 @@ class Store:
             current = TaskState(row["state"])
             if current != new:
                 transition(current, new)
+            if current != new:  # the message explains the state it was written for ("at its limit"…)
+                fields.setdefault("message", "")
             fields = {"state": new.value, "updated_at": time.time(), **fields}
             if new == TaskState.queued and current != TaskState.queued:
                 fields.setdefault("queued_since", time.time())

@@ -75,7 +75,7 @@ def test_plugin_token_reads_submits_answers_decides_but_nothing_else(api: TestCl
                                                           "model": "scripted:demo"})
     assert by_name.status_code == 201 and by_name.json()["project"] == "rights-demo"
     unknown = api.post("/v1/tasks", headers=PLUGIN, json={"project": "nope", "prd_path": "x.json"})
-    assert unknown.status_code == 422 and "rights-demo" in unknown.json()["detail"]
+    assert unknown.status_code == 400 and "rights-demo" in unknown.json()["detail"]
     assert api.post(f"/v1/tasks/{task_id}/cancel", headers=ADMIN).json()["state"] == "cancelled"
     wait_state(scheduler, by_name.json()["id"], {"completed"})
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.api.schemas import SubmitRequest
-from cluster.errors import Invalid, SubmitError
+from cluster.errors import SubmitError
 from cluster.scheduler_client import SchedulerClient
 from cluster.scheduling.states import TaskState
 from cluster.store import Store, TaskRow
@@ -16,12 +16,8 @@ def summary(task: TaskRow) -> dict[str, Any]:
     return task.model_dump(mode="json", exclude={"spec"})
 
 
-def listed(store: Store, state: str | None) -> list[dict[str, Any]]:
-    try:
-        wanted = {TaskState(state)} if state else None
-    except ValueError:
-        raise Invalid(f"unknown state {state!r}") from None
-    return [summary(t) for t in store.tasks(wanted)]
+def listed(store: Store, state: TaskState | None) -> list[dict[str, Any]]:
+    return [summary(t) for t in store.tasks({state} if state else None)]
 
 
 async def submit(store: Store, scheduler: SchedulerClient, body: SubmitRequest) -> TaskRow:
