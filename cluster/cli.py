@@ -1,5 +1,9 @@
 """The ``hearth`` command (typer + rich). A thin client of the sidecar, plus local set-up commands.
 
+The client commands (``hearth tasks``…) must print in well under 300 ms, so this module imports only
+typer, rich and the sidecar client at the top; git, the PRD and project code, the store's models and
+node inventories are imported inside the commands that use them.
+
 Exit codes: 0 success, 1 a task ended failed/cancelled (``submit --follow``), 2 bad input
 (a bad PRD, an unknown key in hearth.toml, an unknown task), 3 the cluster is not reachable.
 """
@@ -11,22 +15,19 @@ import shlex
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import git
 import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from agent.config import ConfigError, parse_priority
-from agent.events import Event
-from agent.prd import PrdError, load_prd
-from agent.project import ProjectError, checkpoint_commits, init_project, task_branch
 from cluster import cli_admin, local
 from cluster.cli_client import SidecarClient, SidecarError
-from cluster.nodes import inventory, ray_start_args
-from cluster.store import TaskRow
+
+if TYPE_CHECKING:
+    from agent.events import Event
+    from cluster.store import TaskRow
 
 app = typer.Typer(help="Hearth: turn PRDs into finished work on your own boxes.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -70,6 +71,9 @@ def init(path: Annotated[Path, typer.Argument()] = Path("."),
          model: Annotated[str | None, typer.Option(help="Default model spec")] = None,
          approval: Annotated[str | None, typer.Option(help="each-step | final | none")] = None) -> None:
     """Make or adopt a git repo as a Hearth project (writes hearth.toml, Ralph TUI config, .gitignore)."""
+    from agent.config import ConfigError
+    from agent.project import ProjectError, init_project
+
     overrides: dict[str, object] = {k: v for k, v in
                  {"check": check, "sandbox": sandbox, "model": model, "approval": approval}.items() if v}
     try:
@@ -83,6 +87,8 @@ def init(path: Annotated[Path, typer.Argument()] = Path("."),
 @app.command()
 def plan(prd: Path, as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
     """Print the steps a PRD would run, in order, without running anything."""
+    from agent.prd import PrdError, load_prd
+
     try:
         task_plan = load_prd(prd)
     except PrdError as exc:
@@ -120,6 +126,8 @@ def down() -> None:
 
 
 def _project_for(prd: Path) -> Path:
+    import git
+
     try:
         return Path(git.Repo(prd.resolve().parent, search_parent_directories=True).working_tree_dir or ".")
     except git.InvalidGitRepositoryError:
@@ -134,6 +142,8 @@ def submit(prd: Path,
            model: Annotated[str | None, typer.Option(help="Model spec, e.g. embedded:smollm2-135m")] = None,
            follow: Annotated[bool, typer.Option("--follow/--no-follow", "-f")] = False) -> None:
     """Submit a PRD (Ralph prd.json, Ralph markdown or beads JSONL) as a task."""
+    from agent.config import parse_priority
+
     if not prd.exists():
         fail(f"{prd}: no such file")
     if priority is not None:
@@ -177,6 +187,8 @@ def _describe(event: Any) -> str:
 
 
 def _follow(task_id: str) -> int:
+    from cluster.store import TaskRow
+
     client = Client()
     for event in client.stream_events(task_id):
         console.print(_describe(event), highlight=False)
@@ -189,6 +201,10 @@ def _follow(task_id: str) -> int:
 
 
 def _print_result(task: TaskRow) -> None:
+    import git
+
+    from agent.project import checkpoint_commits, task_branch
+
     spec, branch = task.spec, task_branch(task.id)
     console.print(f"\n[bold]branch[/bold] {branch} in {spec.project_path}")
     for commit, subject in checkpoint_commits(Path(spec.project_path), task.id, spec.base_commit):
@@ -270,6 +286,8 @@ app.add_typer(node_app, name="node")
 @node_app.command("inventory")
 def node_inventory() -> None:
     """Print what NVML sees here (GPUs, VRAM) as JSON; a CPU-only node where NVML is absent."""
+    from cluster.nodes import inventory
+
     typer.echo(inventory().model_dump_json(indent=2))
 
 
@@ -280,6 +298,8 @@ def node_start(head: Annotated[bool, typer.Option("--head", help="Start a head n
                dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command only")] = False,
                ) -> None:
     """`ray start` with this node's GPUs, VRAM and labels (same command on every box)."""
+    from cluster.nodes import inventory, ray_start_args
+
     if head == bool(address):
         fail("give exactly one of --head or --address HOST:PORT")
     command = ["ray", "start", *ray_start_args(inventory(with_models=False), slots=slots), "--disable-usage-stats"]
@@ -322,6 +342,8 @@ def tasks(state: Annotated[str | None, typer.Option(help="Only tasks in this sta
 @app.command()
 def show(task_id: str) -> None:
     """Show one task: state, steps and, once completed, its branch and checkpoints."""
+    from cluster.store import TaskRow
+
     task = TaskRow.model_validate(Client().request("GET", f"/v1/tasks/{task_id}"))
     console.print(f"[bold]{task.id}[/bold] {task.name} — {task.state.value} (priority {task.priority})")
     if task.message:

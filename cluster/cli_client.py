@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from httpx_sse import SSEError, connect_sse
 
-from agent.events import Event, EventAdapter
 from cluster.errors import HearthError
+
+if TYPE_CHECKING:
+    from agent.events import Event
 
 RECONNECT_FOR_S = 60.0
 """How long ``stream_events`` keeps trying to reconnect (e.g. while the sidecar restarts)."""
@@ -50,6 +51,10 @@ class SidecarClient:
     def stream_events(self, task_id: str, follow: bool = True) -> Iterator[Event]:
         """The task's events in order; following, until it ends. A dropped connection is resumed after
         the last event received (the sidecar's ``Last-Event-ID``), for up to ``reconnect_for_s``."""
+        from httpx_sse import SSEError, connect_sse  # imported here: `hearth tasks` need not load them
+
+        from agent.events import EventAdapter
+
         last_id: str | None = None
         give_up = time.monotonic() + self.reconnect_for_s
         while True:

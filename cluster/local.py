@@ -1,5 +1,8 @@
 """``hearth up`` / ``hearth down``: a local head (Ray + scheduler + sidecar) started and stopped by PID.
 
+``agent.processes`` (psutil) is imported inside ``up``/``down``: the CLI's client commands read
+``up.json`` and the token from here and must stay fast.
+
 ``ray start --head --block`` runs in its own process group, so ``down`` stops exactly the Ray
 processes this started (never ``ray stop``, which kills every Ray process on the machine).
 """
@@ -18,7 +21,6 @@ import httpx
 import platformdirs
 from pydantic import BaseModel
 
-from agent import processes
 from cluster.private_files import ensure_token_file, private_dir
 
 
@@ -54,6 +56,8 @@ def _free_port() -> int:
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float, what: str, log: Path) -> None:
+    from agent import processes  # psutil: only `up` and `down` need it (client commands stay fast)
+
     if processes.wait_until(predicate, timeout_s, 0.2):
         return
     tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
@@ -71,6 +75,8 @@ def _healthy(api_url: str, token: str) -> bool:
 def up(*, api_port: int = 8765, ray_port: int = 0, slots: int | None = None,
        progress: Callable[[str], None] = print) -> UpInfo:
     """Start (or find) the local head: Ray, the scheduler actor and the sidecar."""
+    from agent import processes
+
     base = state_dir()
     token = ensure_token(base)
     current = read_up(base)
@@ -123,6 +129,8 @@ def up(*, api_port: int = 8765, ray_port: int = 0, slots: int | None = None,
 
 def down(*, progress: Callable[[str], None] = print) -> None:
     """Stop what ``up`` started, by process group; also the node's embedded model server."""
+    from agent import processes
+
     base = state_dir()
     info = read_up(base)
     if info is None:
