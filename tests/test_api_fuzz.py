@@ -26,6 +26,7 @@ MAX_EXAMPLES = int(os.environ.get("HEARTH_FUZZ_EXAMPLES", "30"))
 """Cases per API operation and token (25,000 requests were sent by hand once; CI keeps it short)."""
 MAX_TIME_S = int(os.environ.get("HEARTH_FUZZ_MAX_S", "40"))
 """Wall-clock budget of one token's run."""
+CONFIG = Path(__file__).parent / "data" / "schemathesis.toml"
 TOKENS = {"admin": "fuzz-admin-token", "plugin": "fuzz-plugin-token", "none": None}
 
 
@@ -46,8 +47,9 @@ def sidecar_url(scheduler: Any) -> Iterator[str]:
 def test_fuzzed_api_keeps_its_contract(sidecar_url: str, who: str, tmp_path: Path) -> None:
     st = shutil.which("st") or str(Path(sys.executable).parent / "st")
     token = TOKENS[who]
-    command = [st, "run", f"{sidecar_url}/openapi.json", "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
-               "--max-time", str(MAX_TIME_S), "--workers", "1", "--seed", "13", "--generation-database", "none",
+    command = [st, "--config-file", str(CONFIG), "run", f"{sidecar_url}/openapi.json", "--checks", "all",
+               "--max-examples", str(MAX_EXAMPLES), "--max-time", str(MAX_TIME_S), "--workers", "1", "--seed", "13",
+               "--generation-database", "none",
                "--request-timeout", "20", "--no-color", "--report", "ndjson", "--report-dir", str(tmp_path)]
     if token is not None:
         command += ["-H", f"Authorization: Bearer {token}"]

@@ -7,7 +7,7 @@ hold a NUL byte (no file system takes one); the pattern says so in the OpenAPI d
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -51,7 +51,7 @@ class AnswerRequest(_Reply):
 
 
 class DecisionRequest(_Reply):
-    decision: str
+    decision: Literal["approve", "reject"]
     reason: str = ""
     checkpoint: int | None = None
     """The seq of the CheckpointReady event this decides (a second click on the same card acts once)."""
