@@ -27,6 +27,7 @@ import collections
 import concurrent.futures
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -149,6 +150,7 @@ def main() -> None:
                 for _ in range(3)), 1)
     finally:
         local.down(progress=lambda m: print(f"· {m}", file=sys.stderr))
+        shutil.rmtree(STATE, ignore_errors=True)
     result["load_average"] = round(os.getloadavg()[0], 1)
     first = ["tasks", "states", "lost", "tasks_per_s", "list_ms_p50", "list_ms_p99", "cli_tasks_ms"]
     print(json.dumps({key: result[key] for key in first} | {k: v for k, v in result.items() if k not in first}))

@@ -24,7 +24,7 @@ from cluster.scheduler_client import RaySchedulerClient
 pytestmark = [pytest.mark.ray, pytest.mark.fuzz]
 MAX_EXAMPLES = int(os.environ.get("HEARTH_FUZZ_EXAMPLES", "30"))
 """Cases per API operation and token (25,000 requests were sent by hand once; CI keeps it short)."""
-MAX_TIME_S = int(os.environ.get("HEARTH_FUZZ_MAX_S", "40"))
+MAX_TIME_S = int(os.environ.get("HEARTH_FUZZ_MAX_S", "25"))
 """Wall-clock budget of one token's run."""
 CONFIG = Path(__file__).parent / "data" / "schemathesis.toml"
 TOKENS = {"admin": "fuzz-admin-token", "plugin": "fuzz-plugin-token", "none": None}

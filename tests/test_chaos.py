@@ -7,7 +7,9 @@ models (``scripted:sleep-N`` keeps a step busy N seconds in the sandbox)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,13 +28,16 @@ WAIT_S = 300.0
 
 
 @pytest.fixture(scope="module")
-def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
-    started = Head(tmp_path_factory.mktemp("chaos-state"), slots=2)
-    started.up()
+def head() -> Iterator[Head]:
+    # A short path: Ray's unix sockets live under <state>/ray, and a socket path has ~107 bytes.
+    state = Path(tempfile.mkdtemp(prefix="hearth-chaos-"))
+    started = Head(state, slots=2)
     try:
+        started.up()
         yield started
     finally:
         started.down()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ def summary(task: TaskRow) -> dict[str, Any]:
 
 
 def listed(store: Store, state: TaskState | None) -> list[dict[str, Any]]:
-    return [summary(t) for t in store.tasks({state} if state else None)]
+    return store.summaries({state} if state else None)
 
 
 async def submit(store: Store, scheduler: SchedulerClient, body: SubmitRequest) -> TaskRow:
