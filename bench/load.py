@@ -6,8 +6,8 @@ Prints one JSON object on its last line::
     {"tasks": 1000, "states": {...}, "lost": 0, "tasks_per_s": ..., "list_ms_p50": ..., "list_ms_p99": ...,
      "cli_tasks_ms": ..., ...}
 
-* ``states``: every task's state when the run ends; ``lost``: submitted tasks the store does not
-  have, or that never ended (running past ``--deadline-s``);
+* ``states``: every task's state when the run ends; ``lost``: submitted tasks the API refused or
+  the store does not have; ``unfinished``: tasks not ended by ``--deadline-s`` (still queued/running);
 * ``tasks_per_s``: tasks ended per second, first submit to last end;
 * ``list_ms_p50``/``p99``: ``GET /v1/tasks`` (all tasks) while the load runs;
 * ``cli_tasks_ms``: ``hearth tasks`` wall time (a fresh process) with every task listed;
@@ -180,9 +180,10 @@ def load(api: httpx.Client, project: Path, args: argparse.Namespace) -> dict[str
     finally:
         store.close()
     states = collections.Counter(rows[i].state.value if i in rows else "missing" for i in ids)
-    lost = (args.tasks - len(ids)) + sum(1 for i in ids if i not in rows or rows[i].state.value not in TERMINAL)
+    lost = (args.tasks - len(ids)) + sum(1 for i in ids if i not in rows)
     done = sum(states[s] for s in TERMINAL)
-    return {"tasks": args.tasks, "states": dict(states), "lost": lost, "submit_s": round(submit_s, 1),
+    return {"tasks": args.tasks, "states": dict(states), "lost": lost, "unfinished": len(ids) - done,
+            "submit_s": round(submit_s, 1),
             "tasks_per_s": round(done / max(ended_at - started, 1e-9), 2),
             "list_ms_p50": round(percentile(list_ms, 0.5), 1), "list_ms_p99": round(percentile(list_ms, 0.99), 1)}
 

@@ -49,6 +49,18 @@ def read_up(base: Path | None = None) -> UpInfo | None:
     return UpInfo.model_validate_json(path.read_text()) if path.exists() else None
 
 
+SPAWNED: list[subprocess.Popen[bytes]] = []
+"""Children this process started: held so they are reaped (no zombie, no "still running" warning)."""
+
+
+def _spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """``command`` in its own session, output appended to ``log`` (the child keeps its own copy of the fd)."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    SPAWNED[:] = [p for p in SPAWNED if p.poll() is None] + [proc]
+    return proc
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -91,13 +103,12 @@ def up(*, api_port: int = 8765, ray_port: int = 0, slots: int | None = None,
     logs.mkdir(exist_ok=True)
     ray_log = logs / "ray-head.log"
     progress(f"starting Ray head on 127.0.0.1:{ray_port}")
-    ray_proc = subprocess.Popen(
+    ray_proc = _spawn(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
          f"--port={ray_port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
          "--disable-usage-stats", f"--num-cpus={slots}", f"--resources={json.dumps({'hearth_slots': slots})}",
          f"--temp-dir={base / 'ray'}"],
-        stdout=ray_log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
+        ray_log)
     address = f"127.0.0.1:{ray_port}"
 
     def ray_ready() -> bool:
@@ -109,11 +120,10 @@ def up(*, api_port: int = 8765, ray_port: int = 0, slots: int | None = None,
     api_url = f"http://127.0.0.1:{api_port}"
     side_log = logs / "sidecar.log"
     progress(f"starting the scheduler and the sidecar on {api_url}")
-    side_proc = subprocess.Popen(
+    side_proc = _spawn(
         [sys.executable, "-m", "cluster.api", "--address", address, "--state-dir", str(base),
          "--port", str(api_port)],
-        stdout=side_log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
+        side_log)
     info = UpInfo(ray_address=address, api_url=api_url, ray_pid=ray_proc.pid, sidecar_pid=side_proc.pid,
                   state_dir=str(base))
     (base / "up.json").write_text(info.model_dump_json())

@@ -26,9 +26,10 @@ from cluster import local
 from cluster.store import Store
 
 TERMINAL = {"completed", "failed", "cancelled"}
-FAST_HEALTH_ENV = {"RAY_health_check_initial_delay_ms": "0", "RAY_health_check_period_ms": "500",
-                   "RAY_health_check_timeout_ms": "500", "RAY_health_check_failure_threshold": "3"}
-"""Ray notices a dead node in ~2 s instead of ~30 s (read by Ray from the environment)."""
+FAST_HEALTH_ENV = {"RAY_health_check_initial_delay_ms": "0", "RAY_health_check_period_ms": "1000",
+                   "RAY_health_check_timeout_ms": "3000", "RAY_health_check_failure_threshold": "5"}
+"""Ray notices a dead node in seconds instead of ~30 s (read by Ray from the environment), yet a
+live raylet on a loaded machine is not declared dead."""
 
 
 class Head:
@@ -93,10 +94,8 @@ class Head:
     def start_sidecar(self) -> None:
         """The sidecar alone, as its systemd unit restarts it (Ray and the scheduler keep running)."""
         assert self.info is not None
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster.api", "--address", self.info.ray_address, "--state-dir",
-             str(self.state), "--port", str(self.port)],
-            stdout=(self.state / "logs" / "sidecar.log").open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        proc = local._spawn([sys.executable, "-m", "cluster.api", "--address", self.info.ray_address, "--state-dir",
+                             str(self.state), "--port", str(self.port)], self.state / "logs" / "sidecar.log")
         self.info = self.info.model_copy(update={"sidecar_pid": proc.pid})
         (self.state / "up.json").write_text(self.info.model_dump_json())
 
@@ -114,11 +113,10 @@ class Head:
     def add_node(self, slots: int) -> subprocess.Popen[bytes]:
         """A second raylet on this machine: a worker node, in its own process group."""
         assert self.info is not None
-        proc = subprocess.Popen(
+        proc = local._spawn(
             [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", f"--address={self.info.ray_address}",
              "--node-ip-address=127.0.0.1", "--num-cpus=1", f"--resources={json.dumps({'hearth_slots': slots})}",
-             "--disable-usage-stats"],
-            stdout=(self.state / "logs" / "worker.log").open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+             "--disable-usage-stats"], self.state / "logs" / "worker.log")
         self.workers.append(proc)
         return proc
 

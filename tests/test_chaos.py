@@ -103,7 +103,14 @@ def test_node_killed_mid_step(head: Head, project: Path) -> None:
 
     before = alive_nodes()
     worker = head.add_node(slots=2)
-    assert wait_until(lambda: len(alive_nodes() - before) == 1, WAIT_S, 0.5)
+
+    def joined() -> bool:
+        nonlocal worker
+        if worker.poll() is not None:  # `ray start` gave up (a GCS too busy to answer in time): again
+            worker = head.add_node(slots=2)
+        return len(alive_nodes() - before) == 1
+
+    assert wait_until(joined, WAIT_S, 0.5)
     [worker_node] = alive_nodes() - before
     tasks = head.submit(project, SLOW_MODEL, 4)  # 2 slots per node: two tasks land on the worker
     running(head, tasks)
