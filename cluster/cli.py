@@ -24,6 +24,7 @@ from rich.table import Table
 
 from cluster import cli_admin, local
 from cluster.cli_client import SidecarClient, SidecarError
+from cluster.cli_tokens import token_app
 
 if TYPE_CHECKING:
     from agent.events import Event
@@ -117,6 +118,7 @@ def up(port: int = 8765, slots: Annotated[int | None, typer.Option(help="Tasks t
         fail(str(exc), 3)
         return
     console.print(f"Hearth is up: sidecar {info.api_url}, Ray {info.ray_address}")
+    console.print(f"Web page: {info.api_url}/ui/ (log in with the token in {local.token_path()})", soft_wrap=True)
 
 
 @app.command()
@@ -279,6 +281,7 @@ def openclaw_connect(
     console.print("Then restart the sidecar so it starts sending: hearth down && hearth up")
 
 
+app.add_typer(token_app, name="token")
 node_app = typer.Typer(help="This machine as a Ray node.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 

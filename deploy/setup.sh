@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything Hearth needs on this machine (idempotent; safe to re-run).
 #   bash deploy/setup.sh            # Python package, bubblewrap, Node, the embedded model
-#   HEARTH_SETUP_LAYERS="vm docker openclaw" bash deploy/setup.sh   # plus optional layers
+#   HEARTH_SETUP_LAYERS="vm docker openclaw browser" bash deploy/setup.sh   # plus optional layers
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
@@ -41,7 +41,9 @@ for layer in ${HEARTH_SETUP_LAYERS:-}; do
     docker) say "docker: docker.io, Hearth's own dockerd, hearth/debian:bookworm + hearth/llamacpp-cpu"
             bash deploy/docker/dockerd.sh models-image && bash deploy/docker/dockerd.sh stop >/dev/null ;;
     openclaw) say "OpenClaw gateway: Node 24 + openclaw from npm"; bash deploy/openclaw/install.sh >/dev/null ;;
-    *) say "unknown layer $layer (known: vm docker openclaw)"; exit 2 ;;
+    browser) say "browser: Debian's chromium + chromium-driver (the web page's tests drive it with selenium)"
+             apt_install chromium chromium-driver ;;
+    *) say "unknown layer $layer (known: vm docker openclaw browser)"; exit 2 ;;
   esac
 done
 say "done"

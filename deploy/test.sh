@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Every layer by default, so the whole suite runs; a missing engine is then a failure, not a skip.
-export HEARTH_SETUP_LAYERS="${HEARTH_SETUP_LAYERS-vm docker openclaw}"
+export HEARTH_SETUP_LAYERS="${HEARTH_SETUP_LAYERS-vm docker openclaw browser}"
 case " $HEARTH_SETUP_LAYERS " in *" docker "*) export HEARTH_REQUIRE_DOCKER=1 ;; esac
 bash deploy/setup.sh
 echo "== ruff"; ruff check agent cluster tests bench

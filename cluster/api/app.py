@@ -26,6 +26,7 @@ from cluster.api.feed import EventFeed
 from cluster.api.routes import cluster, events, replies, tasks
 from cluster.errors import Conflict, HearthError, Invalid, NotAllowed, SchedulerUnavailable, UnknownTask
 from cluster.scheduler_client import SchedulerClient
+from cluster.web.app import mount_web
 
 if TYPE_CHECKING:
     from cluster.openclaw import Notifier
@@ -92,6 +93,7 @@ def create_app(scheduler: SchedulerClient, store_path: Path, token: str, *, plug
             exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed_methods(app, request))}
         return await http_exception_handler(request, exc)
 
+    mount_web(app, token, plugin_token)  # the web page under /ui, and /metrics (cluster/web/)
     return app
 
 

@@ -1,5 +1,8 @@
 """Bearer tokens and the rights they carry: ``need("submit")`` is a route's dependency.
 
+Besides the admin and plugin tokens, a person's own token (``hearth token add NAME --role …``,
+cluster/people_tokens.py) carries its role's rights and speaks as NAME.
+
 The token is checked before anything else about a request: ``refusal`` lets the app answer 401/403
 for a request whose body could not even be parsed (FastAPI reads the body before it runs
 dependencies), so a caller without a token learns nothing about what the API accepts.
@@ -15,6 +18,8 @@ from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict
 
+from cluster import people_tokens
+
 RIGHTS = ("read", "submit", "answer", "decide", "cancel", "restart", "priority", "nodes")
 PLUGIN_RIGHTS = ("read", "submit", "answer", "decide")
 PLUGIN_TOKEN_FILE = "plugin-token"
@@ -28,6 +33,9 @@ class Caller(BaseModel):
     model_config = ConfigDict(frozen=True)
     role: str
     rights: tuple[str, ...]
+    person: str = ""
+    """For a person's token (``hearth token add``): their name, which their answers and decisions
+    carry whatever the request's ``who`` says."""
 
 
 ADMIN = Caller(role="admin", rights=RIGHTS)
@@ -47,6 +55,10 @@ def identify(request: Request, presented: str | None) -> Caller:
     for who, secret in request.app.state.tokens:
         if presented is not None and hmac.compare_digest(presented.encode(), secret):
             found = who
+    if found is None and presented:
+        person = people_tokens.find(request.app.state.store_path.parent, presented)
+        if person is not None:
+            found = Caller(role=person.role.value, rights=people_tokens.ROLE_RIGHTS[person.role], person=person.name)
     if found is None:
         raise HTTPException(status_code=401, detail="missing or wrong bearer token", headers=CHALLENGE)
     return found

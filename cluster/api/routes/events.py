@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
 
+from cluster import metrics
 from cluster.api.auth import need
 from cluster.api.deps import ReadStore
 from cluster.api.feed import EventFeed
@@ -34,6 +35,12 @@ async def events(task_id: str, request: Request, store: ReadStore, follow: bool 
 
 
 async def _stream(feed: EventFeed, task_id: str, after: int, follow: bool) -> AsyncIterator[dict[str, Any]]:
+    with metrics.sse_client("events"):
+        async for item in _events_after(feed, task_id, after, follow):
+            yield item
+
+
+async def _events_after(feed: EventFeed, task_id: str, after: int, follow: bool) -> AsyncIterator[dict[str, Any]]:
     while True:
         seen = feed.mark(task_id)
         store = feed.view()

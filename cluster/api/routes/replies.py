@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from cluster import people_tokens
 from cluster.api.auth import Caller, need
 from cluster.api.deps import ReadStore, Scheduler
 from cluster.api.schemas import AUTHED, AnswerRequest, DecisionRequest, refusals
@@ -19,14 +20,15 @@ router = APIRouter(prefix="/v1", responses=AUTHED)
 @router.post("/tasks/{task_id}/answer", responses=refusals(400, 404, 409, 503))
 async def answer(task_id: str, body: AnswerRequest, store: ReadStore, scheduler: Scheduler,
                  caller: Caller = need("answer")) -> dict[str, Any]:
-    outcome = await replies.answer(store, scheduler, task_id, body.text, body.who, body.question)
+    outcome = await replies.answer(store, scheduler, task_id, body.text, caller.person or body.who, body.question)
     return outcome.as_json()
 
 
 @router.post("/tasks/{task_id}/decision", responses=refusals(400, 403, 404, 409, 503))
 async def decision(task_id: str, body: DecisionRequest, store: ReadStore, scheduler: Scheduler,
                    caller: Caller = need("decide")) -> dict[str, Any]:
-    outcome = await replies.decide(store, scheduler, task_id, body.decision, body.reason, body.who, body.channel,
+    who, channel = (caller.person, people_tokens.CHANNEL) if caller.person else (body.who, body.channel)
+    outcome = await replies.decide(store, scheduler, task_id, body.decision, body.reason, who, channel,
                                    body.checkpoint, admin=caller.role == "admin")
     return outcome.as_json()
 
