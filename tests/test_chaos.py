@@ -112,7 +112,8 @@ def test_node_killed_mid_step(head: Head, project: Path) -> None:
 
     assert wait_until(joined, WAIT_S, 0.5)
     [worker_node] = alive_nodes() - before
-    tasks = head.submit(project, SLOW_MODEL, 4)  # 2 slots per node: two tasks land on the worker
+    # 2 slots per node: two tasks land on the worker. Longer steps: all four must be mid-step at once.
+    tasks = head.submit(project, "scripted:sleep-20", 4)
     running(head, tasks)
     on_worker = head.read(lambda s: [t for t in tasks if s.task(t).node_id == worker_node])
     os.killpg(worker.pid, signal.SIGKILL)
