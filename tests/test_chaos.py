@@ -42,7 +42,7 @@ def head() -> Iterator[Head]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_project(tmp_path_factory.mktemp("chaos-project"), "chaos-demo")
+    return make_project(tmp_path_factory.mktemp("chaos-project"), "chaos-demo", concurrency=8)
 
 
 def running(head: Head, task_ids: list[str], n: int | None = None) -> None:
