@@ -48,6 +48,10 @@ class BudgetConfig(BaseModel):
     max_format_errors: int = Field(
         default=6, ge=1, description="Consecutive malformed replies before the step is abandoned."
     )
+    stuck_after: int = Field(
+        default=5, ge=2,
+        description="Identical tool calls in a row that end the step as stuck (each repeat gets a hint first).",
+    )
     model_wait_s: float = Field(
         default=300, ge=0,
         description="Seconds a step waits for its model to come back (a crashed or evicted server is "
@@ -88,12 +92,18 @@ class ProjectConfig(BaseModel):
     model: str = Field(default="embedded:smollm2-135m", description="Default model spec for tasks.")
     check: str = Field(
         default="",
-        description="Command that accepts a step (run in the sandbox; $HEARTH_STEP names the story). "
-        "Empty: the model's step_done is accepted as is.",
+        description="Command that accepts a step (run in the sandbox; $HEARTH_STEP names the story), before "
+        "the story's own checks (acceptance criteria like \"`pytest tests/x.py` passes\"). Nothing anywhere: "
+        "the model's step_done is accepted on its word; submit warns, and approval cards say so.",
     )
     sandbox: Literal["bwrap", "qemu", "docker"] = Field(default="bwrap", description="Sandbox backend.")
     concurrency: int = Field(default=2, ge=1, description="Tasks of this project that may run at once.")
     max_attempts: int = Field(default=3, ge=1, description="Attempts (placements) before a task fails.")
+    checkpoints: bool = Field(
+        default=True,
+        description="Whether this project's tasks may yield their node at a checkpoint. false: never chosen "
+        "as a pre-emption victim (they keep their node until they end); checkpoint commits still happen.",
+    )
     allowed_nodes: list[str] = Field(default=[], description="Node ids or labels; empty means any node.")
     approvers: list[str] = Field(default=[], description="Channel user ids allowed to approve or reject.")
     limits: SandboxConfig = Field(default_factory=SandboxConfig, description="Sandbox limits.")
@@ -147,4 +157,8 @@ def load_config(project_dir: Path) -> ProjectConfig:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; run `hearth init {project_dir}` first") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return parse_config(text, str(path))

@@ -24,7 +24,7 @@ class TerminationReason(StrEnum):
     preempted = "preempted"
     budget = "budget"
     stuck = "stuck"
-    """The loop saw the model make no progress; the step ends (a failure, not retried)."""
+    """The model made the same call ``budget.stuck_after`` times in a row; the step ends (a failure, not retried)."""
     error = "error"
     cancelled = "cancelled"
     waiting_input = "waiting_input"
@@ -72,6 +72,19 @@ class AgentAction(_Event):
     summary: str
 
 
+class ModelTurn(_Event):
+    """One request to the model: what it cost and how it ended (token accounting per turn)."""
+
+    kind: Literal["model_turn"] = "model_turn"
+    step_id: str
+    turn: int
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str = ""
+    elided: int = 0
+    """Messages of the conversation elided or dropped to fit this request into the context window."""
+
+
 class CheckRan(_Event):
     kind: Literal["check_ran"] = "check_ran"
     step_id: str
@@ -88,6 +101,8 @@ class CheckpointReady(_Event):
     files_changed: list[str]
     check_summary: str
     needs_approval: bool = False
+    checked: bool = True
+    """False when no check ran: the step was accepted on the model's word (the card says so)."""
 
 
 class ClarificationRequested(_Event):
@@ -128,6 +143,8 @@ class StepCompleted(_Event):
     commit: str
     turns: int
     duration_s: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class AttemptEnded(_Event):
@@ -169,6 +186,7 @@ Event = Annotated[
     | TaskPlaced
     | StepStarted
     | AgentAction
+    | ModelTurn
     | CheckRan
     | CheckpointReady
     | ClarificationRequested

@@ -3,14 +3,14 @@
 ``init_project`` makes or adopts the repo and writes the policy file, Ralph TUI's config and the
 ``.gitignore`` entries for runtime files. Each task works in its own clone of the project
 (``<project>/.hearth/work/<task-id>``) on branch ``hearth/<task-id>`` from the task's base commit; a
-clone rather than a worktree because it is self-contained: git works inside any sandbox (a VM
-sees a plain repo), and it is what another node would have. Every checkpoint is one commit with
+clone rather than a worktree because it is self-contained and it is what another node would have.
+Its git dir is host-private and every git call on it is hardened (``agent.host_git``): what a step
+writes is never run or read as configuration by the host. Every checkpoint is one commit with
 ``Hearth-Task``/``Hearth-Step``/``Hearth-Attempt`` trailers, pushed back to the project's branch.
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import git
 import tomli_w
 
 from agent.config import ProjectConfig, load_config
+from agent.host_git import clone_task_repo
 
 RUNTIME_IGNORES = [
     "# Hearth runtime files",
@@ -126,11 +127,9 @@ def prepare_workspace(project_path: Path, task_id: str, base_commit: str, workdi
     """A fresh clone at ``workdir`` on ``hearth/<task-id>`` at ``base_commit`` (step 0 state).
 
     Anything already there (a previous attempt's clone) is discarded: a new attempt starts clean.
+    The clone's git dir is host-private and shares no object with the project (``agent.host_git``).
     """
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.parent.mkdir(parents=True, exist_ok=True)
-    repo = git.Repo.clone_from(str(project_path), str(workdir), no_checkout=True)
+    repo = clone_task_repo(str(project_path), workdir)
     repo.git.checkout("-B", task_branch(task_id), base_commit)
     with repo.config_writer() as cfg:
         cfg.set_value("user", "name", HEARTH_IDENTITY[0])

@@ -30,14 +30,17 @@ from agent.events import (
     ClarificationRequested,
     Event,
     ModelOutage,
+    ModelTurn,
     StepCompleted,
     StepStarted,
     TaskCompleted,
     TerminationReason,
 )
-from agent.loop import StepContext, StepResult, answer_message, run_step
+from agent.host_git import open_task_repo, task_git_dir
+from agent.loop import StepContext, StepResult, TurnUsage, answer_message, run_step
 from agent.models.base import ChatModel, ModelError
-from agent.prd import TaskPlan, mark_story_passed
+from agent.prd import PrdError, TaskPlan, with_story_passed
+from agent.progress import ProgressEntry, append_progress, read_progress
 from agent.project import (
     checkpoint_commit,
     diff_summary,
@@ -46,7 +49,9 @@ from agent.project import (
     reset_workspace,
     task_branch,
 )
+from agent.prompts import StepMemory, read_instructions
 from agent.sandbox import Sandbox, SandboxConfig, open_sandbox
+from agent.sandbox.files import check_disk_limit, read_workspace_file, write_workspace_file
 
 
 class TaskSpec(BaseModel):
@@ -100,6 +105,15 @@ class ModelGone(Exception):
     """The task's model stayed unreachable for ``budget.model_wait_s``: the attempt fails (and is retried)."""
 
 
+class StepEnded(Exception):
+    """A step ended without being accepted (out of budget, or stuck): the attempt ends with ``reason``."""
+
+    def __init__(self, reason: TerminationReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
 class Parked(Exception):
     """A step asked a question and the controller chose to wait without holding the node."""
 
@@ -113,7 +127,7 @@ SandboxFactory = Callable[[str, Path, SandboxConfig, str], Sandbox]
 
 
 def _default_sandbox(kind: str, workspace: Path, config: SandboxConfig, name: str) -> Sandbox:
-    return open_sandbox(kind, workspace, config, name=name)
+    return open_sandbox(kind, workspace, config, name=name, git_dir=task_git_dir(workspace))
 
 
 class TaskRunner:
@@ -155,14 +169,14 @@ class TaskRunner:
 
     def _workspace(self) -> tuple[git.Repo, int]:
         """The clone to work in and the step to start from (0 unless resuming at a checkpoint here)."""
-        if self.start_step is not None and self.resume_commit and (self.workdir / ".git").exists():
-            repo = git.Repo(self.workdir)
+        if self.start_step is not None and self.resume_commit:
             try:
+                repo = open_task_repo(self.workdir)
                 repo.commit(self.resume_commit)
                 if not (self.answer and repo.head.commit.hexsha == self.resume_commit):
                     reset_workspace(repo, self.resume_commit)  # after an answer: keep the step's work
                 return repo, self.start_step
-            except (git.BadName, ValueError, git.GitCommandError):
+            except (git.BadName, ValueError, git.GitCommandError, git.InvalidGitRepositoryError):
                 pass
         return prepare_workspace(Path(self.spec.project_path), self.spec.task_id, self.spec.base_commit,
                                  self.workdir), 0
@@ -178,9 +192,10 @@ class TaskRunner:
             steps = self.spec.plan.steps
             previous = (repo.head.commit.hexsha, sandbox.snapshot())
             for index in range(next_step, len(steps)):
-                previous = self._run_step(index, repo, sandbox, previous)
-                if previous[0] == "":
-                    return RunResult(reason=TerminationReason.budget, message=previous[1], next_step=index)
+                try:
+                    previous = self._run_step(index, repo, sandbox, previous)
+                except StepEnded as ended:
+                    return RunResult(reason=ended.reason, message=ended.message, next_step=index)
                 next_step = index + 1
                 if next_step < len(steps):
                     verdict = self.controller.at_checkpoint(steps[index].id)
@@ -207,12 +222,13 @@ class TaskRunner:
     ) -> tuple[str, str]:
         """Run, checkpoint and (if wanted) get approval for one step.
 
-        Returns the new (commit, snapshot id), or ("", reason) when the step ran out of budget.
+        Returns the new (commit, snapshot id); raises StepEnded when the step ran out of budget or got stuck.
         """
         spec, step = self.spec, self.spec.plan.steps[index]
         total = len(spec.plan.steps)
         self._emit(StepStarted, step_id=step.id, title=step.title, index=index, total=total)
         feedback, started, turns = "", time.monotonic(), 0
+        tokens = [0, 0]  # prompt, completion: this step, all its tries
         while True:
             ctx = StepContext(
                 task_id=spec.task_id,
@@ -227,17 +243,17 @@ class TaskRunner:
                 on_check=lambda passed, output: self._emit(
                     CheckRan, step_id=step.id, passed=passed, output_tail=output[-1500:]
                 ),
-                on_checkpoint=lambda summary: checkpoint_commit(
-                    repo, task_id=spec.task_id, step_id=step.id, attempt_id=self.attempt_id,
-                    message=f"{step.id} (work in progress): {summary}"[:200],
-                ),
+                on_checkpoint=lambda summary: self._work_in_progress(repo, step.id, summary),
+                on_turn=lambda usage: self._emit_turn(step.id, usage),
                 feedback=feedback,
+                memory=self._memory(index),
             )
             pending = self._take_pending(step.id)
             if pending:
                 ctx.messages = pending
             result = self._converse(ctx)
             turns += result.turns
+            tokens = [tokens[0] + result.prompt_tokens, tokens[1] + result.completion_tokens]
             while result.outcome == "needs_input":
                 self._emit(ClarificationRequested, step_id=step.id, question=result.question)
                 answer = self.controller.await_answer(step.id, result.question)
@@ -247,10 +263,13 @@ class TaskRunner:
                 ctx.messages = [*result.messages, answer_message(result.call_id, answer.text, answer.who)]
                 result = self._converse(ctx)
                 turns += result.turns
-            if result.outcome == "budget":
-                return "", f"step {step.id}: {result.summary}"
+                tokens = [tokens[0] + result.prompt_tokens, tokens[1] + result.completion_tokens]
+            if result.outcome in ("budget", "stuck"):
+                reason = TerminationReason.stuck if result.outcome == "stuck" else TerminationReason.budget
+                raise StepEnded(reason, f"step {step.id}: {result.summary}")
+            self._append_progress(repo, index, result, previous[0], time.monotonic() - started)
             commit, snapshot = self._checkpoint(index, repo, sandbox, result.summary, result.check_output,
-                                                previous[0])
+                                                previous[0], checked=result.checked)
             if self._needs_approval(index, total):
                 decision = self.controller.await_decision(step.id)
                 if not decision.approve:
@@ -260,8 +279,35 @@ class TaskRunner:
                     feedback = decision.reason or "no reason given"
                     continue
             self._emit(StepCompleted, step_id=step.id, commit=commit, turns=turns,
-                       duration_s=round(time.monotonic() - started, 3))
+                       duration_s=round(time.monotonic() - started, 3),
+                       prompt_tokens=tokens[0], completion_tokens=tokens[1])
             return commit, snapshot
+
+    def _emit_turn(self, step_id: str, usage: TurnUsage) -> None:
+        self._emit(ModelTurn, step_id=step_id, turn=usage.turn, prompt_tokens=usage.prompt_tokens,
+                   completion_tokens=usage.completion_tokens, finish_reason=usage.finish_reason,
+                   elided=usage.elided)
+
+    def _memory(self, index: int) -> StepMemory:
+        """What step ``index`` knows beyond its story: the PRD, the other stories, the progress file."""
+        plan = self.spec.plan
+        instructions_file, instructions = read_instructions(self.workdir)
+        return StepMemory(
+            prd_name=plan.name, prd_description=plan.description,
+            done=[f"{story} (done before this task)" for story in plan.skipped]
+            + [f"{s.id}: {s.title}" for s in plan.steps[:index]],
+            todo=[f"{s.id}: {s.title}" for s in plan.steps[index + 1:]],
+            progress=read_progress(self.workdir), instructions=instructions, instructions_file=instructions_file,
+        )
+
+    def _append_progress(self, repo: git.Repo, index: int, result: StepResult, parent: str, took: float) -> None:
+        """The step's entry in .ralph-tui/progress.md, written before its checkpoint commit so it is part of it."""
+        step = self.spec.plan.steps[index]
+        repo.git.add("-A")
+        files = [f for f in repo.git.diff("--cached", "--name-only", parent).splitlines() if f]
+        entry = ProgressEntry(step_id=step.id, title=step.title, duration_s=took, files_changed=files,
+                              notes=result.summary, learnings=result.learnings)
+        append_progress(self.workdir, entry)
 
     def _converse(self, ctx: StepContext) -> StepResult:
         """``run_step``, riding out model outages: when the model stops answering (its container
@@ -315,16 +361,36 @@ class TaskRunner:
         messages: list[dict[str, Any]] = body["messages"]
         return [*messages, answer_message(body["call_id"], self.answer.text, self.answer.who)]
 
+    def _work_in_progress(self, repo: git.Repo, step_id: str, summary: str) -> str:
+        """The loop's ``checkpoint`` tool; over the disk limit it is refused and the model is told."""
+        check_disk_limit(self.workdir, self.spec.config.limits)
+        return checkpoint_commit(repo, task_id=self.spec.task_id, step_id=step_id, attempt_id=self.attempt_id,
+                                 message=f"{step_id} (work in progress): {summary}"[:200])
+
+    def _mark_passed(self, relpath: str, step_id: str, notes: str) -> None:
+        """Write ``passes`` into the workspace's prd.json. The file is sandbox output: a link there
+        (into the user's checkout, say) is refused, never followed (``agent.sandbox.files``)."""
+        data = read_workspace_file(self.workdir, relpath)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PrdError(relpath, "not UTF-8 any more (a step rewrote it)") from None
+        updated = with_story_passed(text, relpath, step_id, notes)
+        if updated != text:
+            write_workspace_file(self.workdir, relpath, updated.encode("utf-8"))
+
     def _needs_approval(self, index: int, total: int) -> bool:
         mode = self.spec.config.approval
         return mode == "each-step" or (mode == "final" and index == total - 1)
 
     def _checkpoint(
-        self, index: int, repo: git.Repo, sandbox: Sandbox, summary: str, check_output: str, parent: str
+        self, index: int, repo: git.Repo, sandbox: Sandbox, summary: str, check_output: str, parent: str,
+        *, checked: bool = True,
     ) -> tuple[str, str]:
         spec, step = self.spec, self.spec.plan.steps[index]
+        check_disk_limit(self.workdir, spec.config.limits)  # before git and the snapshot copy it all
         if spec.prd_relpath and spec.plan.format == "prd-json":
-            mark_story_passed(self.workdir / spec.prd_relpath, step.id, f"Completed by Hearth: {summary}"[:500])
+            self._mark_passed(spec.prd_relpath, step.id, f"Completed by Hearth: {summary}"[:500])
         commit = checkpoint_commit(repo, task_id=spec.task_id, step_id=step.id, attempt_id=self.attempt_id,
                                    message=f"{step.id}: {step.title}")
         publish_branch(repo, spec.task_id)
@@ -339,5 +405,6 @@ class TaskRunner:
             files_changed=files,
             check_summary=check_output[-500:],
             needs_approval=self._needs_approval(index, len(spec.plan.steps)),
+            checked=checked,
         )
         return commit, snapshot

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from agent.acceptance import MODEL_WORD
 from agent.events import (
     AttemptEnded,
     CheckpointReady,
@@ -80,6 +81,8 @@ def render(event: Event, task: TaskRow | None = None) -> Card:
         if len(event.files_changed) > 10:
             files += f" and {len(event.files_changed) - 10} more"
         check = _clip(event.check_summary, 400) or "(no check output)"
+        if not event.checked:  # nothing but the model said the work is done: the reviewer must know
+            check = f"none configured: {MODEL_WORD}"
         return Card(
             text=f"{head} Checkpoint waiting for approval{where}\n"
                  f"Step: {event.step_id} {title}".rstrip() + "\n"

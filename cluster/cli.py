@@ -159,6 +159,8 @@ def submit(prd: Path,
         "priority": priority, "model": model})
     console.print(f"submitted [bold]{task['id']}[/bold]: {task['name']} "
                   f"({len(task['spec']['plan']['steps'])} steps, priority {task['priority']})")
+    for warning in task.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if follow:
         raise typer.Exit(_follow(task["id"]))
 
@@ -166,6 +168,8 @@ def submit(prd: Path,
 _DESCRIBE: dict[str, Callable[[Any], str]] = {
     "step_started": lambda e: f"[bold cyan]▶ step {e.index + 1}/{e.total} {e.step_id}[/]: {e.title}",
     "agent_action": lambda e: f"   · turn {e.turn}: {e.tool} {e.summary}",
+    "model_turn": lambda e: (f"   [dim]· model: {e.prompt_tokens:,} + {e.completion_tokens:,} tokens[/]"
+                             + (" [yellow](reply cut at max_tokens)[/]" if e.finish_reason == "length" else "")),
     "check_ran": lambda e: f"   {'[green]✔ check passed' if e.passed else '[yellow]✘ check failed'}[/]",
     "checkpoint_ready": lambda e: (f"   [green]● checkpoint[/] {e.commit[:10]} "
                                    f"({', '.join(e.files_changed) or 'no files'})"
@@ -347,15 +351,27 @@ def show(task_id: str) -> None:
     """Show one task: state, steps and, once completed, its branch and checkpoints."""
     from cluster.store import TaskRow
 
-    task = TaskRow.model_validate(Client().request("GET", f"/v1/tasks/{task_id}"))
+    raw = Client().request("GET", f"/v1/tasks/{task_id}")
+    task = TaskRow.model_validate(raw)
     console.print(f"[bold]{task.id}[/bold] {task.name} — {task.state.value} (priority {task.priority})")
     if task.message:
         console.print(task.message)
+    usage = raw.get("usage") or {}
+    by_step = usage.get("steps", {})
     for number, step in enumerate(task.spec.plan.steps, 1):
         done = "✔" if number <= task.next_step else " "
-        console.print(f"  {done} {step.id} {step.title}")
+        spent = by_step.get(step.id)
+        cost = f"  [dim]{_tokens(spent)}[/]" if spent else ""
+        console.print(f"  {done} {step.id} {step.title}{cost}")
+    if usage.get("turns"):
+        console.print(f"model: {task.model}, {_tokens(usage)}")
     if task.state == "completed":
         _print_result(task)
+
+
+def _tokens(usage: dict[str, Any]) -> str:
+    return (f"{usage['turns']} turns, {usage['prompt_tokens']:,} prompt + "
+            f"{usage['completion_tokens']:,} completion tokens")
 
 
 @app.command()

@@ -44,7 +44,7 @@ from cluster.inventories import Inventories
 from cluster.nodes import NodeView
 from cluster.replies import Replies
 from cluster.scheduling.policy import PolicyConfig, decide, feasible
-from cluster.scheduling.snapshot import build_snapshot, model_spec, project_policy, slots
+from cluster.scheduling.snapshot import build_snapshot, model_spec, project_policy, slots, step_progress
 from cluster.scheduling.states import TERMINAL, TaskState
 from cluster.scheduling.types import QueuedTask
 from cluster.store import Store, TaskRow
@@ -128,7 +128,10 @@ class Scheduler:
         nodes = self.inventories.alive_nodes()
         active = self.store.tasks(set(ACTIVE))
         now = time.time()
-        snapshot = build_snapshot(now, nodes, self.inventories.with_planned(now), queued, active, self.preempted_at)
+        progress = {t.id: step_progress(t, self.store.last_event(t.id, "step_started", "step_completed"))
+                    for t in active if t.node_id and t.state in (S.running, S.yielding)}
+        snapshot = build_snapshot(now, nodes, self.inventories.with_planned(now), queued, active, self.preempted_at,
+                                  progress)
         decisions = decide(snapshot, self.policy)
         by_id = {t.id: t for t in queued}
         busy = {node: sum(t.node_id == node for t in active) for node in nodes}

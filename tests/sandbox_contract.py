@@ -15,6 +15,7 @@ with coreutils, git and python3 in the sandbox.
 from __future__ import annotations
 
 import hashlib
+import resource
 import socket
 import threading
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sandbox.base import ExecResult, Sandbox, SandboxConfig, SandboxEscape
+from agent.sandbox.base import ExecResult, Sandbox, SandboxConfig, SandboxError, SandboxEscape
 
 SandboxFactory = Callable[[Path, SandboxConfig], Sandbox]
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
@@ -235,6 +236,62 @@ def check_memory_limit_is_enforced(make: SandboxFactory, tmp: Path) -> None:
         ok(sb.exec('python3 -c "x = bytearray(32 * 1024**2)"'))  # well under the cap still works
 
 
+# -- files the sandbox made, as the host reads them ------------------------------------------------
+
+
+def _returns_within(what: Callable[[], object], timeout_s: float) -> object:
+    """``what()``'s result or exception, failing the test if it has not returned in ``timeout_s``
+    (the old read_file on a FIFO blocked the host for ever: the thread is left behind, daemonic)."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(what())
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    assert not thread.is_alive(), f"the host blocked for over {timeout_s} s"
+    return outcome[0]
+
+
+def check_file_api_never_blocks_on_a_fifo(make: SandboxFactory, tmp: Path) -> None:
+    ws = tmp / "ws"
+    with opened(make, ws) as sb:
+        ok(sb.exec("mkfifo pipe && mkdir -p d && mkfifo d/pipe2"))
+        read = _returns_within(lambda: sb.read_file("pipe"), 60)
+        # Refused as a FIFO, or absent on the host (qemu syncs back only files, dirs and links).
+        refused = isinstance(read, SandboxError) and "FIFO" in str(read)
+        assert refused or isinstance(read, FileNotFoundError), read
+        assert _returns_within(lambda: sb.write_file("d/pipe2", "plain\n"), 60) is None
+        assert sb.read_file("d/pipe2") == "plain\n"  # the FIFO was replaced, not written through
+        assert ok(sb.exec("test -f d/pipe2 && cat d/pipe2")).stdout == "plain\n"
+
+
+def check_file_api_reads_a_bounded_amount(make: SandboxFactory, tmp: Path) -> None:
+    ws = tmp / "ws"
+    with opened(make, ws) as sb:
+        ok(sb.exec("truncate -s 1G sparse.bin"))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with pytest.raises(SandboxError, match=r"larger than|not a regular file"):  # qemu: not synced back
+            sb.read_file("sparse.bin")
+        grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        assert grown_mib < 64, f"reading a 1 GiB sparse file grew the host by {grown_mib:.0f} MiB"
+
+
+def check_file_api_replaces_links_instead_of_writing_through(make: SandboxFactory, tmp: Path) -> None:
+    ws, outside = tmp / "ws", tmp / "outside.txt"
+    outside.write_text("host file\n")
+    with opened(make, ws) as sb:
+        ok(sb.exec("mkdir -p real && echo inside > real/f.txt && ln -s real linked"))
+        assert sb.read_file("linked/f.txt") == "inside\n"  # links inside the workspace still work
+        sb.write_file("linked/f.txt", "changed\n")
+        assert (ws / "real" / "f.txt").read_text() == "changed\n"
+    assert outside.read_text() == "host file\n"
+
+
 # -- snapshots -----------------------------------------------------------------------------------
 
 
@@ -278,5 +335,8 @@ CONTRACT: list[Callable[[SandboxFactory, Path], None]] = [
     check_no_network_by_default,
     check_fork_bomb_is_contained,
     check_memory_limit_is_enforced,
+    check_file_api_never_blocks_on_a_fifo,
+    check_file_api_reads_a_bounded_amount,
+    check_file_api_replaces_links_instead_of_writing_through,
     check_snapshot_restore_reverts_files_and_git,
 ]

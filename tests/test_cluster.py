@@ -60,6 +60,42 @@ def test_submitted_prd_runs_to_completion_and_events_stream(api: TestClient, sch
     assert len(resumed) == 2 and resumed[-1] == "event: attempt_ended"
     listed = api.get("/v1/tasks", headers=AUTH).json()
     assert any(t["id"] == task["id"] and t["state"] == "completed" for t in listed)
+    # Token accounting: per step and in all, in the API and in `hearth show`.
+    assert task["warnings"] == []  # the greeting project has a check
+    usage = api.get(f"/v1/tasks/{task['id']}", headers=AUTH).json()["usage"]
+    assert set(usage["steps"]) == {"US-001", "US-002"} and usage["turns"] >= 4
+    assert usage["prompt_tokens"] == sum(s["prompt_tokens"] for s in usage["steps"].values()) > 0
+    shown = show_via(api, task["id"])
+    assert f"{usage['turns']} turns, {usage['prompt_tokens']:,} prompt + {usage['completion_tokens']:,}" in shown
+
+
+def show_via(api: TestClient, task_id: str) -> str:
+    """`hearth show` against this test's sidecar app (the CLI's HTTP client swapped for the app's)."""
+    from typer.testing import CliRunner
+
+    from cluster import cli
+
+    class AppClient:
+        def request(self, method: str, path: str, **kwargs: Any) -> Any:
+            return api.request(method, path, headers=AUTH, **kwargs).json()
+
+    original = cli.Client
+    cli.Client = AppClient  # type: ignore[assignment,misc]
+    try:
+        done = CliRunner().invoke(cli.app, ["show", task_id])
+    finally:
+        cli.Client = original  # type: ignore[misc]
+    assert done.exit_code == 0, done.output
+    return str(done.output)
+
+
+def test_submit_warns_when_nothing_will_check_the_work(api: TestClient, scheduler: Any,
+                                                      greeting_project: Path) -> None:
+    configure(greeting_project, check="")
+    task = submit(api, greeting_project)
+    [warning] = task["warnings"]
+    assert "no check" in warning and "accepted on the model's word" in warning
+    assert wait_state(scheduler, task["id"], {"completed", "failed"}) == "completed"
 
 
 def test_every_route_needs_the_token(api: TestClient) -> None:

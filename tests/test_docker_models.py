@@ -393,10 +393,11 @@ def test_a_task_rides_out_its_model_container_being_killed(local_image: dict[str
     class KillAfterFirstReply:
         def __init__(self) -> None:
             self.inner = chat_model_for(spec.model)
+            self.limits = self.inner.limits
 
         def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
-                     *, temperature: float | None = None) -> Any:
-            reply = self.inner.complete(messages, tools, temperature=temperature)
+                     *, temperature: float | None = None, max_tokens: int | None = None) -> Any:
+            reply = self.inner.complete(messages, tools, temperature=temperature, max_tokens=max_tokens)
             if not killed:
                 [container] = rt.client.containers.list(filters={"label": mine})
                 container.kill()

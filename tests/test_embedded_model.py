@@ -1,7 +1,11 @@
 """The real embedded model (SmolLM2-135M on node-llama-cpp) through the runtime and OpenAIChat.
 
 Asserts on protocol (tool calls arrive, their arguments parse and fit the schema; one shared server
-per node), never on the 135M model solving anything.
+per node), never on the 135M model solving anything, and never on one CPU's tokens: greedy decoding
+differs between x86-64 CPUs (SIMD paths round differently), so the same prompt may give a short call
+on one machine and run into ``max_tokens`` on another. What a user relies on is that a reply is
+either one complete, schema-valid call or plainly not a call (``finish_reason`` ``length``, no
+``tool_calls``), which the agent loop answers with "Reply with exactly one tool call."
 """
 
 from __future__ import annotations
@@ -128,19 +132,31 @@ def test_health_and_models(endpoint: ModelEndpoint) -> None:
     assert [m["id"] for m in models["data"]] == [NAME]
 
 
+def call_or_truncated(data: dict[str, Any], tools: dict[str, dict[str, Any]], max_tokens: int) -> dict[str, Any] | None:
+    """The one schema-valid call in a chat completion, or None when the reply is plainly not a call
+    because generation hit ``max_tokens`` (never half a call passed off as one)."""
+    choice = data["choices"][0]
+    if choice["finish_reason"] == "length":
+        assert not choice["message"].get("tool_calls"), choice
+        assert data["usage"]["completion_tokens"] == max_tokens, data["usage"]
+        return None
+    assert choice["finish_reason"] == "tool_calls", choice
+    assert choice["message"]["content"] == ""
+    [call] = choice["message"]["tool_calls"]
+    assert call["type"] == "function"
+    assert call["id"].startswith("call_")
+    assert call["function"]["name"] in tools
+    check_args(call["function"]["arguments"], tools[call["function"]["name"]])
+    return dict(call)
+
+
 def test_forced_tool_call_fits_the_schema(endpoint: ModelEndpoint) -> None:
     data = post(endpoint, {
         "messages": [SYSTEM, {"role": "user", "content": 'Create hello.txt containing "hello world".'}],
         "tools": [SHELL, WRITE], "tool_choice": {"type": "function", "function": {"name": "write_file"}},
         "temperature": 0, "max_tokens": 200})
-    choice = data["choices"][0]
-    assert choice["finish_reason"] == "tool_calls"
-    assert choice["message"]["content"] == ""
-    [call] = choice["message"]["tool_calls"]
-    assert call["type"] == "function"
-    assert call["id"].startswith("call_")
-    assert call["function"]["name"] == "write_file"
-    check_args(call["function"]["arguments"], WRITE)
+    call = call_or_truncated(data, {"write_file": WRITE}, 200)
+    assert call is None or call["function"]["name"] == "write_file"  # forced means only that tool
     assert data["usage"]["prompt_tokens"] > 0 and data["usage"]["completion_tokens"] > 0
     assert data["timings"]["total_ms"] > 0
 
@@ -150,9 +166,9 @@ def test_optional_arguments_left_out_are_dropped_not_null(endpoint: ModelEndpoin
         "messages": [SYSTEM, {"role": "user", "content": "Show me README.md."}],
         "tools": [READ], "tool_choice": {"type": "function", "function": {"name": "read_file"}},
         "temperature": 0, "max_tokens": 200})
-    [call] = data["choices"][0]["message"]["tool_calls"]
-    args = check_args(call["function"]["arguments"], READ)
-    assert None not in args.values()
+    call = call_or_truncated(data, {"read_file": READ}, 200)
+    if call is not None:
+        assert None not in json.loads(call["function"]["arguments"]).values()
 
 
 @pytest.mark.parametrize("task", [
@@ -160,14 +176,18 @@ def test_optional_arguments_left_out_are_dropped_not_null(endpoint: ModelEndpoin
     "List the files in the workspace.",
     "Run the tests with python3 -m pytest.",
 ])
-def test_auto_tool_choice_gives_exactly_one_valid_call(endpoint: ModelEndpoint, task: str) -> None:
+def test_auto_tool_choice_gives_one_valid_call_or_a_plain_truncation(endpoint: ModelEndpoint, task: str) -> None:
     tools = {"shell": SHELL, "write_file": WRITE}
     with OpenAIChat(endpoint, max_tokens=200) as chat:
         reply = chat.complete([SYSTEM, {"role": "user", "content": task}], list(tools.values()))
-    assert reply.raw["choices"][0]["finish_reason"] == "tool_calls"
-    [call] = reply.tool_calls
-    assert call.name in tools
-    check_args(call.arguments, tools[call.name])
+    call_or_truncated(reply.raw, tools, 200)
+    # A truncated reply reaches the agent loop as no call (or a call salvaged whole from the text):
+    # the loop counts a format error and asks again, the path
+    # tests/test_loop.py::test_malformed_calls_get_errors_back_not_crashes drives.
+    assert len(reply.tool_calls) <= 1
+    for call in reply.tool_calls:
+        assert call.name in tools
+        check_args(call.arguments, tools[call.name])
 
 
 def test_a_conversation_with_tool_results_still_gets_a_tool_call(endpoint: ModelEndpoint) -> None:
@@ -176,12 +196,19 @@ def test_a_conversation_with_tool_results_still_gets_a_tool_call(endpoint: Model
     with OpenAIChat(endpoint, max_tokens=200) as chat:
         for _ in range(3):
             reply = chat.complete(messages, [SHELL, WRITE])
+            if not reply.tool_calls:  # ran into max_tokens: answer as the agent loop does
+                assert reply.raw["choices"][0]["finish_reason"] == "length"
+                messages.append({"role": "assistant", "content": reply.content})
+                messages.append({"role": "user", "content": "Reply with exactly one tool call."})
+                continue
             [call] = reply.tool_calls
+            check_args(call.arguments, {"shell": SHELL, "write_file": WRITE}[call.name])
             function = {"name": call.name, "arguments": call.arguments}
             messages.append({"role": "assistant", "content": None,
                              "tool_calls": [{"id": call.id, "type": "function", "function": function}]})
             messages.append({"role": "tool", "tool_call_id": call.id, "content": "ok"})
-    assert len({m["tool_calls"][0]["id"] for m in messages if m["role"] == "assistant"}) == 3
+    ids = [m["tool_calls"][0]["id"] for m in messages if m.get("tool_calls")]
+    assert len(set(ids)) == len(ids)  # every call the server made has its own id
 
 
 def test_plain_text_and_json_schema_replies(endpoint: ModelEndpoint) -> None:
@@ -195,8 +222,9 @@ def test_plain_text_and_json_schema_replies(endpoint: ModelEndpoint) -> None:
     response_format = {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}
     data = post(endpoint, {"messages": [{"role": "user", "content": "Describe a person as JSON."}],
                            "response_format": response_format, "temperature": 0, "max_tokens": 100})
-    person = json.loads(data["choices"][0]["message"]["content"])
-    assert isinstance(person["name"], str) and isinstance(person["age"], int)
+    if data["choices"][0]["finish_reason"] != "length":  # a truncated object cannot parse
+        person = json.loads(data["choices"][0]["message"]["content"])
+        assert isinstance(person["name"], str) and isinstance(person["age"], int)
 
 
 def test_bad_requests_are_4xx(endpoint: ModelEndpoint) -> None:

@@ -161,3 +161,15 @@ def test_plugin_token_file_is_private(tmp_path: Path) -> None:
     token = ensure_token_file(path)
     assert len(token) >= 32 and path.stat().st_mode & 0o777 == 0o600
     assert ensure_token_file(path) == token
+
+
+def test_a_model_url_needs_the_endpoint_right_only_admin_has(api: TestClient, scheduler: Any, tmp_path: Path) -> None:
+    project = make_project(tmp_path, "endpoint-demo")
+    body = {"project_path": str(project), "prd_path": "tasks/prd.json", "model": "openai:http://127.0.0.1:9/v1#m"}
+    refused = api.post("/v1/tasks", headers=PLUGIN, json=body)
+    assert refused.status_code == 403 and "'endpoint'" in refused.json()["detail"], refused.text
+    accepted = api.post("/v1/tasks", headers=ADMIN, json=body)
+    assert accepted.status_code == 201, accepted.text
+    assert api.post(f"/v1/tasks/{accepted.json()['id']}/cancel", headers=ADMIN).status_code == 200
+    bad_url = api.post("/v1/tasks", headers=ADMIN, json={**body, "model": "openai:file:///etc/passwd"})
+    assert bad_url.status_code == 422 and "http" in bad_url.json()["detail"]

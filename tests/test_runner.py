@@ -101,15 +101,16 @@ class Flaky:
 
     def __init__(self, fail_on: set[int]) -> None:
         self.inner = scripted_model("demo")
+        self.limits = self.inner.limits
         self.fail_on = fail_on
         self.calls = 0
 
     def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
-                 *, temperature: float | None = None) -> Any:
+                 *, temperature: float | None = None, max_tokens: int | None = None) -> Any:
         self.calls += 1
         if self.calls in self.fail_on:
             raise ModelUnavailable("http://127.0.0.1:9/v1/chat/completions: cannot connect: refused")
-        return self.inner.complete(messages, tools, temperature=temperature)
+        return self.inner.complete(messages, tools, temperature=temperature, max_tokens=max_tokens)
 
 
 def test_a_model_that_comes_back_lets_the_step_go_on(greeting_project: Path) -> None:

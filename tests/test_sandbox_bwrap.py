@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sandbox_contract import CONTRACT, GIT_ENV, SandboxFactory, ok, opened
 
+from agent.host_git import clone_task_repo, task_git_dir
 from agent.sandbox import (
     Sandbox,
     SandboxConfig,
@@ -293,19 +294,20 @@ def test_snapshot_dir_can_be_set_by_environment(tmp_path: Path, monkeypatch: pyt
         BwrapSandbox(tmp_path / "ws", SandboxConfig())
 
 
-def test_git_worktree_is_readable_inside_but_commits_stay_host_side(tmp_path: Path) -> None:
-    repo, wt = tmp_path / "repo", tmp_path / "wt"
+def test_task_clone_git_is_readable_inside_but_commits_stay_host_side(tmp_path: Path) -> None:
+    repo, wt = tmp_path / "repo", tmp_path / "work" / "T-1"
     repo.mkdir()
     (repo / "f.txt").write_text("one\n")
-    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "one"],
-                ["worktree", "add", "-q", str(wt), "-b", "feature"]):
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "one"]):
         subprocess.run(["git", *cmd], cwd=repo, check=True, env={**os.environ, **GIT_ENV})
-    with BwrapSandbox(wt, SandboxConfig()) as sb:
+    clone = clone_task_repo(str(repo), wt)
+    clone.git.checkout("-B", "feature", "main")
+    with BwrapSandbox(wt, SandboxConfig(), git_dir=task_git_dir(wt)) as sb:
         sb.write_file("f.txt", "two\n")
         assert ok(sb.exec("git status --porcelain && git log --oneline | wc -l")).stdout == " M f.txt\n1\n"
         assert sb.exec("git commit -qam two", env={"GIT_AUTHOR_NAME": "t"}).exit_code != 0
-    log = subprocess.run(["git", "log", "--oneline", "feature"], cwd=repo, capture_output=True, text=True)
-    assert len(log.stdout.splitlines()) == 1
+        assert sb.exec("echo x > .git/hooks/post-commit").exit_code != 0  # read-only inside
+    assert len(list(clone.iter_commits("feature"))) == 1
 
 
 def test_concurrent_commands_in_one_sandbox(sandbox: BwrapSandbox) -> None:

@@ -10,6 +10,7 @@ from agent.models.base import (
     LoadedModel,
     ModelEndpoint,
     ModelError,
+    ModelLimits,
     ModelReplyError,
     ModelRuntime,
     ModelUnavailable,
@@ -22,6 +23,7 @@ __all__ = [
     "LoadedModel",
     "ModelEndpoint",
     "ModelError",
+    "ModelLimits",
     "ModelReplyError",
     "ModelRuntime",
     "ModelUnavailable",
@@ -31,6 +33,8 @@ __all__ = [
 ]
 
 RUNTIMES = ("embedded", "scripted", "openai", "docker")
+EMBEDDED_LIMITS = ModelLimits(context_window=4096, max_output_tokens=512, prompt="tiny")
+"""SmolLM2-135M as the embedded server runs it (``--ctx 4096``)."""
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -39,6 +43,8 @@ def split_spec(spec: str) -> tuple[str, str]:
         raise ModelUnavailable(
             f"model spec {spec!r} is not '<runtime>:<name>' with runtime one of {', '.join(RUNTIMES)}"
         )
+    if runtime == "openai" and not name.startswith(("http://", "https://")):
+        raise ModelUnavailable(f"model spec {spec!r}: an openai: model is 'openai:http(s)://<host>/v1#<model>'")
     return runtime, name
 
 
@@ -58,10 +64,14 @@ def chat_model_for(spec: str, *, state_dir: Path | None = None, gpus: list[str] 
     if runtime == "embedded":
         from agent.models.embedded import EmbeddedRuntime
 
-        return OpenAIChat(EmbeddedRuntime(state_dir).ensure(name))
+        return OpenAIChat(EmbeddedRuntime(state_dir).ensure(name), limits=EMBEDDED_LIMITS)
     if runtime == "docker":
         from agent.models.docker_runtime import DockerModelRuntime
 
         with DockerModelRuntime(state_dir=state_dir) as docker_runtime:
-            return OpenAIChat(docker_runtime.ensure(name, gpus=gpus))
+            entry = docker_runtime.entry(name)
+            if entry.base_url:  # a server the user already runs: nothing to start here
+                endpoint = ModelEndpoint(base_url=entry.base_url, model=entry.served, api_key=entry.api_key)
+                return OpenAIChat(endpoint, limits=entry.limits())
+            return OpenAIChat(docker_runtime.ensure(name, gpus=gpus), limits=entry.limits())
     raise ModelUnavailable(f"model runtime {runtime!r} is not available on this node yet")

@@ -21,9 +21,9 @@ Exception tree::
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ModelError(Exception):
@@ -77,17 +77,43 @@ class ToolCall(BaseModel):
     """Raw JSON text as the model produced it; the loop parses (and reports errors in) it."""
 
 
+class Usage(BaseModel):
+    """Tokens one request cost, as the server counted them (0 where it did not say)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
 class ChatReply(BaseModel):
     content: str = ""
     tool_calls: list[ToolCall] = []
+    finish_reason: str = ""
+    """``stop``, ``tool_calls``, ``length`` (the reply was cut at ``max_tokens``), or "" when unknown."""
+    usage: Usage = Usage()
     raw: dict[str, Any] = {}
+
+
+class ModelLimits(BaseModel):
+    """What the loop must know about a model to talk to it well (from its catalogue entry)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    context_window: int = Field(default=8192, ge=512)
+    """Tokens the server accepts per sequence, prompt and reply together."""
+    max_output_tokens: int = Field(default=2048, ge=16)
+    """Most tokens one reply may take (sent as ``max_tokens``, lowered when the window is nearly full)."""
+    prompt: Literal["capable", "tiny"] = "capable"
+    """Which system prompt and tool set: ``capable`` (7B+ coder models: edit, search, ranges,
+    parallel calls) or ``tiny`` (the embedded 135M model: a few tools, one call a turn)."""
 
 
 class ChatModel(Protocol):
     name: str
+    limits: ModelLimits
 
     def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
-                 *, temperature: float | None = None) -> ChatReply:
+                 *, temperature: float | None = None, max_tokens: int | None = None) -> ChatReply:
         """One turn. ``temperature`` overrides the client's default for this turn (the loop raises
-        it when the model is stuck, so a deterministic small model does not repeat itself forever)."""
+        it when the model is stuck, so a deterministic small model does not repeat itself forever);
+        ``max_tokens`` caps the reply (default: ``limits.max_output_tokens``)."""
         ...

@@ -12,7 +12,15 @@
     kv_heads = 4
     head_dim = 128
     context = 16384
+    max_output_tokens = 4096             # per reply; the loop keeps prompt + reply within context
     tool_parser = "hermes"
+
+    [models.qwen-on-my-server]           # a server you already run: no container is started
+    engine = "vllm"
+    model = "Qwen/Qwen2.5-Coder-32B-Instruct"
+    base_url = "http://10.0.0.5:8000/v1"
+    vram_mib = 0
+    context = 32768
 
 Unknown keys are errors that name the key (``models.qwen.contxt: unknown key``).
 
@@ -35,13 +43,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent.models.base import ModelUnavailable
+from agent.models.base import ModelLimits, ModelUnavailable
 
 Engine = Literal["vllm", "ollama", "llamacpp", "sglang"]
 MIB = 2**20
@@ -96,6 +105,15 @@ class ModelEntry(BaseModel):
     head_dim: int | None = Field(default=None, gt=0)
     kv_bytes: float = Field(default=2.0, gt=0, description="fp16 KV 2, fp8/q8_0 1")
     context: int = Field(default=8192, gt=0, description="tokens per sequence")
+    max_output_tokens: int = Field(default=2048, ge=16, description="most tokens one reply may take")
+    prompt: Literal["capable", "tiny"] = "capable"
+    """The agent loop's prompt and tool set: ``capable`` for coder models (7B and up), ``tiny`` for
+    very small ones that need one simple call a turn."""
+    base_url: str | None = None
+    """An OpenAI-compatible server that already runs this model (up to and including ``/v1``):
+    Hearth starts no container and sends the loop's requests there."""
+    api_key: str = ""
+    """Bearer token for ``base_url``, if the server wants one."""
     parallel: int = Field(default=1, gt=0, description="sequences served at once (KV slots)")
     overhead_mib: int | None = Field(default=None, ge=0)
     max_concurrent: int | None = Field(default=None, gt=0)
@@ -118,7 +136,23 @@ class ModelEntry(BaseModel):
     def _check(self) -> ModelEntry:
         if self.cpu_only and self.engine not in ("llamacpp", "ollama"):
             raise ValueError(f"cpu_only is for llamacpp or ollama, not {self.engine}")
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url {self.base_url!r} is not an http(s) URL")
+        if self.context < 512:
+            raise ValueError(f"context {self.context} is too small for the agent loop (at least 512 tokens)")
+        try:  # the scheduler computes this for every entry: it must be a number
+            estimate = self.weights_estimate_mib() + self.kv_cache_mib()
+        except OverflowError:
+            estimate = math.inf
+        if not math.isfinite(estimate):
+            raise ValueError("the VRAM estimate is not a finite number: check params_b, bytes_per_weight, "
+                             "layers, kv_heads, head_dim, kv_bytes, context and parallel (or give vram_mib)")
         return self
+
+    def limits(self) -> ModelLimits:
+        """What the agent loop needs to know: window, reply cap, prompt style."""
+        return ModelLimits(context_window=self.context, max_output_tokens=min(self.max_output_tokens,
+                           self.context // 2), prompt=self.prompt)
 
     @property
     def defaults(self) -> EngineDefaults:
@@ -216,7 +250,7 @@ def load_catalogue(path: Path | None = None, *, state_dir: Path | None = None) -
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise CatalogueError(f"no model catalogue at {path}: add models there (see docs/models.md)") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise CatalogueError(f"{path}: {exc}") from None
     return parse_catalogue(data, str(path))
 

@@ -52,7 +52,7 @@ def local_entry(name: str = LOCAL_MODEL, *, threads: int | None = None, context:
     catalogue = parse_catalogue({"models": {name: {
         "engine": "llamacpp", "image": LOCAL_IMAGE, "model": f"/models/{gguf.name}",
         "served_name": "smollm2-135m", "model_cache": str(gguf.parent), "cpu_only": True,
-        "threads": threads or default_threads(), "context": context,
+        "threads": threads or default_threads(), "context": context, "prompt": "tiny", "max_output_tokens": 512,
         "weights_mib": -(-gguf.stat().st_size // 2**20), "layers": 30, "kv_heads": 3, "head_dim": 64,
     }}}, "local_entry")
     return catalogue.models[name]

@@ -27,9 +27,11 @@ from agent.models.base import (
     ChatReply,
     ModelEndpoint,
     ModelError,
+    ModelLimits,
     ModelReplyError,
     ModelUnavailable,
     ToolCall,
+    Usage,
 )
 
 _FENCED = re.compile(r"```[ \t]*(?:json|JSON|javascript|js)?[ \t]*\n?(.*?)```", re.DOTALL)
@@ -47,13 +49,17 @@ class OpenAIChat:
         *,
         timeout_s: float = 120.0,
         temperature: float = 0.0,
-        max_tokens: int = 512,
+        limits: ModelLimits | None = None,
+        max_tokens: int | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """``max_tokens`` overrides ``limits.max_output_tokens`` (a shorthand for one-off clients)."""
         self.endpoint = endpoint
         self.name = endpoint.model
         self.temperature = temperature
-        self.max_tokens = max_tokens
+        self.limits = limits or ModelLimits()
+        if max_tokens is not None:
+            self.limits = self.limits.model_copy(update={"max_output_tokens": max_tokens})
         self.url = endpoint.base_url.rstrip("/") + "/chat/completions"
         headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
         self._client = httpx.Client(
@@ -73,12 +79,12 @@ class OpenAIChat:
         self.close()
 
     def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
-                 *, temperature: float | None = None) -> ChatReply:
+                 *, temperature: float | None = None, max_tokens: int | None = None) -> ChatReply:
         payload: dict[str, Any] = {
             "model": self.endpoint.model,
             "messages": [_outgoing(m) for m in messages],
             "temperature": self.temperature if temperature is None else temperature,
-            "max_tokens": self.max_tokens,
+            "max_tokens": max_tokens or self.limits.max_output_tokens,
         }
         if tools:
             payload["tools"] = tools
@@ -152,7 +158,9 @@ class OpenAIChat:
             if action is not None:
                 name, args = action
                 calls.append(ToolCall(id=self._new_id(), name=name, arguments=json.dumps(args)))
-        return ChatReply(content=content, tool_calls=calls, raw=data)
+        finish = choices[0].get("finish_reason")
+        return ChatReply(content=content, tool_calls=calls, raw=data, usage=_usage(data.get("usage")),
+                         finish_reason=finish if isinstance(finish, str) else "")
 
     def _new_id(self) -> str:
         return f"call_{next(self._ids)}"
@@ -173,6 +181,13 @@ class OpenAIChat:
         call_id = raw.get("id")
         return ToolCall(id=call_id if isinstance(call_id, str) and call_id else self._new_id(),
                         name=name, arguments=arguments)
+
+
+def _usage(raw: Any) -> Usage:
+    if not isinstance(raw, dict):
+        return Usage()
+    numbers = {k: raw.get(k) for k in ("prompt_tokens", "completion_tokens")}
+    return Usage(**{k: v for k, v in numbers.items() if isinstance(v, int) and v >= 0})
 
 
 def _tool_name(tool: dict[str, Any]) -> str:

@@ -4,7 +4,8 @@ A real model cannot give deterministic answers, so tests of the loop, the runner
 drive them with these. They speak the same ``ChatModel`` protocol as ``OpenAIChat``:
 
 * ``ScriptedChat(replies)`` — replays a fixed list of replies (strings become JSON-action content,
-  dicts become tool calls), for unit tests of the loop's edge cases.
+  dicts become tool calls, lists of dicts become several calls in one reply; a dict may carry
+  ``finish_reason``), for unit tests of the loop's edge cases.
 * ``scripted:demo`` — follows acceptance criteria of the form ``<file> contains "<text>"`` /
   ``<file> exists``: writes those files, then calls ``step_done``; after a failed check it rereads
   the criteria and tries again.
@@ -19,34 +20,58 @@ import json
 import re
 from typing import Any
 
-from agent.models.base import ChatModel, ChatReply, ModelUnavailable, ToolCall
+from agent.models.base import ChatModel, ChatReply, ModelLimits, ModelUnavailable, ToolCall, Usage
 
 _CONTAINS = re.compile(r"""[`'"]?([\w./-]+\.\w+)[`'"]?\s+(?:contains|containing|with content)\s+["“']([^"”']*)["”']""")
 _EXISTS = re.compile(r"""[`'"]?([\w./-]+\.\w+)[`'"]?\s+exists""")
 
 
-class ScriptedChat:
-    """Replays ``replies`` in order; after the last one it keeps sending ``step_done``."""
+Reply = str | dict[str, Any] | list[dict[str, Any]]
 
-    def __init__(self, replies: list[str | dict[str, Any]], name: str = "scripted:list") -> None:
+
+class ScriptedChat:
+    """Replays ``replies`` in order; after the last one it keeps sending ``step_done``.
+
+    ``calls`` records every request's messages, ``max_tokens`` every request's cap, so tests can
+    assert on exactly what was sent.
+    """
+
+    def __init__(self, replies: list[Reply], name: str = "scripted:list",
+                 limits: ModelLimits | None = None) -> None:
         self.name = name
+        self.limits = limits or ModelLimits()
         self.replies = list(replies)
         self.calls: list[list[dict[str, Any]]] = []
+        self.max_tokens: list[int | None] = []
 
     def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
-                 *, temperature: float | None = None) -> ChatReply:
+                 *, temperature: float | None = None, max_tokens: int | None = None) -> ChatReply:
         self.calls.append([dict(m) for m in messages])
+        self.max_tokens.append(max_tokens)
         reply = self.replies.pop(0) if self.replies else {"name": "step_done", "arguments": {"summary": "done"}}
-        if isinstance(reply, str):
-            return ChatReply(content=reply)
-        args = reply.get("arguments", {})
+        return scripted_reply(reply, messages)
+
+
+def scripted_reply(reply: Reply, messages: list[dict[str, Any]] | None = None) -> ChatReply:
+    """A ``ChatReply`` from a script item, with a rough token count so accounting has numbers."""
+    prompt = sum(len(str(m.get("content") or "")) for m in messages or []) // 4
+    if isinstance(reply, str):
+        return ChatReply(content=reply, finish_reason="stop",
+                         usage=Usage(prompt_tokens=prompt, completion_tokens=len(reply) // 4 + 1))
+    items = reply if isinstance(reply, list) else [reply]
+    calls = []
+    for item in items:
+        args = item.get("arguments", {})
         raw_args = args if isinstance(args, str) else json.dumps(args)
-        call = ToolCall(id=str(reply.get("id", "")), name=str(reply["name"]), arguments=raw_args)
-        return ChatReply(tool_calls=[call])
+        calls.append(ToolCall(id=str(item.get("id", "")), name=str(item["name"]), arguments=raw_args))
+    finish = next((str(i["finish_reason"]) for i in items if "finish_reason" in i), "tool_calls")
+    size = sum(len(c.arguments) for c in calls) // 4 + 1
+    return ChatReply(tool_calls=calls, finish_reason=finish,
+                     usage=Usage(prompt_tokens=prompt, completion_tokens=size))
 
 
 def _call(name: str, **args: Any) -> ChatReply:
-    return ChatReply(tool_calls=[ToolCall(id="", name=name, arguments=json.dumps(args))])
+    return scripted_reply({"name": name, "arguments": args})
 
 
 class RuleFollower:
@@ -54,11 +79,12 @@ class RuleFollower:
 
     def __init__(self, name: str, *, ask_first: bool = False, sleep_s: float = 0.0) -> None:
         self.name = name
+        self.limits = ModelLimits(context_window=4096, max_output_tokens=512, prompt="tiny")
         self.ask_first = ask_first
         self.sleep_s = sleep_s
 
     def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
-                 *, temperature: float | None = None) -> ChatReply:
+                 *, temperature: float | None = None, max_tokens: int | None = None) -> ChatReply:
         story = next(m["content"] for m in messages if m["role"] == "user")
         done_tools = [
             c["function"]["name"] for m in messages if m["role"] == "assistant" for c in m.get("tool_calls", [])

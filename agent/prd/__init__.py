@@ -12,7 +12,8 @@ Imports point one way: ``model`` ← ``ralph_json``, ``ralph_markdown``, ``beads
 """
 
 from agent.prd.model import PrdError, PrdFormat, Step, TaskPlan
-from agent.prd.reader import load_prd, parse_prd_text
-from agent.prd.writer import mark_story_passed
+from agent.prd.reader import MAX_PRD_BYTES, load_prd, parse_prd_text
+from agent.prd.writer import mark_story_passed, with_story_passed
 
-__all__ = ["PrdError", "PrdFormat", "Step", "TaskPlan", "load_prd", "mark_story_passed", "parse_prd_text"]
+__all__ = ["MAX_PRD_BYTES", "PrdError", "PrdFormat", "Step", "TaskPlan", "load_prd", "mark_story_passed",
+           "parse_prd_text", "with_story_passed"]

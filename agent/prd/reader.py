@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any, NoReturn
 
 from agent.prd import beads, ralph_markdown
 from agent.prd.model import PrdError, TaskPlan
 from agent.prd.ralph_json import parse_prd_json
+
+MAX_PRD_BYTES = 2**20
+"""The largest PRD accepted (1 MiB, some thousand stories): a PRD is a plan, and every scheduler
+cycle and approval card works from it, so a bigger one is refused at submit."""
+
+
+def _too_big(source: str) -> PrdError:
+    return PrdError(source, f"larger than the {MAX_PRD_BYTES // 1024} KiB a PRD may be; split it into several PRDs")
 
 
 def load_prd(path: Path) -> TaskPlan:
@@ -26,6 +36,8 @@ def load_prd(path: Path) -> TaskPlan:
 def parse_prd_text(text: str, source: str, *, filename_hint: str = "") -> TaskPlan:
     """Parse PRD text (the HTTP API's entry point); ``filename_hint`` helps tell JSONL from JSON."""
     hint = filename_hint or source
+    if len(text) > MAX_PRD_BYTES or len(text.encode("utf-8", errors="surrogatepass")) > MAX_PRD_BYTES:
+        raise _too_big(source)
     body = text.removeprefix("\ufeff")
     if not body.strip():
         raise PrdError(source, "empty file: no PRD")
@@ -46,13 +58,28 @@ def parse_prd_text(text: str, source: str, *, filename_hint: str = "") -> TaskPl
 
 
 def read_text(path: Path) -> str:
-    """A PRD file's text; a missing, unreadable or non-UTF-8 file is a PrdError."""
-    try:
-        data = path.read_bytes()
+    """A PRD file's text; a missing, unreadable, non-regular, too big or non-UTF-8 file is a PrdError."""
+    try:  # O_NONBLOCK: a FIFO named as a PRD must not block the reader (the scheduler) for ever
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except IsADirectoryError:
         raise PrdError(str(path), "is a directory, not a PRD file") from None
     except OSError as exc:
         raise PrdError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise PrdError(str(path), "is a directory, not a PRD file")
+        if not stat.S_ISREG(mode):
+            raise PrdError(str(path), "is not a regular file (a FIFO or device?), not a PRD file")
+        data = os.read(fd, MAX_PRD_BYTES + 1)
+        while len(data) <= MAX_PRD_BYTES and (more := os.read(fd, MAX_PRD_BYTES + 1 - len(data))):
+            data += more
+    except OSError as exc:
+        raise PrdError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_PRD_BYTES:
+        raise _too_big(str(path))
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -32,12 +32,20 @@ def mark_story_passed(prd_path: Path, story_id: str, completion_notes: str) -> N
         raise PrdError(source, "not a regular file")
     with FileLock(source + ".lock"):
         text = read_text(prd_path)
-        plan = parse_prd_text(text, source, filename_hint=prd_path.name)
-        if plan.format != "prd-json":
-            raise PrdError(source, f"only prd.json files are marked here, this is {plan.format}")
-        updated = _with_story_passed(text, source, story_id, completion_notes)
+        updated = with_story_passed(text, source, story_id, completion_notes, filename_hint=prd_path.name)
         if updated != text:
             _atomic_write(Path(os.path.realpath(prd_path)), updated.encode("utf-8"))
+
+
+def with_story_passed(text: str, source: str, story_id: str, completion_notes: str,
+                      *, filename_hint: str = "") -> str:
+    """The prd.json ``text`` with one story's ``passes`` true and its ``completionNotes`` set,
+    no other byte changed (what ``mark_story_passed`` writes; the runner uses it on the workspace
+    copy, which it reads and writes without following links)."""
+    plan = parse_prd_text(text, source, filename_hint=filename_hint or source)
+    if plan.format != "prd-json":
+        raise PrdError(source, f"only prd.json files are marked here, this is {plan.format}")
+    return _with_story_passed(text, source, story_id, completion_notes)
 
 
 def _with_story_passed(text: str, source: str, story_id: str, notes: str) -> str:

@@ -9,6 +9,7 @@ from agent.sandbox.base import (
     Sandbox,
     SandboxConfig,
     SandboxCrashed,
+    SandboxDiskFull,
     SandboxError,
     SandboxEscape,
     SandboxUnavailable,
@@ -19,6 +20,7 @@ __all__ = [
     "Sandbox",
     "SandboxConfig",
     "SandboxCrashed",
+    "SandboxDiskFull",
     "SandboxError",
     "SandboxEscape",
     "SandboxUnavailable",
@@ -26,13 +28,18 @@ __all__ = [
 ]
 
 
-def open_sandbox(kind: str, workspace: Path, config: SandboxConfig | None = None, *, name: str = "") -> Sandbox:
-    """Create a sandbox of backend ``kind`` over ``workspace``. ``name`` labels it (task/attempt id)."""
+def open_sandbox(kind: str, workspace: Path, config: SandboxConfig | None = None, *, name: str = "",
+                 git_dir: Path | None = None) -> Sandbox:
+    """Create a sandbox of backend ``kind`` over ``workspace``. ``name`` labels it (task/attempt id).
+
+    ``git_dir``: the workspace's host-private git dir (``agent.host_git``). bwrap and docker show it
+    read-only at ``/workspace/.git``; qemu syncs only the work tree, so the guest has no repository.
+    """
     config = config or SandboxConfig()
     if kind == "bwrap":
         from agent.sandbox.bwrap import BwrapSandbox
 
-        return BwrapSandbox(workspace, config, name=name)
+        return BwrapSandbox(workspace, config, name=name, git_dir=git_dir)
     if kind == "qemu":
         from agent.sandbox.qemu import QemuSandbox  # type: ignore[import-not-found,unused-ignore]
 
@@ -40,5 +47,5 @@ def open_sandbox(kind: str, workspace: Path, config: SandboxConfig | None = None
     if kind == "docker":
         from agent.sandbox.docker import DockerSandbox  # type: ignore[import-not-found,unused-ignore]
 
-        return DockerSandbox(workspace, config, name=name)  # type: ignore[no-any-return,unused-ignore]
+        return DockerSandbox(workspace, config, name=name, git_dir=git_dir)  # type: ignore[no-any-return,unused-ignore]
     raise SandboxUnavailable(f"unknown sandbox {kind!r}: expected one of bwrap, qemu, docker")

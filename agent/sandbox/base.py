@@ -10,7 +10,8 @@ Exception tree::
     SandboxError
      ├── SandboxEscape       a path that leaves the workspace
      ├── SandboxUnavailable  the backend cannot run on this host (binary missing, no image…)
-     └── SandboxCrashed      the sandbox died mid-command (carries the last output)
+     ├── SandboxCrashed      the sandbox died mid-command (carries the last output)
+     └── SandboxDiskFull     the workspace uses more disk than ``disk_mib`` allows
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class SandboxUnavailable(SandboxError):
     pass
 
 
+class SandboxDiskFull(SandboxError):
+    pass
+
+
 class SandboxCrashed(SandboxError):
     def __init__(self, message: str, last_output: str = "") -> None:
         super().__init__(message)
@@ -53,6 +58,12 @@ class SandboxConfig(BaseModel):
     cpus: float = Field(default=1.0, gt=0, description="CPU cores the sandbox may use.")
     memory_mib: int = Field(default=1024, ge=64, description="Memory cap for everything in the sandbox.")
     pids: int = Field(default=256, ge=16, description="Process cap (stops fork bombs).")
+    disk_mib: int = Field(
+        default=4096, ge=16,
+        description="Disk the workspace may use (MiB). No file may grow past it (bwrap and docker: "
+        "RLIMIT_FSIZE; qemu: the guest disk's size), and a step whose workspace is over it fails at "
+        "its checkpoint.",
+    )
     network: Literal["none", "nat"] = Field(default="none", description="'nat' opts the sandbox into networking.")
     exec_timeout_s: float = Field(default=120, gt=0, description="Default timeout of one command.")
 

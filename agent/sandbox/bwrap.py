@@ -6,7 +6,8 @@ What a command sees (built per ``exec``; nothing survives between calls except t
   host (symlinks stay symlinks). ``/etc/shadow``-style files are masked and ``/etc/ssh`` is empty.
   Nothing else of the host: no ``/root``, ``/home``, ``/work``, ``/run``, ``/var``, ``/sys`` and no
   host ``/tmp`` — a sibling task's workspace is not there to be named.
-* ``/workspace``: the host workspace, read-write — the only host path a command can change.
+* ``/workspace``: the host workspace, read-write — the only host path a command can change. The
+  task clone's git dir (host-private, ``agent.host_git``) is shown read-only at ``/workspace/.git``.
 * A private ``/tmp`` (tmpfs, also ``HOME`` and ``/var/tmp``), fresh ``/proc``, minimal ``/dev``;
   the root itself is read-only, so ``echo x > ../escape`` fails.
 * New user, pid, ipc, uts, cgroup and (unless ``network="nat"``) network namespaces; all
@@ -19,7 +20,9 @@ Limits (``SandboxConfig``) are enforced by a cgroup per sandbox that every ``exe
 bwrap starts: ``pids.max``, memory (``memory.max`` / ``memory.limit_in_bytes``, swap included) and
 CPU quota, through cgroup v2 where its controllers can be delegated and cgroup v1 otherwise. Where
 no cgroup is writable, ``prlimit`` sets RLIMIT_NPROC (ignored for root) and RLIMIT_AS (per
-process). ``enforcement`` says which mechanism holds each limit on this host.
+process). ``enforcement`` says which mechanism holds each limit on this host. Disk: ``prlimit
+--fsize`` (RLIMIT_FSIZE) keeps every file under ``disk_mib``; the runner checks the workspace's
+total at each checkpoint (``agent.sandbox.files.check_disk_limit``).
 
 Snapshots are full, immutable copies of the workspace (``.git`` included) under
 ``$HEARTH_SNAPSHOT_DIR/<name>/<id>``, default ``<workspace>/../.hearth-snapshots/<name>/<id>``. The
@@ -60,7 +63,7 @@ from agent.sandbox.base import (
     SandboxUnavailable,
 )
 from agent.sandbox.cgroups import SandboxCgroup, pid_namespace
-from agent.sandbox.files import guest_dir, read_inside, safe_name, worktree_git_dirs, write_inside
+from agent.sandbox.files import git_mount_point, guest_dir, read_inside, safe_name, write_inside
 from agent.sandbox.output import OutputEmitter, TailBuffer
 from agent.sandbox.snapshots import WorkspaceSnapshots, snapshot_root
 
@@ -92,9 +95,11 @@ class BwrapSandbox:
     kind = "bwrap"
 
     def __init__(
-        self, workspace: Path, config: SandboxConfig, *, name: str = "", extra_ro_binds: tuple[Path, ...] = ()
+        self, workspace: Path, config: SandboxConfig, *, name: str = "", extra_ro_binds: tuple[Path, ...] = (),
+        git_dir: Path | None = None,
     ) -> None:
-        """``extra_ro_binds``: more host paths (toolchains) to expose read-only at the same place."""
+        """``extra_ro_binds``: more host paths (toolchains) to expose read-only at the same place.
+        ``git_dir``: the workspace's host-private git dir, shown read-only at ``/workspace/.git``."""
         bwrap = shutil.which("bwrap")
         if bwrap is None:
             raise SandboxUnavailable("bwrap (bubblewrap) is not installed: install it or use another backend")
@@ -107,7 +112,9 @@ class BwrapSandbox:
         self.name = name or self.workspace.name
         self._bwrap = bwrap
         self._shell = ["bash", "-lc"] if shutil.which("bash") else ["sh", "-c"]
+        self._prlimit = shutil.which("prlimit") is not None
         self._extra_ro_binds = tuple(p.resolve() for p in extra_ro_binds)
+        self._git_dir = git_dir.resolve() if git_dir is not None and git_dir.is_dir() else None
         self.snapshot_root = snapshot_root(self.workspace, self.name)
         self._snapshots = WorkspaceSnapshots(self.workspace, self.snapshot_root)
         label = f"hearth-{safe_name(self.name)}-{pid_namespace()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -191,6 +198,8 @@ class BwrapSandbox:
         rlimits = [f"--nproc={self.config.pids}"] if self.enforcement["pids"] == "rlimit" else []
         if self.enforcement["memory"] == "rlimit":
             rlimits.append(f"--as={self.config.memory_mib * 2**20}")
+        if self._prlimit:  # no file may outgrow the disk limit (the runner checks the total)
+            rlimits.append(f"--fsize={self.config.disk_mib * 2**20}")
         return [*argv, "prlimit", *rlimits, "--"] if rlimits else argv
 
     def _bwrap_argv(self, guest_cwd: str, env: dict[str, str], status_fd: int) -> list[str]:
@@ -215,8 +224,8 @@ class BwrapSandbox:
         argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm",
                  "--size", str(self.config.memory_mib * 2**20), "--tmpfs", "/tmp",
                  "--symlink", "../tmp", "/var/tmp"]
-        argv += self._git_binds()
-        argv += ["--bind", str(self.workspace), GUEST_WORKSPACE, "--remount-ro", "/", "--chdir", guest_cwd]
+        argv += ["--bind", str(self.workspace), GUEST_WORKSPACE, *self._git_binds(),
+                 "--remount-ro", "/", "--chdir", guest_cwd]
         guest_env = {"PATH": GUEST_PATH, "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
                      "HEARTH_SANDBOX": self.kind, **env}
         argv.append("--clearenv")
@@ -225,9 +234,13 @@ class BwrapSandbox:
         return [*argv, "--"]
 
     def _git_binds(self) -> list[str]:
-        """A worktree's git dirs, read-only, so ``git status``/``diff``/``log`` work inside;
-        commits are made host-side."""
-        return [arg for d in worktree_git_dirs(self.workspace) for arg in ("--ro-bind", str(d), str(d))]
+        """The host-private git dir, read-only at /workspace/.git, so ``git status``/``diff``/``log``
+        work inside; commits are made host-side. Never anything named by a file in the workspace:
+        a ``.git`` file there is sandbox output, and following it would bind whatever it names."""
+        if self._git_dir is None:
+            return []
+        git_mount_point(self.workspace)
+        return ["--ro-bind", str(self._git_dir), f"{GUEST_WORKSPACE}/.git"]
 
     @staticmethod
     def _kill(proc: subprocess.Popen[bytes]) -> None:

@@ -6,12 +6,13 @@ The container (``hearth-sb-<name>-<hex>``, labels ``hearth.sandbox``/``hearth.wo
 with:
 
 * ``network_mode="none"`` unless ``config.network == "nat"`` (then the engine's default bridge);
-* ``nano_cpus``, ``mem_limit`` (= ``memswap_limit``: no swap) and ``pids_limit`` from the config;
+* ``nano_cpus``, ``mem_limit`` (= ``memswap_limit``: no swap) and ``pids_limit`` from the config,
+  and an ``fsize`` ulimit of ``disk_mib`` (no file grows past the disk limit);
 * ``cap_drop=["ALL"]``, ``no-new-privileges``, a read-only root filesystem with tmpfs ``/tmp``
   (also ``HOME``), ``/var/tmp`` and ``/run``; the user is the workspace's owner (uid:gid), so files
   made inside belong to the same user as on the host;
-* a worktree's git dirs (its ``.git`` file points outside the workspace) bind-mounted read-only at
-  the same path, as the bwrap backend does.
+* the task clone's host-private git dir (``agent.host_git``) mounted read-only at
+  ``/workspace/.git``, as the bwrap backend does.
 
 ``exec`` runs ``bash -c COMMAND`` through ``docker exec`` and reads the attach stream with
 docker-py's frame decoder, so output reaches ``on_output`` as it arrives. An exec's first process
@@ -45,6 +46,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import docker
 from docker.utils.socket import STDERR, frames_iter
 
 from agent import processes
@@ -59,7 +61,7 @@ from agent.sandbox.base import (
 )
 from agent.sandbox.docker_base_image import BASE_ENV, BASE_IMAGE
 from agent.sandbox.docker_engine import docker_client, image_exists
-from agent.sandbox.files import guest_dir, read_inside, safe_name, worktree_git_dirs, write_inside
+from agent.sandbox.files import git_mount_point, guest_dir, read_inside, safe_name, write_inside
 from agent.sandbox.output import OutputEmitter, TailBuffer
 from agent.sandbox.snapshots import WorkspaceSnapshots, snapshot_root
 
@@ -81,7 +83,9 @@ class DockerSandbox:
         client: Any = None,
         image: str | None = None,
         writable_root: bool = False,
+        git_dir: Path | None = None,
     ) -> None:
+        """``git_dir``: the workspace's host-private git dir, mounted read-only at ``/workspace/.git``."""
         if not workspace.is_dir():
             raise SandboxError(f"workspace {workspace} is not a directory")
         self.workspace = workspace.resolve()
@@ -89,6 +93,7 @@ class DockerSandbox:
         self.name = name or self.workspace.name
         self.image = image or os.environ.get(IMAGE_ENV) or BASE_IMAGE
         self.writable_root = writable_root
+        self._git_dir = git_dir.resolve() if git_dir is not None and git_dir.is_dir() else None
         self._own_client = client is None
         self.client = client if client is not None else docker_client()
         if not image_exists(self.client, self.image):
@@ -114,8 +119,10 @@ class DockerSandbox:
     def _start(self, image: str) -> None:
         cfg = self.config
         volumes: dict[str, dict[str, str]] = {str(self.workspace): {"bind": GUEST_WORKSPACE, "mode": "rw"}}
-        for gitdir in self._git_dirs():
-            volumes[str(gitdir)] = {"bind": str(gitdir), "mode": "ro"}
+        if self._git_dir is not None:
+            # Never a dir named by a `.git` file in the workspace: that file is sandbox output.
+            git_mount_point(self.workspace)
+            volumes[str(self._git_dir)] = {"bind": f"{GUEST_WORKSPACE}/.git", "mode": "ro"}
         memory = f"{cfg.memory_mib}m"
         tmpfs = {"/tmp": "rw,nosuid,nodev,size=512m,mode=1777", "/var/tmp": "rw,nosuid,nodev,size=64m,mode=1777",
                  "/run": "rw,nosuid,nodev,size=16m,mode=755"}
@@ -129,15 +136,15 @@ class DockerSandbox:
             network_mode="none" if cfg.network != "nat" else "bridge",
             nano_cpus=int(cfg.cpus * 1e9), mem_limit=memory, memswap_limit=memory, pids_limit=cfg.pids,
             cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            # No file may outgrow the disk limit (the workspace is a bind mount, which storage_opt
+            # would not cover; the runner checks the total at each checkpoint).
+            ulimits=[docker.types.Ulimit(name="fsize", soft=cfg.disk_mib * 2**20, hard=cfg.disk_mib * 2**20)],
             read_only=not self.writable_root, tmpfs=tmpfs,
         )
         self.container.reload()
         init_pid = int(self.container.attrs.get("State", {}).get("Pid") or 0)
         self._local = init_pid > 0 and _in_container(init_pid, self.container.id)
         """Whether the container's processes are this host's (so a timeout can kill them by pid)."""
-
-    def _git_dirs(self) -> list[Path]:
-        return [d for d in worktree_git_dirs(self.workspace) if not d.is_relative_to(self.workspace)]
 
     def _remove_container(self) -> None:
         if self.container is None:

@@ -9,6 +9,9 @@ Every route needs a bearer token (the OpenAPI document stays public). Two tokens
   plugin's decision must come from one of the project's ``approvers`` (channel user ids) when
   hearth.toml lists any.
 
+A submit naming a model by URL (``openai:<url>#<model>``) needs the ``endpoint`` right, which only
+the admin token holds (``auth.require_endpoint_right`` says why); catalogue models need only ``submit``.
+
 Writes go to the scheduler (the store's only writer of tasks and events); reads (task lists, event
 streams) go straight to SQLite, read-only. The event stream is server-sent events, resumable with
 ``Last-Event-ID`` (the per-task event number). With a gateway configured

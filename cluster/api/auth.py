@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from cluster import people_tokens
 
-RIGHTS = ("read", "submit", "answer", "decide", "cancel", "restart", "priority", "nodes")
+RIGHTS = ("read", "submit", "answer", "decide", "cancel", "restart", "priority", "nodes", "endpoint")
 PLUGIN_RIGHTS = ("read", "submit", "answer", "decide")
 PLUGIN_TOKEN_FILE = "plugin-token"
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -73,6 +73,20 @@ def check_right(who: Caller, right: str) -> Caller:
         has = ", ".join(who.rights)
         raise HTTPException(status_code=403, detail=f"the {who.role} token lacks the '{right}' right (it has: {has})")
     return who
+
+
+def require_endpoint_right(who: Caller, model: str | None) -> None:
+    """A model named by URL (``openai:<url>``) needs the ``endpoint`` right, which only the admin
+    token holds: the worker node would connect wherever the URL says (any host its network
+    reaches), and whoever answers there writes every command the task's steps run. Catalogue
+    models (``docker:``, ``embedded:``, ``scripted:``) and the project's own hearth.toml model need
+    no more than ``submit``."""
+    if model is not None and model.partition(":")[0] == "openai" and "endpoint" not in who.rights:
+        raise HTTPException(status_code=403, detail=(
+            f"the {who.role} token lacks the 'endpoint' right, which a model given by URL ({model!r}) "
+            "needs: it would make a node connect there and let that server drive the task. Name a "
+            "catalogue model (docker:<name> from models.toml, embedded:<name>) or set the project's "
+            "model in hearth.toml"))
 
 
 def need(right: str) -> Any:

@@ -120,7 +120,8 @@ class Cycle:
                 continue  # a lost node: the scheduler re-queues its tasks
             if task.yielding:
                 node.yielding += 1
-            elif task.last_preempted_at is None or self.now - task.last_preempted_at >= config.preempt_cooldown_s:
+            elif task.can_yield and (task.last_preempted_at is None
+                                     or self.now - task.last_preempted_at >= config.preempt_cooldown_s):
                 self.cooled.add(task.id)
                 node.floor = min(node.floor, task.priority)
             self.project_load[task.project] = self.project_load.get(task.project, 0) + 1

@@ -15,9 +15,10 @@ rows, Ray's node table and the node inventories map onto it:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from agent.config import ProjectConfig
+from agent.events import Event, StepCompleted, StepStarted
 from agent.models import ModelError, split_spec
 from cluster.scheduling.types import (
     GpuState,
@@ -55,6 +56,8 @@ def model_spec(model: str) -> ModelSpec:
     except ModelError:
         # Unknown here: no GPU could serve it, so the policy reports it infeasible (nothing pends).
         return ModelSpec(vram_mib=UNSERVABLE_MIB, max_concurrent=1, needs_gpu=True)
+    if entry.base_url:  # served elsewhere (the user's own vLLM/llama.cpp): any node may call it
+        return ModelSpec(vram_mib=0, max_concurrent=entry.concurrency, needs_gpu=False)
     return ModelSpec(vram_mib=entry.vram(), max_concurrent=entry.concurrency, needs_gpu=not entry.cpu_only)
 
 
@@ -91,9 +94,32 @@ def project_policy(cfg: ProjectConfig) -> ProjectPolicy:
                          max_concurrent=cfg.concurrency, allowed_nodes=cfg.allowed_nodes)
 
 
+class StepProgress(NamedTuple):
+    """Where a running task's runner is, from its last step event (``step_progress``)."""
+
+    steps_after: int
+    """Steps of the plan after the one it runs (or has just finished): checkpoints it can yield at."""
+    between_steps: bool
+    """It finished a step and has not started the next: it is at a checkpoint right now."""
+
+
+def step_progress(task: TaskRow, last: Event | None) -> StepProgress:
+    """``last``: the task's latest ``step_started`` or ``step_completed`` event (None: not started)."""
+    ids = [s.id for s in task.spec.plan.steps]
+    if isinstance(last, StepStarted):
+        return StepProgress(steps_after=max(0, last.total - last.index - 1), between_steps=False)
+    if isinstance(last, StepCompleted) and last.step_id in ids:
+        return StepProgress(steps_after=len(ids) - ids.index(last.step_id) - 1, between_steps=True)
+    return StepProgress(steps_after=max(0, len(ids) - task.next_step - 1), between_steps=False)
+
+
 def build_snapshot(now: float, nodes: dict[str, RayNode], inventories: dict[str, InventoryJson],
                    queued: list[TaskRow], active: list[TaskRow],
-                   preempted_at: dict[str, float]) -> Snapshot:
+                   preempted_at: dict[str, float], progress: dict[str, StepProgress] | None = None) -> Snapshot:
+    """``progress``: each running task's ``step_progress`` (a task missing from it counts as mid-step
+    with checkpoints ahead)."""
+    progress = progress or {}
+    unknown = StepProgress(steps_after=1, between_steps=False)
     busy: dict[str, int] = {}
     for task in active:
         if task.node_id:
@@ -111,7 +137,9 @@ def build_snapshot(now: float, nodes: dict[str, RayNode], inventories: dict[str,
                            preferred_node=t.resume_node, attempt=t.attempts) for t in queued],
         running=[RunningTask(id=t.id, project=t.project, model=t.model, node=t.node_id or "",
                              priority=t.priority, yielding=t.state.value == "yielding",
-                             at_checkpoint=False, started_at=t.updated_at,
+                             at_checkpoint=progress.get(t.id, unknown).between_steps,
+                             can_yield=t.spec.config.checkpoints and progress.get(t.id, unknown).steps_after > 0,
+                             started_at=t.updated_at,
                              last_preempted_at=preempted_at.get(t.id)) for t in active if t.node_id],
     )
 

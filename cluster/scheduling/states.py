@@ -36,6 +36,8 @@ ALLOWED: dict[tuple[TaskState, TaskState], str] = {
     (S.running, S.yielding): "pre-empted: the runner will stop at its next checkpoint",
     (S.yielding, S.queued): "the runner reached its checkpoint and released the node",
     (S.yielding, S.running): "the pre-emption was withdrawn before the checkpoint",
+    (S.yielding, S.waiting_input): "asked to yield, the step asked a question first: waiting holds no node",
+    (S.yielding, S.awaiting_approval): "asked to yield, the step reached an approval checkpoint first",
     (S.running, S.queued): "node lost or attempt crashed: a new attempt starts from step 0",
     (S.waiting_input, S.queued): "answered (resume the step, preferably on the same node) or node lost",
     (S.awaiting_approval, S.queued): "node lost while awaiting approval: restart from step 0",

@@ -125,6 +125,10 @@ class RunningTask(_Data):
     long is not pre-empted by the next fresh arrival."""
     at_checkpoint: bool = False
     """Between steps right now: a pre-emption takes effect at once."""
+    can_yield: bool = True
+    """False when no checkpoint lies ahead of it: it runs its last step, or its project declared
+    ``checkpoints = false``. Such a task is never a pre-emption victim (it would only free its slot
+    by ending)."""
     yielding: bool = False
     """Already asked to yield; its capacity is counted as on its way back."""
     started_at: float

@@ -20,6 +20,7 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import DiffLexer
 
+from agent.accounting import usage_from_events
 from agent.events import Event
 from cluster.store import Store, TaskRow
 from cluster.web.board import Waiting, age, pending, priority_label
@@ -86,6 +87,9 @@ def describe(event: Event) -> str:
         "task_placed": lambda: f"attempt {body['attempt_no']} on node {body['node_id'][:12]}",
         "step_started": lambda: f"step {body['index'] + 1}/{body['total']} {body['step_id']}: {body['title']}",
         "agent_action": lambda: f"{body['step_id']} turn {body['turn']}: {body['tool']} {body['summary']}",
+        "model_turn": lambda: f"{body['step_id']} turn {body['turn']}: {body['prompt_tokens']} + "
+                              f"{body['completion_tokens']} tokens"
+                              + (" (reply cut at max_tokens)" if body["finish_reason"] == "length" else ""),
         "check_ran": lambda: f"{body['step_id']} check {'passed' if body['passed'] else 'failed'}",
         "checkpoint_ready": lambda: f"{body['step_id']} checkpoint {body['commit'][:10]}"
                                     + (" (needs approval)" if body["needs_approval"] else ""),
@@ -214,16 +218,10 @@ def transcripts(task: TaskRow) -> list[TranscriptView]:
 
 
 def tokens(events: list[Event]) -> dict[str, int] | None:
-    """Prompt and completion tokens, where events carry them (token accounting is issue 10's)."""
-    totals = {"prompt": 0, "completion": 0}
-    seen = False
-    for event in events:
-        for key in ("prompt", "completion"):
-            value = getattr(event, f"{key}_tokens", None)
-            if isinstance(value, int):
-                totals[key] += value
-                seen = True
-    return totals if seen else None
+    """Prompt and completion tokens of every model turn (``model_turn`` events; step sums are not
+    added again)."""
+    usage = usage_from_events(events)
+    return {"prompt": usage.prompt_tokens, "completion": usage.completion_tokens} if usage.turns else None
 
 
 def task_page(db: Store, task: TaskRow) -> TaskPage:

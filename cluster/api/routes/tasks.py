@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from cluster.api.auth import need
+from cluster.api.auth import Caller, need, require_endpoint_right
 from cluster.api.deps import ReadStore, Scheduler
 from cluster.api.schemas import AUTHED, PriorityRequest, SubmitRequest, refusals
 from cluster.api.services import tasks
@@ -16,8 +16,10 @@ from cluster.store import TaskRow
 router = APIRouter(prefix="/v1/tasks", responses=AUTHED)
 
 
-@router.post("", status_code=201, dependencies=[need("submit")], responses=refusals(400, 503))
-async def submit(body: SubmitRequest, store: ReadStore, scheduler: Scheduler) -> TaskRow:
+@router.post("", status_code=201, responses=refusals(400, 503))
+async def submit(body: SubmitRequest, store: ReadStore, scheduler: Scheduler,
+                 who: Caller = need("submit")) -> tasks.TaskDetail:
+    require_endpoint_right(who, body.model)
     return await tasks.submit(store, scheduler, body)
 
 
@@ -27,8 +29,8 @@ async def list_tasks(store: ReadStore, state: TaskState | None = None) -> list[d
 
 
 @router.get("/{task_id}", dependencies=[need("read")], responses=refusals(404))
-async def get_task(task_id: str, store: ReadStore) -> TaskRow:
-    return store.task(task_id)
+async def get_task(task_id: str, store: ReadStore) -> tasks.TaskDetail:
+    return tasks.detail(store, task_id)
 
 
 @router.post("/{task_id}/cancel", dependencies=[need("cancel")], responses=refusals(404, 409, 503))
