@@ -242,6 +242,7 @@ HEARTH_GATEWAY_OUTAGE_S=600; CI keeps it short)."""
 
 
 @pytest.mark.chaos
+@pytest.mark.timeout(OUTAGE_S + 900)  # the outage itself, plus the usual time to start and drain
 def test_gateway_stopped_mid_task_for_a_long_outage(chat: Chat, tmp_path: Path) -> None:
     """The gateway goes down while tasks are mid-step and stays down for ``OUTAGE_S``: the tasks finish
     meanwhile, and once it is back every message people must see arrives exactly once, in order."""
