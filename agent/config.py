@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agent.build import ArtifactsConfig
+from agent.finish import FinishConfig
 from agent.sandbox.base import SandboxConfig
 
 PRIORITY_NAMES = {"low": 25, "normal": 50, "high": 75, "urgent": 90}
@@ -109,6 +111,10 @@ class ProjectConfig(BaseModel):
     limits: SandboxConfig = Field(default_factory=SandboxConfig, description="Sandbox limits.")
     budget: BudgetConfig = Field(default_factory=BudgetConfig, description="Per-step budgets.")
     notify: NotifyConfig = Field(default_factory=NotifyConfig, description="Chat routing.")
+    artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig,
+                                       description="Build after each step's check; what to keep.")
+    finish: FinishConfig = Field(default_factory=FinishConfig,
+                                 description="What happens to the branch at the final approval.")
 
     @field_validator("max_priority")
     @classmethod

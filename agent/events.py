@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from agent.artifacts import ArtifactRef
+
 
 class TerminationReason(StrEnum):
     """Why an attempt (or a task) ended. ``cluster/scheduling/endings.py: ENDINGS`` maps each to the
@@ -103,6 +105,25 @@ class CheckpointReady(_Event):
     needs_approval: bool = False
     checked: bool = True
     """False when no check ran: the step was accepted on the model's word (the card says so)."""
+    diff: str = ""
+    """The checkpoint's diff, cut at ``DIFF_LIMIT`` characters (the whole one: ``hearth diff``)."""
+    diff_truncated: bool = False
+    build_summary: str = ""
+    """The tail of the build's output (``[artifacts] build``), empty without a build."""
+    artifacts: list[ArtifactRef] = []
+    """What the step's build left, stored on the head (``hearth artifacts``)."""
+    final: bool = False
+    """The task's last checkpoint: its approval also finishes the branch (keep, merge or push)."""
+
+
+class BuildRan(_Event):
+    """The step's build (after a passing check): its output tail, or the problem naming the artifact."""
+
+    kind: Literal["build_ran"] = "build_ran"
+    step_id: str
+    passed: bool
+    output_tail: str
+    duration_s: float = 0.0
 
 
 class ClarificationRequested(_Event):
@@ -135,6 +156,8 @@ class DecisionMade(_Event):
     approve: bool
     reason: str = ""
     who: str
+    finish: str = ""
+    """On the final checkpoint: keep, merge or push, overriding hearth.toml's ``[finish] action``."""
 
 
 class StepCompleted(_Event):
@@ -157,12 +180,27 @@ class TaskRequeued(_Event):
     kind: Literal["task_requeued"] = "task_requeued"
     reason: TerminationReason
     from_step: int
+    kept_ref: str = ""
+    """A restart from step 0: the ref that keeps the earlier attempt's commits ('' if it made none)."""
 
 
 class TaskCompleted(_Event):
     kind: Literal["task_completed"] = "task_completed"
     branch: str
     commits: list[str]
+
+
+class BranchFinished(_Event):
+    """What happened to a completed task's branch: kept, merged into the base, or pushed."""
+
+    kind: Literal["branch_finished"] = "branch_finished"
+    branch: str
+    action: str
+    ok: bool
+    message: str
+    base: str = ""
+    commit: str = ""
+    """The base branch's new head after a merge (or the pushed commit)."""
 
 
 class TaskFailed(_Event):
@@ -188,6 +226,7 @@ Event = Annotated[
     | AgentAction
     | ModelTurn
     | CheckRan
+    | BuildRan
     | CheckpointReady
     | ClarificationRequested
     | AnswerReceived
@@ -197,6 +236,7 @@ Event = Annotated[
     | AttemptEnded
     | TaskRequeued
     | TaskCompleted
+    | BranchFinished
     | TaskFailed
     | TaskCancelled
     | PriorityChanged,

@@ -123,6 +123,8 @@ class StepContext:
     on_checkpoint: Callable[[str], str] = lambda summary: ""
     """Called by the ``checkpoint`` tool with the model's summary; returns the commit id."""
     on_turn: Callable[[TurnUsage], None] = lambda usage: None
+    on_accept: Callable[[], str] = lambda: ""
+    """Called once the checks passed (the build, agent/build.py); a non-empty problem fails acceptance."""
     feedback: str = ""
     """A reviewer's reason for rejecting the previous try of this step."""
     messages: list[dict[str, Any]] = field(default_factory=list)
@@ -221,6 +223,8 @@ class _Step:
         """Run every check; all passing ends the step (StepDone), a failure is reported back."""
         commands = step_checks(self.ctx.check_command, self.ctx.step)
         if not commands:
+            if problem := self._build():
+                return problem
             raise StepDone(summary, f"no check configured: {MODEL_WORD}", learnings=learnings, checked=False)
         outputs = []
         for command in commands:
@@ -233,7 +237,17 @@ class _Step:
                 return (f"The check{which} failed (exit code {result.exit_code}), so the story is not done yet:\n"
                         f"{shown}\nFix the problem, then call step_done again.")
             outputs.append(output)
+        if problem := self._build():
+            return problem
         raise StepDone(summary, "\n".join(outputs), learnings=learnings)
+
+    def _build(self) -> str:
+        """The build after the checks; its failure is told like a failing check's ("" when it passed)."""
+        problem = self.ctx.on_accept()
+        if not problem:
+            return ""
+        return (f"The check failed: the build did not pass, so the story is not done yet:\n{clip(problem, 1500)}\n"
+                "Fix the problem, then call step_done again.")
 
 
 def run_step(ctx: StepContext, model: ChatModel) -> StepResult:

@@ -155,9 +155,11 @@ def publish_branch(repo: git.Repo, task_id: str) -> None:
     repo.git.push("--force", "origin", f"{branch}:{branch}")
 
 
-def reset_workspace(repo: git.Repo, commit: str) -> None:
+def reset_workspace(repo: git.Repo, commit: str, keep: list[str] | None = None) -> None:
+    """Back to ``commit`` exactly, except ``keep``: build outputs a resumed attempt builds on."""
     repo.git.reset("--hard", commit)
-    repo.git.clean("-fdx", "-e", ".hearth-home")
+    excluded = [arg for path in (keep or []) for arg in ("-e", "/" + path.strip("/"))]
+    repo.git.clean("-fdx", "-e", ".hearth-home", *excluded)
 
 
 def diff_summary(repo: git.Repo, old: str, new: str) -> tuple[str, list[str]]:

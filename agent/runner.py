@@ -1,10 +1,13 @@
 """``TaskRunner``: drives one attempt of one task through its steps on this node.
 
-For each step: run the agent loop in the sandbox, then checkpoint (commit with trailers, push the
-task branch, sandbox snapshot, ``CheckpointReady``). Where the project wants approval, wait for a
-decision: Approve continues, Reject rolls the sandbox and branch back to the previous checkpoint
-and redoes the step with the reason as feedback. At every checkpoint boundary the runner asks its
-controller whether to continue, yield (pre-emption: resume later from this checkpoint) or stop.
+For each step: run the agent loop in the sandbox, then checkpoint (commit with trailers, send the
+commit to the head, sandbox snapshot, ``CheckpointReady``). Code comes from and goes to the head
+only (``agent.transport``); transcripts, check output and a parked conversation are kept there too,
+so another node can resume the task and a dead node loses only its in-flight attempt.
+Where the project wants approval, wait for a decision: Approve continues, Reject rolls the sandbox
+and branch back to the previous checkpoint and redoes the step with the reason as feedback. At every
+checkpoint boundary the runner asks its controller whether to continue, yield (pre-emption: resume
+later from this checkpoint) or stop.
 
 The controller is the only way out of the runner: the Ray task actor implements it by calling the
 scheduler; tests implement it in-process.
@@ -12,6 +15,7 @@ scheduler; tests implement it in-process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import traceback
@@ -22,9 +26,13 @@ from typing import Any, Literal, Protocol
 import git
 from pydantic import BaseModel
 
+from agent.artifacts import ArtifactSink, LocalArtifactSink
+from agent.build import StepBuilder
+from agent.card import diff_excerpt
 from agent.config import ProjectConfig
 from agent.events import (
     AgentAction,
+    BuildRan,
     CheckpointReady,
     CheckRan,
     ClarificationRequested,
@@ -41,17 +49,12 @@ from agent.loop import StepContext, StepResult, TurnUsage, answer_message, run_s
 from agent.models.base import ChatModel, ModelError
 from agent.prd import PrdError, TaskPlan, with_story_passed
 from agent.progress import ProgressEntry, append_progress, read_progress
-from agent.project import (
-    checkpoint_commit,
-    diff_summary,
-    prepare_workspace,
-    publish_branch,
-    reset_workspace,
-    task_branch,
-)
+from agent.project import checkpoint_commit, diff_summary, reset_workspace, task_branch
 from agent.prompts import StepMemory, read_instructions
 from agent.sandbox import Sandbox, SandboxConfig, open_sandbox
 from agent.sandbox.files import check_disk_limit, read_workspace_file, write_workspace_file
+from agent.transport import NodeCode
+from agent.writeback import record_step_done, seed_prd
 
 
 class TaskSpec(BaseModel):
@@ -59,9 +62,15 @@ class TaskSpec(BaseModel):
 
     task_id: str
     project_path: str
+    """The project's source as the head knows it (a path on the head or a git URL). Nodes never read
+    it: their code comes from the head (``agent.transport``)."""
     plan: TaskPlan
     prd_relpath: str | None = None
-    """Where the Ralph prd.json lives inside the project, for writing ``passes`` back; None otherwise."""
+    """Where the PRD file lives inside the project, for writing finished steps back; None otherwise."""
+    prd_seed: str | None = None
+    """The PRD's text when it was not committed at submit: the task branch gets it first."""
+    base_branch: str = ""
+    """The branch checked out at submit: where ``[finish] action = "merge"`` merges to by default."""
     model: str
     base_commit: str
     config: ProjectConfig
@@ -123,6 +132,9 @@ class Parked(Exception):
         self.commit = commit
 
 
+PENDING_QUESTION = "question.json"
+"""Blob (kind ``pending``) holding the conversation of a step parked on a question."""
+
 SandboxFactory = Callable[[str, Path, SandboxConfig, str], Sandbox]
 
 
@@ -140,20 +152,24 @@ class TaskRunner:
         controller: Controller,
         model: ChatModel,
         workdir: Path,
+        code: NodeCode,
         start_step: int = 0,
         resume_commit: str | None = None,
         answer: Answer | None = None,
         sandbox_factory: SandboxFactory = _default_sandbox,
         model_factory: Callable[[], ChatModel] | None = None,
+        artifact_sink: ArtifactSink | None = None,
     ) -> None:
         """``model_factory`` makes a fresh client for the task's model, restarting its server if it
-        is gone; without one, a model that stops answering fails the attempt at once."""
+        is gone; without one, a model that stops answering fails the attempt at once. ``code`` is how
+        this node gets the task's commits from the head and sends its checkpoints back."""
         self.spec = spec
         self.attempt_id = attempt_id
         self.attempt_no = attempt_no
         self.controller = controller
         self.model = model
         self.workdir = workdir
+        self.code = code
         self.start_step = start_step
         self.resume_commit = resume_commit
         self.answer = answer
@@ -161,25 +177,38 @@ class TaskRunner:
         self.sandbox_factory = sandbox_factory
         self.model_factory = model_factory
         self.transcripts = workdir.parent.parent / "tasks" / spec.task_id / "transcripts"
-        self.pending = self.transcripts.parent / "pending-question.json"
-        """The conversation of a step parked on a question; read back by the attempt that resumes it."""
+        self._checks = 0
+        self.artifact_sink = artifact_sink or LocalArtifactSink(workdir.parent.parent / "artifacts")
+        """Where artifacts go: the head's store through Ray, or (in-process) a local one."""
+        self.builder = StepBuilder(spec.config.artifacts, project=spec.config.name, task_id=spec.task_id,
+                                   workspace=workdir, staging=self.transcripts.parent / "artifacts-staging")
 
     def _emit(self, event_type: Any, **fields: Any) -> None:
         self.controller.emit(event_type(task_id=self.spec.task_id, attempt_id=self.attempt_id, **fields))
 
     def _workspace(self) -> tuple[git.Repo, int]:
-        """The clone to work in and the step to start from (0 unless resuming at a checkpoint here)."""
-        if self.start_step is not None and self.resume_commit:
+        """The clone to work in and the step to start from.
+
+        Resuming (after a pre-emption or an answer) continues from the last checkpoint commit: in the
+        clone this node kept, or, on another node, in a fresh clone of that commit from the head.
+        Otherwise the attempt starts at step 0 from the task's base commit."""
+        if self.resume_commit:
             try:
                 repo = open_task_repo(self.workdir)
                 repo.commit(self.resume_commit)
                 if not (self.answer and repo.head.commit.hexsha == self.resume_commit):
-                    reset_workspace(repo, self.resume_commit)  # after an answer: keep the step's work
+                    # after an answer: keep the step's work; else keep the build outputs for the next build
+                    reset_workspace(repo, self.resume_commit, keep=self.spec.config.artifacts.paths)
+                self.code.adopt(self.resume_commit)
                 return repo, self.start_step
             except (git.BadName, ValueError, git.GitCommandError, git.InvalidGitRepositoryError):
                 pass
-        return prepare_workspace(Path(self.spec.project_path), self.spec.task_id, self.spec.base_commit,
-                                 self.workdir), 0
+        if self.resume_commit:
+            return self.code.workspace(self.resume_commit, self.workdir), self.start_step
+        repo = self.code.workspace(self.spec.base_commit, self.workdir)
+        if self.spec.prd_seed is not None and self.spec.prd_relpath:
+            seed_prd(repo, self.spec.prd_relpath, self.spec.prd_seed, self.spec.task_id)
+        return repo, 0
 
     def run(self) -> RunResult:
         sandbox: Sandbox | None = None
@@ -216,6 +245,8 @@ class TaskRunner:
         finally:
             if sandbox is not None:
                 sandbox.destroy()
+            with contextlib.suppress(Exception):  # best effort: the result matters more than a copy
+                self._send_transcripts()
 
     def _run_step(
         self, index: int, repo: git.Repo, sandbox: Sandbox, previous: tuple[str, str]
@@ -240,9 +271,8 @@ class TaskRunner:
                 on_action=lambda turn, tool, summary: self._emit(
                     AgentAction, step_id=step.id, turn=turn, tool=tool, summary=summary
                 ),
-                on_check=lambda passed, output: self._emit(
-                    CheckRan, step_id=step.id, passed=passed, output_tail=output[-1500:]
-                ),
+                on_check=lambda passed, output: self._check_ran(step.id, passed, output),
+                on_accept=lambda: self._build(step.id, sandbox),
                 on_checkpoint=lambda summary: self._work_in_progress(repo, step.id, summary),
                 on_turn=lambda usage: self._emit_turn(step.id, usage),
                 feedback=feedback,
@@ -259,14 +289,19 @@ class TaskRunner:
                 answer = self.controller.await_answer(step.id, result.question)
                 if answer is None:
                     self._park(step.id, result.messages, result.call_id)
-                    raise Parked(index, repo.head.commit.hexsha)
+                    commit = repo.head.commit.hexsha
+                    if repo.is_dirty(untracked_files=True):  # the step's work so far goes with it
+                        commit = self._work_in_progress(repo, step.id, "waiting for an answer")
+                    raise Parked(index, commit)
                 ctx.messages = [*result.messages, answer_message(result.call_id, answer.text, answer.who)]
                 result = self._converse(ctx)
                 turns += result.turns
                 tokens = [tokens[0] + result.prompt_tokens, tokens[1] + result.completion_tokens]
             if result.outcome in ("budget", "stuck"):
                 reason = TerminationReason.stuck if result.outcome == "stuck" else TerminationReason.budget
-                raise StepEnded(reason, f"step {step.id}: {result.summary}")
+                build = self.builder.last.get(step.id)
+                problem = f"; the last build failed: {build.output.splitlines()[0]}" if build and not build.ok else ""
+                raise StepEnded(reason, f"step {step.id}: {result.summary}{problem}")
             self._append_progress(repo, index, result, previous[0], time.monotonic() - started)
             commit, snapshot = self._checkpoint(index, repo, sandbox, result.summary, result.check_output,
                                                 previous[0], checked=result.checked)
@@ -275,13 +310,22 @@ class TaskRunner:
                 if not decision.approve:
                     sandbox.restore(previous[1])
                     reset_workspace(repo, previous[0])
-                    publish_branch(repo, spec.task_id)
+                    self.code.send_checkpoint(repo)
                     feedback = decision.reason or "no reason given"
                     continue
             self._emit(StepCompleted, step_id=step.id, commit=commit, turns=turns,
                        duration_s=round(time.monotonic() - started, 3),
                        prompt_tokens=tokens[0], completion_tokens=tokens[1])
             return commit, snapshot
+
+    def _build(self, step_id: str, sandbox: Sandbox) -> str:
+        """The step's build after a passing check; the problem ("" when it passed or there is none)."""
+        if not self.spec.config.artifacts.enabled:
+            return ""
+        outcome = self.builder.build(sandbox, step_id)
+        self._emit(BuildRan, step_id=step_id, passed=outcome.ok, output_tail=outcome.output[-1500:],
+                   duration_s=outcome.duration_s)
+        return "" if outcome.ok else outcome.output
 
     def _emit_turn(self, step_id: str, usage: TurnUsage) -> None:
         self._emit(ModelTurn, step_id=step_id, turn=usage.turn, prompt_tokens=usage.prompt_tokens,
@@ -346,26 +390,43 @@ class TaskRunner:
         raise ModelGone(f"step {step_id}: model {self.spec.model} did not come back within {wait:g} s: {problem}")
 
     def _park(self, step_id: str, messages: list[dict[str, Any]], call_id: str) -> None:
-        self.pending.parent.mkdir(parents=True, exist_ok=True)
+        """Keep the parked conversation on the head: the answer may resume it on another node."""
         body = {"step_id": step_id, "call_id": call_id, "messages": messages}
-        self.pending.write_text(json.dumps(body), encoding="utf-8")
+        self.code.host.put_blob("pending", PENDING_QUESTION, json.dumps(body).encode())
+        self._send_transcripts()
 
     def _take_pending(self, step_id: str) -> list[dict[str, Any]]:
         """The parked conversation of ``step_id`` with the answer appended, once; else []."""
-        if self.answer is None or not self.pending.exists():
+        if self.answer is None:
             return []
-        body = json.loads(self.pending.read_text(encoding="utf-8"))
-        self.pending.unlink()
+        raw = self.code.host.get_blob("pending", PENDING_QUESTION)
+        if raw is None:
+            return []
+        body = json.loads(raw)
         if body["step_id"] != step_id:
             return []
         messages: list[dict[str, Any]] = body["messages"]
         return [*messages, answer_message(body["call_id"], self.answer.text, self.answer.who)]
 
     def _work_in_progress(self, repo: git.Repo, step_id: str, summary: str) -> str:
-        """The loop's ``checkpoint`` tool; over the disk limit it is refused and the model is told."""
+        """A checkpoint inside a step (the ``checkpoint`` tool, or parking on a question), sent to the head.
+        Over the disk limit it is refused and the model is told."""
         check_disk_limit(self.workdir, self.spec.config.limits)
-        return checkpoint_commit(repo, task_id=self.spec.task_id, step_id=step_id, attempt_id=self.attempt_id,
-                                 message=f"{step_id} (work in progress): {summary}"[:200])
+        checkpoint_commit(repo, task_id=self.spec.task_id, step_id=step_id, attempt_id=self.attempt_id,
+                          message=f"{step_id} (work in progress): {summary}"[:200])
+        return self.code.send_checkpoint(repo)
+
+    def _check_ran(self, step_id: str, passed: bool, output: str) -> None:
+        """The event carries the tail; the whole output is kept on the head (``hearth transcript``)."""
+        self._checks += 1
+        self.code.host.put_blob("checks", f"{step_id}.attempt-{self.attempt_no}.{self._checks}.txt",
+                                output.encode())
+        self._emit(CheckRan, step_id=step_id, passed=passed, output_tail=output[-1500:])
+
+    def _send_transcripts(self) -> None:
+        """This attempt's step transcripts to the head (at each checkpoint, on parking, at the end)."""
+        for path in sorted(self.transcripts.glob(f"*.attempt-{self.attempt_no}.json")):
+            self.code.host.put_blob("transcripts", path.name, path.read_bytes())
 
     def _mark_passed(self, relpath: str, step_id: str, notes: str) -> None:
         """Write ``passes`` into the workspace's prd.json. The file is sandbox output: a link there
@@ -391,11 +452,17 @@ class TaskRunner:
         check_disk_limit(self.workdir, spec.config.limits)  # before git and the snapshot copy it all
         if spec.prd_relpath and spec.plan.format == "prd-json":
             self._mark_passed(spec.prd_relpath, step.id, f"Completed by Hearth: {summary}"[:500])
+        else:  # beads closed, markdown converted then marked (agent/writeback.py)
+            record_step_done(self.workdir, spec.prd_relpath, spec.plan.format, step.id, summary)
         commit = checkpoint_commit(repo, task_id=spec.task_id, step_id=step.id, attempt_id=self.attempt_id,
                                    message=f"{step.id}: {step.title}")
-        publish_branch(repo, spec.task_id)
+        self.code.send_checkpoint(repo)
+        self._send_transcripts()
+        build = self.builder.last.get(step.id)
+        artifacts = self.builder.publish(step.id, self.artifact_sink)
         snapshot = sandbox.snapshot()
         stat, files = diff_summary(repo, parent, commit)
+        diff, truncated = diff_excerpt(repo, parent, commit)
         self._emit(
             CheckpointReady,
             step_id=step.id,
@@ -406,5 +473,10 @@ class TaskRunner:
             check_summary=check_output[-500:],
             needs_approval=self._needs_approval(index, len(spec.plan.steps)),
             checked=checked,
+            diff=diff,
+            diff_truncated=truncated,
+            build_summary=build.output[-500:] if build else "",
+            artifacts=artifacts,
+            final=index == len(spec.plan.steps) - 1,
         )
         return commit, snapshot

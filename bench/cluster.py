@@ -9,6 +9,8 @@ Prints one JSON object on its last line:
   ``preempt_after_s = 0``: the default policy first waits 120 s for a slot to free by itself, a
   deliberate patience this figure leaves out.
 * ``tasks_per_s`` — 200 one-step tasks submitted at once, completed per second.
+* ``boxes`` — the same path on real boxes that share nothing but the network (bench/boxes.py),
+  with its own cluster_utils baseline measured in the same run. ``--only boxes`` runs just that.
 
 Baseline in the same run: ``ray_actor_roundtrip_ms_p50`` (creating a trivial actor and calling it
 once), the floor any actor-per-attempt design pays.
@@ -96,6 +98,15 @@ class Echo:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--only", "boxes"]:
+        print(json.dumps(boxes_section()))
+        return
+    result = cluster_utils_section()
+    result["boxes"] = boxes_section()
+    print(json.dumps(result))
+
+
+def cluster_utils_section() -> dict[str, Any]:
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "_system_config": FAST_HEALTH})
     workers = [cluster.add_node(num_cpus=1, resources={"hearth_slots": 2}, labels={"pool": "w"})
@@ -168,7 +179,13 @@ def main() -> None:
     finally:
         ray.shutdown()
         cluster.shutdown()
-    print(json.dumps(result))
+    return result
+
+
+def boxes_section() -> dict[str, Any]:
+    from bench.boxes import boxes_figures
+
+    return boxes_figures()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from typing import Any
 
@@ -18,7 +19,9 @@ import ray
 from agent.events import AttemptEnded, TaskFailed, TaskPlaced, TaskRequeued, TerminationReason
 from agent.runner import RunResult
 from cluster.errors import UnknownTask
+from cluster.finishing import finish_task
 from cluster.inventories import Inventories, on_node
+from cluster.project_code import ProjectCode
 from cluster.replies import Replies
 from cluster.scheduling.endings import ENDINGS
 from cluster.scheduling.states import TERMINAL, TaskState
@@ -26,18 +29,25 @@ from cluster.store import Store, TaskRow
 from cluster.task_actor import NAMESPACE, TaskActor, attempt_actor_name
 
 S = TaskState
+SUSPECT_S = 60.0
+"""How long an attempt whose actor died waits for Ray to judge its node (default health checks declare
+a killed box dead in about 15 s, a hung one in about 65 s) before it counts as the actor's own crash."""
 ACTIVE = frozenset({S.placed, S.running, S.waiting_input, S.awaiting_approval, S.yielding})
 """States in which a task holds (or is about to hold) a slot on a node."""
 
 
 class Attempts:
-    def __init__(self, store: Store, wake: asyncio.Event, inventories: Inventories, replies: Replies) -> None:
+    def __init__(self, store: Store, wake: asyncio.Event, inventories: Inventories, replies: Replies,
+                 code: ProjectCode) -> None:
         self.store = store
+        self.code = code
         self.wake = wake
         self.inventories = inventories
         self.replies = replies
         self.running: dict[str, tuple[str, Any, Any]] = {}
         """attempt id → (task id, actor handle, ref of actor.result())."""
+        self.suspect: dict[str, tuple[str, str, float]] = {}
+        """attempt id → (task id, error, since): its actor died while Ray still called its node alive."""
 
     def reattach(self) -> None:
         """Track every active attempt: re-attach to its actor by name, or treat it as lost.
@@ -45,7 +55,7 @@ class Attempts:
         Runs at start (a restarted scheduler) and each cycle, so an attempt that somehow went
         untracked (a crash between creating its actor and recording it) can never strand a task.
         """
-        tracked = {entry[0] for entry in self.running.values()}
+        tracked = {entry[0] for entry in self.running.values()} | {entry[0] for entry in self.suspect.values()}
         for task in self.store.tasks(set(ACTIVE)):
             if task.attempt_id is None or task.id in tracked:
                 continue
@@ -58,7 +68,8 @@ class Attempts:
     def launch(self, task: TaskRow, node: str, gpu_index: int | None = None) -> None:
         attempt_no = task.attempts + 1
         attempt_id = f"{task.id}.{attempt_no}-{uuid.uuid4().hex[:6]}"
-        resume = task.resume_node == node and task.resume_commit is not None
+        # A resume continues from the last checkpoint on any node: the commit is on the head.
+        resume = task.resume_commit is not None
         start_step = task.next_step if resume else 0
         answer = json.loads(task.answer) if task.answer and resume else None
         actor = TaskActor.options(  # type: ignore[attr-defined]
@@ -71,12 +82,13 @@ class Attempts:
                              TaskPlaced(task_id=task.id, attempt_id=attempt_id, node_id=node,
                                         attempt_no=attempt_no),
                              attempts=attempt_no, attempt_id=attempt_id, node_id=node,
-                             next_step=start_step, answer=None)
+                             next_step=start_step)  # the answer stays until the attempt starts its step
         actor.start.remote()
         self.running[attempt_id] = (task.id, actor, actor.result.remote())
 
     def reap(self) -> None:
         """End every attempt whose result is in (or whose actor died)."""
+        self._judge_suspects()
         if not self.running:
             return
         refs = {entry[2]: attempt for attempt, entry in self.running.items()}
@@ -87,10 +99,32 @@ class Attempts:
             try:
                 result: RunResult = ray.get(ref)
             except ray.exceptions.RayError as exc:
-                self.lost(self.store.task(task_id), f"{type(exc).__name__}", attempt_id)
+                task = self.store.task(task_id)
+                if task.node_id in self._ray_alive():
+                    # A box that just died still looks alive to Ray for a health-check period (about
+                    # 15 s by default): judged now, its task would be re-placed on that dead box.
+                    self.suspect[attempt_id] = (task_id, type(exc).__name__, time.monotonic())
+                else:
+                    self.lost(task, type(exc).__name__, attempt_id)
                 continue
             ray.kill(actor)
             self.finish(task_id, attempt_id, result)
+
+    def _judge_suspects(self) -> None:
+        """An attempt whose actor died: ``node_lost`` once Ray declares its node dead, ``error`` if the
+        node is still alive after ``SUSPECT_S`` (the actor itself crashed)."""
+        if not self.suspect:
+            return
+        alive = self._ray_alive()
+        for attempt_id, (task_id, detail, since) in list(self.suspect.items()):
+            task = self.store.task(task_id)
+            if task.node_id not in alive or time.monotonic() - since > SUSPECT_S:
+                del self.suspect[attempt_id]
+                self.lost(task, detail, attempt_id)
+
+    @staticmethod
+    def _ray_alive() -> set[str]:
+        return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
 
     def finish(self, task_id: str, attempt_id: str, result: RunResult) -> None:
         """Apply an attempt's result: ``ENDINGS`` says where its reason takes the task."""
@@ -114,6 +148,8 @@ class Attempts:
             if ending.next_state == S.queued:
                 self.store.append_event(TaskRequeued(task_id=task_id, reason=reason, from_step=result.next_step))
         else:
+            if ending.next_state == S.completed:  # finish the branch first: the task ends with its outcome
+                self.store.append_event(finish_task(self.store, task_id, task.spec))
             self.store.set_state(task_id, ending.next_state, ended, attempt_id=None, next_step=result.next_step)
         self.wake.set()
 
@@ -126,7 +162,13 @@ class Attempts:
         reason = TerminationReason.node_lost if task.node_id not in alive else TerminationReason.error
         self.store.end_attempt(attempt_id, reason.value)
         ended = AttemptEnded(task_id=task.id, attempt_id=attempt_id, reason=reason, message=detail)
-        if ENDINGS[reason].retry and task.attempts < task.spec.config.max_attempts:
+        retry = ENDINGS[reason].retry and task.attempts < task.spec.config.max_attempts
+        if retry and task.state == S.placed and task.resume_commit:
+            # Lost before it started its step (its box died as it was placed): nothing ran, so the
+            # task goes on from where it was, with its last checkpoint and any answer, elsewhere.
+            self.store.set_state(task.id, S.queued, ended, attempt_id=None, resume_node=None)
+            self.store.append_event(TaskRequeued(task_id=task.id, reason=reason, from_step=task.next_step))
+        elif retry:
             self._requeue_from_zero(task, ended, reason)
         else:
             self._fail(task, ended, f"gave up after {task.attempts} attempts: {detail}")
@@ -152,7 +194,8 @@ class Attempts:
         self.store.append_event(TaskFailed(task_id=task.id, reason=ended.reason, message=message))
 
     def _requeue_from_zero(self, task: TaskRow, ended: AttemptEnded, reason: TerminationReason) -> None:
+        kept = self.code.kept_ref(task.spec.config.name, ended.attempt_id or "")
         self.store.set_state(task.id, S.queued, ended, attempt_id=None, next_step=0, resume_commit=None,
                              resume_node=None, answer=None, waiting_for=None)
-        self.store.append_event(TaskRequeued(task_id=task.id, reason=reason, from_step=0))
+        self.store.append_event(TaskRequeued(task_id=task.id, reason=reason, from_step=0, kept_ref=kept))
         self.replies.forget(task.id)

@@ -27,7 +27,7 @@ from cluster.scheduling.endings import ENDINGS
 from cluster.store import TaskRow
 
 CALLBACK_NAMESPACE = "hearth"
-"""Button callback values are ``hearth:<approve|reject|answer>:<task id>:<event seq>``."""
+"""Button callback values are ``hearth:<approve|reject|answer|merge|push>:<task id>:<event seq>``."""
 
 
 class Card(BaseModel):
@@ -83,17 +83,21 @@ def render(event: Event, task: TaskRow | None = None) -> Card:
         check = _clip(event.check_summary, 400) or "(no check output)"
         if not event.checked:  # nothing but the model said the work is done: the reviewer must know
             check = f"none configured: {MODEL_WORD}"
+        buttons = [("Approve", f"{CALLBACK_NAMESPACE}:approve:{event.task_id}:{event.seq}"),
+                   ("Reject", f"{CALLBACK_NAMESPACE}:reject:{event.task_id}:{event.seq}")]
+        if event.final:  # the plugin approves and finishes the branch so (merge / push)
+            buttons[1:1] = [("Approve & merge", f"{CALLBACK_NAMESPACE}:merge:{event.task_id}:{event.seq}"),
+                            ("Approve & push", f"{CALLBACK_NAMESPACE}:push:{event.task_id}:{event.seq}")]
         return Card(
             text=f"{head} Checkpoint waiting for approval{where}\n"
                  f"Step: {event.step_id} {title}".rstrip() + "\n"
                  f"Commit: {event.commit[:12]}\n"
                  f"Diff: {_clip(event.diff_stat, 300) or '(empty)'}\n"
                  f"Files: {files}\n"
-                 f"Check: {check}\n\n"
+                 f"Check: {check}\n" + deliverables_text(event) + "\n"
                  f"Approve to continue; Reject rolls the step back and redoes it "
                  f"(/hearth reject {event.task_id} <reason> to say why).",
-            buttons=[("Approve", f"{CALLBACK_NAMESPACE}:approve:{event.task_id}:{event.seq}"),
-                     ("Reject", f"{CALLBACK_NAMESPACE}:reject:{event.task_id}:{event.seq}")],
+            buttons=buttons,
         )
     if isinstance(event, TaskCompleted):
         commits = ", ".join(c[:10] for c in event.commits[:5])
@@ -117,5 +121,26 @@ def render(event: Event, task: TaskRow | None = None) -> Card:
     if isinstance(event, TaskCancelled):
         return Card(text=f"{head} Cancelled by {event.who}{where}.")
     if isinstance(event, TaskRequeued):
-        return Card(text=f"{head} Re-queued{where} ({event.reason.value}), from step {event.from_step + 1}.")
+        kept = f" The earlier attempt's commits are kept at {event.kept_ref}." if event.kept_ref else ""
+        return Card(text=f"{head} Re-queued{where} ({event.reason.value}), from step {event.from_step + 1}.{kept}")
     return Card(text=f"{head} {event.kind}{where}")
+
+
+def deliverables_text(event: CheckpointReady) -> str:
+    """The card's diff excerpt, build tail and artifacts (empty parts are left out)."""
+    parts = []
+    if event.diff:
+        cut = _clip(event.diff, 1200)
+        more = event.diff_truncated or len(event.diff) > 1200
+        whole = f"\nWhole diff: hearth diff {event.task_id} {event.step_id}" if more else ""
+        parts.append(f"```\n{cut}\n```{whole}")
+    if event.build_summary:
+        parts.append(f"Build: {_clip(event.build_summary, 300)}")
+    for ref in event.artifacts:
+        what = f"image {ref.image_tag}" if ref.kind == "image" else f"{ref.name} ({ref.size} bytes)"
+        parts.append(f"Artifact: {what}" + (f" sha256 {ref.sha256[:12]}" if ref.stored else ""))
+    if event.artifacts:
+        parts.append(f"Download: hearth artifacts {event.task_id} --out DIR")
+    if event.final:
+        parts.append(f"Final step: approving finishes the branch (/hearth approve {event.task_id} keep|merge|push).")
+    return "".join(f"{part}\n" for part in parts)

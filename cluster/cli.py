@@ -1,9 +1,5 @@
 """The ``hearth`` command (typer + rich). A thin client of the sidecar, plus local set-up commands.
 
-The client commands (``hearth tasks``…) must print in well under 300 ms, so this module imports only
-typer, rich and the sidecar client at the top; git, the PRD and project code, the store's models and
-node inventories are imported inside the commands that use them.
-
 Exit codes: 0 success, 1 a task ended failed/cancelled (``submit --follow``), 2 bad input
 (a bad PRD, an unknown key in hearth.toml, an unknown task), 3 the cluster is not reachable.
 """
@@ -11,24 +7,29 @@ Exit codes: 0 success, 1 a task ended failed/cancelled (``submit --follow``), 2 
 from __future__ import annotations
 
 import json
+import os
 import shlex
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
+import git
 import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.config import ConfigError, parse_priority
+from agent.events import Event
+from agent.prd import PrdError, load_prd
+from agent.project import ProjectError, checkpoint_commits, init_project, task_branch
 from cluster import cli_admin, local
 from cluster.cli_client import SidecarClient, SidecarError
+from cluster.cli_deliverables import artifact_line, register, show_deliverables
 from cluster.cli_tokens import token_app
-
-if TYPE_CHECKING:
-    from agent.events import Event
-    from cluster.store import TaskRow
+from cluster.nodes import inventory
+from cluster.repos import is_git_url
+from cluster.store import TaskRow
 
 app = typer.Typer(help="Hearth: turn PRDs into finished work on your own boxes.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -72,9 +73,6 @@ def init(path: Annotated[Path, typer.Argument()] = Path("."),
          model: Annotated[str | None, typer.Option(help="Default model spec")] = None,
          approval: Annotated[str | None, typer.Option(help="each-step | final | none")] = None) -> None:
     """Make or adopt a git repo as a Hearth project (writes hearth.toml, Ralph TUI config, .gitignore)."""
-    from agent.config import ConfigError
-    from agent.project import ProjectError, init_project
-
     overrides: dict[str, object] = {k: v for k, v in
                  {"check": check, "sandbox": sandbox, "model": model, "approval": approval}.items() if v}
     try:
@@ -88,8 +86,6 @@ def init(path: Annotated[Path, typer.Argument()] = Path("."),
 @app.command()
 def plan(prd: Path, as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
     """Print the steps a PRD would run, in order, without running anything."""
-    from agent.prd import PrdError, load_prd
-
     try:
         task_plan = load_prd(prd)
     except PrdError as exc:
@@ -108,17 +104,59 @@ def plan(prd: Path, as_json: Annotated[bool, typer.Option("--json", help="Print 
         console.print(f"already passing (skipped): {', '.join(task_plan.skipped)}")
 
 
-@app.command()
-def up(port: int = 8765, slots: Annotated[int | None, typer.Option(help="Tasks this node runs at once")] = None,
-       ) -> None:
-    """Start a local head: Ray, the scheduler and the sidecar (or find the running one)."""
+HostOption = Annotated[str | None, typer.Option(
+    help="Address Ray and the sidecar listen on, and boxes dial (default 127.0.0.1: this machine only)")]
+SlotsOption = Annotated[int | None, typer.Option(min=0, help="Tasks this node runs at once (0: none)")]
+ConfigOption = Annotated[Path | None, typer.Option(help="Head configuration (default <state dir>/head.toml)")]
+BlockOption = Annotated[bool, typer.Option("--block", help="Stay in the foreground (systemd)")]
+
+
+def _start_head(*, api_port: int | None, host: str | None, slots: int | None, ray_port: int | None,
+                config: Path | None, block: bool, default_ray_port: int, token_file: Path | None = None) -> None:
+    from cluster.head_config import load_head_config
+    from cluster.node_join import JoinError, box_name, install_token
+    from cluster.node_start import supervise_head
+
     try:
-        info = local.up(api_port=port, slots=slots, progress=lambda m: console.print(f"· {m}"))
+        head = load_head_config(config, local.state_dir()).head
+        if token_file is not None:  # a token made beforehand (ray up copies one file to every box)
+            install_token(local.state_dir(), token_file, box_name())
+    except ConfigError as exc:
+        fail(str(exc))
+        return
+    except JoinError as exc:
+        fail(str(exc), exc.exit_code)
+        return
+    options: dict[str, Any] = {
+        "api_port": api_port or head.api_port, "host": host or head.host,
+        "slots": head.slots if slots is None else slots,
+        "ray_port": ray_port or head.ray_port or default_ray_port, "config": config}
+
+    def start() -> local.UpInfo:
+        return local.up(**options, progress=lambda m: console.print(f"· {m}", highlight=False))
+
+    try:
+        info = start()
     except RuntimeError as exc:
         fail(str(exc), 3)
         return
-    console.print(f"Hearth is up: sidecar {info.api_url}, Ray {info.ray_address}")
+    console.print(f"Hearth is up: sidecar {info.api_url}, Ray {info.ray_address}", highlight=False)
     console.print(f"Web page: {info.api_url}/ui/ (log in with the token in {local.token_path()})", soft_wrap=True)
+    console.print(f"Boxes join with: hearth node start --address {info.ray_address} --token-file FILE "
+                  f"(FILE: a copy of {Path(info.state_dir) / 'ray-token'})", highlight=False, soft_wrap=True)
+    if block:
+        raise typer.Exit(supervise_head(info, start, progress=lambda m: console.print(f"· {m}")))
+
+
+@app.command()
+def up(port: Annotated[int | None, typer.Option(help="The sidecar's port (default 8765)")] = None,
+       host: HostOption = None, slots: SlotsOption = None,
+       ray_port: Annotated[int | None, typer.Option(help="Ray's port (default: a free one)")] = None,
+       config: ConfigOption = None, block: BlockOption = False) -> None:
+    """Start the head here: Ray, the scheduler and the sidecar (or find the running one; if only the
+    sidecar died, only the sidecar is started again)."""
+    _start_head(api_port=port, host=host, slots=slots, ray_port=ray_port, config=config, block=block,
+                default_ray_port=0)
 
 
 @app.command()
@@ -128,8 +166,6 @@ def down() -> None:
 
 
 def _project_for(prd: Path) -> Path:
-    import git
-
     try:
         return Path(git.Repo(prd.resolve().parent, search_parent_directories=True).working_tree_dir or ".")
     except git.InvalidGitRepositoryError:
@@ -139,24 +175,27 @@ def _project_for(prd: Path) -> Path:
 
 @app.command()
 def submit(prd: Path,
-           project: Annotated[Path | None, typer.Option(help="Project repo (default: the PRD's repo)")] = None,
+           project: Annotated[str | None, typer.Option(
+               help="Project repo: a directory on the head or a git URL (default: the PRD's repo); "
+                    "with a URL, PRD is a path inside that repository")] = None,
            priority: Annotated[str | None, typer.Option(help="0-100 or low|normal|high|urgent")] = None,
            model: Annotated[str | None, typer.Option(help="Model spec, e.g. embedded:smollm2-135m")] = None,
            follow: Annotated[bool, typer.Option("--follow/--no-follow", "-f")] = False) -> None:
     """Submit a PRD (Ralph prd.json, Ralph markdown or beads JSONL) as a task."""
-    from agent.config import parse_priority
-
-    if not prd.exists():
-        fail(f"{prd}: no such file")
     if priority is not None:
         try:
             parse_priority(priority)
         except ValueError as exc:
             fail(str(exc))
-    project_path = project or _project_for(prd)
+    if project is not None and is_git_url(project):
+        source, prd_path = project, str(prd)  # the head reads the PRD from the repository
+    else:
+        if not prd.exists():
+            fail(f"{prd}: no such file")
+        source = str((Path(project) if project else _project_for(prd)).resolve())
+        prd_path = str(prd.resolve())
     task = Client().request("POST", "/v1/tasks", json={
-        "project_path": str(project_path.resolve()), "prd_path": str(prd.resolve()),
-        "priority": priority, "model": model})
+        "project_path": source, "prd_path": prd_path, "priority": priority, "model": model})
     console.print(f"submitted [bold]{task['id']}[/bold]: {task['name']} "
                   f"({len(task['spec']['plan']['steps'])} steps, priority {task['priority']})")
     for warning in task.get("warnings", []):
@@ -173,14 +212,20 @@ _DESCRIBE: dict[str, Callable[[Any], str]] = {
     "check_ran": lambda e: f"   {'[green]✔ check passed' if e.passed else '[yellow]✘ check failed'}[/]",
     "checkpoint_ready": lambda e: (f"   [green]● checkpoint[/] {e.commit[:10]} "
                                    f"({', '.join(e.files_changed) or 'no files'})"
-                                   + (" — [magenta]awaiting approval[/]" if e.needs_approval else "")),
+                                   + (" — [magenta]awaiting approval[/]" if e.needs_approval else "")
+                                   + "".join(f"\n     artifact {artifact_line(a.model_dump())}"
+                                             for a in e.artifacts)),
+    "build_ran": lambda e: (f"   {'[green]✔ build passed' if e.passed else '[yellow]✘ build failed'}[/] "
+                            f"({e.duration_s:.1f} s)"),
+    "branch_finished": lambda e: f"   {'[green]' if e.ok else '[red]'}branch {e.action}:[/] {e.message}",
     "clarification_requested": lambda e: (f"   [magenta]? question:[/] {e.question}  "
                                           f"(answer: hearth answer {e.task_id} \"…\")"),
     "task_placed": lambda e: f"[dim]placed on node {e.node_id[:12]} (attempt {e.attempt_no})[/]",
     "task_completed": lambda e: f"[bold green]✔ completed[/] on branch {e.branch}",
     "task_failed": lambda e: f"[bold red]✘ failed[/] ({e.reason}): {e.message}",
     "attempt_ended": lambda e: f"[yellow]attempt ended: {e.reason}[/] {e.message}",
-    "task_requeued": lambda e: f"[yellow]re-queued ({e.reason}), from step {e.from_step}[/]",
+    "task_requeued": lambda e: (f"[yellow]re-queued ({e.reason}), from step {e.from_step}"
+                                + (f"; earlier commits kept at {e.kept_ref}" if e.kept_ref else "") + "[/]"),
 }
 """How ``hearth logs`` shows each kind of event (others: their kind, dimmed)."""
 
@@ -193,8 +238,6 @@ def _describe(event: Any) -> str:
 
 
 def _follow(task_id: str) -> int:
-    from cluster.store import TaskRow
-
     client = Client()
     for event in client.stream_events(task_id):
         console.print(_describe(event), highlight=False)
@@ -207,12 +250,10 @@ def _follow(task_id: str) -> int:
 
 
 def _print_result(task: TaskRow) -> None:
-    import git
-
-    from agent.project import checkpoint_commits, task_branch
-
     spec, branch = task.spec, task_branch(task.id)
     console.print(f"\n[bold]branch[/bold] {branch} in {spec.project_path}")
+    if is_git_url(spec.project_path) or not Path(spec.project_path).is_dir():
+        return  # pushed there by the head; not a directory this CLI can read
     for commit, subject in checkpoint_commits(Path(spec.project_path), task.id, spec.base_commit):
         console.print(f"  {commit[:10]} {subject}")
     if spec.prd_relpath and spec.plan.format == "prd-json":
@@ -293,27 +334,53 @@ app.add_typer(node_app, name="node")
 @node_app.command("inventory")
 def node_inventory() -> None:
     """Print what NVML sees here (GPUs, VRAM) as JSON; a CPU-only node where NVML is absent."""
-    from cluster.nodes import inventory
-
     typer.echo(inventory().model_dump_json(indent=2))
 
 
 @node_app.command("start")
-def node_start(head: Annotated[bool, typer.Option("--head", help="Start a head node")] = False,
-               address: Annotated[str | None, typer.Option(help="HOST:PORT of the head to join")] = None,
-               port: int = 6379, slots: Annotated[int | None, typer.Option(help="Tasks at once")] = None,
-               dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command only")] = False,
-               ) -> None:
-    """`ray start` with this node's GPUs, VRAM and labels (same command on every box)."""
-    from cluster.nodes import inventory, ray_start_args
+def node_start(
+    head: Annotated[bool, typer.Option("--head", help="Start the head (the same as `hearth up`)")] = False,
+    address: Annotated[str | None, typer.Option(help="HOST:PORT of the head to join")] = None,
+    host: HostOption = None,
+    port: Annotated[int | None, typer.Option(help="The head's Ray port (default 6379)")] = None,
+    api_port: Annotated[int | None, typer.Option(help="The head's sidecar port (default 8765)")] = None,
+    slots: SlotsOption = None, config: ConfigOption = None,
+    token_file: Annotated[Path | None, typer.Option(
+        help="The cluster token: on a box, a copy of the head's <state dir>/ray-token; on the head, a token "
+             "made beforehand (both kept as <state dir>/ray-token)")] = None,
+    timeout: Annotated[float, typer.Option(help="A box: seconds to wait for the head")] = 30.0,
+    block: BlockOption = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the ray start command only")] = False,
+) -> None:
+    """One command per box: `--head` starts Ray, the scheduler and the sidecar; `--address HEAD:PORT`
+    checks the head (reachable, token accepted, same Hearth and Ray) and joins it."""
+    from cluster.node_join import JoinError
+    from cluster.node_start import block_box, head_ray_command, join, ray_temp_dir, worker_ray_command
 
     if head == bool(address):
         fail("give exactly one of --head or --address HOST:PORT")
-    command = ["ray", "start", *ray_start_args(inventory(with_models=False), slots=slots), "--disable-usage-stats"]
-    command += ["--head", f"--port={port}", "--include-dashboard=false"] if head else [f"--address={address}"]
-    typer.echo(" ".join(shlex.quote(part) for part in command))
-    if not dry_run:
-        raise typer.Exit(subprocess.call(command))
+    if dry_run:
+        temp_dir = ray_temp_dir(local.state_dir())
+        command = (head_ray_command(host=host or "127.0.0.1", port=port or 6379,
+                                    slots=(os.cpu_count() or 1) if slots is None else slots, temp_dir=temp_dir)
+                   if head else worker_ray_command(address=str(address), host=host or "<this box>", slots=slots,
+                                                   temp_dir=temp_dir))
+        typer.echo(" ".join(shlex.quote(part) for part in command))
+        return
+    if head:
+        _start_head(api_port=api_port, host=host, slots=slots, ray_port=port, config=config, block=block,
+                    default_ray_port=6379, token_file=token_file)
+        return
+    try:
+        info, proc = join(str(address), host=host, slots=slots, token_file=token_file, timeout_s=timeout,
+                          progress=lambda m: console.print(f"· {m}", highlight=False))
+    except JoinError as exc:
+        fail(str(exc), exc.exit_code)
+        return
+    console.print(f"joined the head at {info.head_address} as {info.host} (Ray pid {info.ray_pid})",
+                  highlight=False)
+    if block:
+        raise typer.Exit(block_box(proc))
 
 
 @app.command()
@@ -322,6 +389,7 @@ def nodes() -> None:
     table = Table()
     for column in ("node", "alive", "address", "gpus", "vram free/total MiB", "models", "slots", "running"):
         table.add_column(column)
+    refused = []
     for n in Client().request("GET", "/v1/nodes"):
         gpus = ", ".join(g["name"] for g in n["gpus"]) or "cpu only"
         vram = f"{n['vram_free_mib']}/{n['vram_total_mib']}" if n["gpus"] else "-"
@@ -330,7 +398,11 @@ def nodes() -> None:
             for m in n.get("models", []))
         table.add_row(n["node_id"][:12], "yes" if n["alive"] else "no", n["address"], gpus, vram,
                       models or "-", str(n["slots"]), ", ".join(n["running"]))
+        if n.get("refused") and n["alive"]:
+            refused.append(f"node {n['node_id'][:12]} ({n['address']}) gets no tasks: it {n['refused']}")
     console.print(table)
+    for line in refused:
+        console.print(f"[yellow]{line}[/yellow]", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -338,19 +410,17 @@ def tasks(state: Annotated[str | None, typer.Option(help="Only tasks in this sta
     """List tasks with their state, priority and placement."""
     rows = Client().request("GET", "/v1/tasks", params={"state": state} if state else None)
     table = Table()
-    for column in ("id", "name", "project", "state", "priority", "step", "node", "attempts"):
+    for column in ("id", "name", "project", "state", "priority", "step", "node", "attempts", "message"):
         table.add_column(column)
     for t in rows:
         table.add_row(t["id"], t["name"], t["project"], t["state"], str(t["priority"]), str(t["next_step"]),
-                      (t["node_id"] or "")[:12], str(t["attempts"]))
+                      (t["node_id"] or "")[:12], str(t["attempts"]), t["message"])
     console.print(table)
 
 
 @app.command()
 def show(task_id: str) -> None:
     """Show one task: state, steps and, once completed, its branch and checkpoints."""
-    from cluster.store import TaskRow
-
     raw = Client().request("GET", f"/v1/tasks/{task_id}")
     task = TaskRow.model_validate(raw)
     console.print(f"[bold]{task.id}[/bold] {task.name} — {task.state.value} (priority {task.priority})")
@@ -367,6 +437,7 @@ def show(task_id: str) -> None:
         console.print(f"model: {task.model}, {_tokens(usage)}")
     if task.state == "completed":
         _print_result(task)
+    show_deliverables(Client(), console, task.model_dump(mode="json"))
 
 
 def _tokens(usage: dict[str, Any]) -> str:
@@ -379,6 +450,32 @@ def logs(task_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] =
     """Print a task's events; with -f keep following until it ends."""
     for event in Client().stream_events(task_id, follow=follow):
         console.print(_describe(event), highlight=False)
+
+
+@app.command()
+def transcript(task_id: str, step: Annotated[str | None, typer.Argument(help="A step id, e.g. US-001")] = None,
+               as_json: Annotated[bool, typer.Option("--json", help="Print the stored JSON")] = False) -> None:
+    """A step's conversation with the model and its check output (kept on the head); no STEP: list steps."""
+    client = Client()
+    if step is None:
+        for entry in client.request("GET", f"/v1/tasks/{task_id}/transcripts"):
+            attempts = ", ".join(str(a) for a in entry["attempts"])
+            console.print(f"{entry['step_id']}  (attempt {attempts})", highlight=False)
+        return
+    record = client.request("GET", f"/v1/tasks/{task_id}/transcripts/{step}")
+    if as_json:
+        typer.echo(json.dumps(record, indent=1))
+        return
+    for attempt in record["attempts"]:
+        console.print(f"[bold]── {task_id} {step}, attempt {attempt['attempt']}[/]", highlight=False)
+        for message in attempt["messages"]:
+            calls = "; ".join(f"{c['function']['name']}({c['function']['arguments']})"
+                              for c in message.get("tool_calls") or [])
+            text = (message.get("content") or "") + (f" → {calls}" if calls else "")
+            console.print(f"{message['role']}: {text}", highlight=False, markup=False)
+    for check in record["checks"]:
+        console.print(f"[bold]── check run {check['run']} (attempt {check['attempt']})[/]", highlight=False)
+        console.print(check["output"], highlight=False, markup=False)
 
 
 @app.command()
@@ -408,10 +505,16 @@ def answer(task_id: str, text: str, who: str = "cli") -> None:
 
 
 @app.command()
-def approve(task_id: str, who: str = "cli") -> None:
-    """Approve a task's checkpoint."""
-    Client().request("POST", f"/v1/tasks/{task_id}/decision", json={"decision": "approve", "who": who})
-    console.print(f"approved {task_id}")
+def approve(task_id: str, who: str = "cli",
+            finish: Annotated[str | None, typer.Option(
+                help="At the final checkpoint: keep | merge | push the branch (default: hearth.toml [finish])")
+            ] = None) -> None:
+    """Approve a task's checkpoint (the final one also finishes the branch)."""
+    body: dict[str, Any] = {"decision": "approve", "who": who}
+    if finish is not None:
+        body["finish"] = finish
+    Client().request("POST", f"/v1/tasks/{task_id}/decision", json=body)
+    console.print(f"approved {task_id}" + (f" (finish: {finish})" if finish else ""))
 
 
 @app.command()
@@ -427,6 +530,9 @@ def inbox() -> None:
     """Tasks waiting for a person (an answer or an approval)."""
     for t in Client().request("GET", "/v1/approvals"):
         console.print(f"{t['id']} {t['state']}: {t['waiting_for'] or ''}")
+
+
+register(app, Client, console, fail)
 
 
 if __name__ == "__main__":

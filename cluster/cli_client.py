@@ -33,20 +33,26 @@ def _detail(reply: httpx.Response) -> str:
     return reply.text
 
 
+def refused(reply: httpx.Response) -> SidecarError:
+    """The error for a 4xx/5xx reply: exit code 2 for what the user can fix, 3 for the cluster."""
+    return SidecarError(_detail(reply), 2 if reply.status_code in (400, 404, 409, 410, 422) else 3)
+
+
 class SidecarClient:
     def __init__(self, base: str, token: str, *, reconnect_for_s: float = RECONNECT_FOR_S) -> None:
         self.base = base
         self.headers = {"Authorization": f"Bearer {token}"}
         self.reconnect_for_s = reconnect_for_s
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def request(self, method: str, path: str, *, text: bool = False, **kwargs: Any) -> Any:
+        """The reply's JSON (or, with ``text``, its body as text)."""
         try:
             reply = httpx.request(method, self.base + path, headers=self.headers, timeout=120, **kwargs)
         except httpx.HTTPError as exc:
             raise SidecarError(f"cannot reach the sidecar at {self.base}: {exc}", 3) from None
         if reply.status_code >= 400:
-            raise SidecarError(_detail(reply), 2 if reply.status_code in (400, 404, 409, 422) else 3)
-        return reply.json()
+            raise refused(reply)
+        return reply.text if text else reply.json()
 
     def stream_events(self, task_id: str, follow: bool = True) -> Iterator[Event]:
         """The task's events in order; following, until it ends. A dropped connection is resumed after

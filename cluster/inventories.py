@@ -13,6 +13,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from cluster.node_join import hearth_version, refusal
 from cluster.nodes import NodeView
 from cluster.scheduling.snapshot import InventoryJson, PendingLoads, RayNode, slots, with_pending_loads
 
@@ -35,7 +36,14 @@ class Inventories:
 
     @staticmethod
     def alive_nodes() -> dict[str, RayNode]:
-        return {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
+        """Nodes tasks may go to: alive, and running the head's Hearth and Ray (never a mismatched box)."""
+        return {n["NodeID"]: n for n in ray.nodes() if n.get("Alive") and refused_because(n) is None}
+
+    @staticmethod
+    def refused_nodes() -> list[str]:
+        """Each alive node that gets no tasks for its versions, and why (for error messages)."""
+        return [f"node {n['NodeID'][:12]} ({n.get('NodeManagerAddress', '')}) {reason}"
+                for n in ray.nodes() if n.get("Alive") and (reason := refused_because(n))]
 
     async def refresh(self, force: bool = False) -> None:
         """Each alive node's inventory, at most every ``INVENTORY_EVERY_S``; a node that does not
@@ -85,8 +93,20 @@ class Inventories:
                 gpus=gpus, vram_total_mib=sum(g["total_vram_mib"] for g in gpus),
                 vram_free_mib=sum(g["free_vram_mib"] for g in gpus), nvml=inv.get("nvml", "unknown"),
                 slots=slots(node), models=inv.get("models", []), labels=node.get("Labels", {}),
-                running=running.get(node_id, [])))
+                running=running.get(node_id, []), refused=refused_because(node)))
         return result
+
+
+_reported: set[str] = set()
+
+
+def refused_because(node: RayNode) -> str | None:
+    """Why no task may go to ``node`` (it runs another Hearth or Ray than this head), or None."""
+    reason = refusal(node.get("Labels") or {}, hearth_version(), ray.__version__)
+    if reason and node["NodeID"] not in _reported:
+        _reported.add(node["NodeID"])
+        log.warning("refusing node %s (%s): it %s", node["NodeID"][:12], node.get("NodeManagerAddress"), reason)
+    return reason
 
 
 @ray.remote(num_cpus=0)

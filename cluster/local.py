@@ -1,14 +1,12 @@
 """``hearth up`` / ``hearth down``: a local head (Ray + scheduler + sidecar) started and stopped by PID.
 
-``agent.processes`` (psutil) is imported inside ``up``/``down``: the CLI's client commands read
-``up.json`` and the token from here and must stay fast.
-
 ``ray start --head --block`` runs in its own process group, so ``down`` stops exactly the Ray
 processes this started (never ``ray stop``, which kills every Ray process on the machine).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -34,6 +32,11 @@ class UpInfo(BaseModel):
     ray_pid: int | None = None
     sidecar_pid: int | None = None
     state_dir: str
+    host: str = "127.0.0.1"
+    """Where Ray and the sidecar listen (``--host``)."""
+    api_port: int = 8765
+    config: str | None = None
+    """The head configuration file the sidecar was started with (``--config``)."""
 
 
 def token_path(base: Path | None = None) -> Path:
@@ -49,18 +52,6 @@ def read_up(base: Path | None = None) -> UpInfo | None:
     return UpInfo.model_validate_json(path.read_text()) if path.exists() else None
 
 
-SPAWNED: list[subprocess.Popen[bytes]] = []
-"""Children this process started: held so they are reaped (no zombie, no "still running" warning)."""
-
-
-def _spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """``command`` in its own session, output appended to ``log`` (the child keeps its own copy of the fd)."""
-    with log.open("ab") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    SPAWNED[:] = [p for p in SPAWNED if p.poll() is None] + [proc]
-    return proc
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -68,7 +59,7 @@ def _free_port() -> int:
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float, what: str, log: Path) -> None:
-    from agent import processes  # psutil: only `up` and `down` need it (client commands stay fast)
+    from agent import processes  # psutil: only up/down need it (client commands stay fast)
 
     if processes.wait_until(predicate, timeout_s, 0.2):
         return
@@ -84,32 +75,39 @@ def _healthy(api_url: str, token: str) -> bool:
     return reply.status_code == 200
 
 
-def up(*, api_port: int = 8765, ray_port: int = 0, slots: int | None = None,
-       progress: Callable[[str], None] = print) -> UpInfo:
-    """Start (or find) the local head: Ray, the scheduler actor and the sidecar."""
+def up(*, api_port: int = 8765, ray_port: int = 0, slots: int | None = None, host: str = "127.0.0.1",
+       config: Path | None = None, progress: Callable[[str], None] = print) -> UpInfo:
+    """Start (or find) the head: Ray, the scheduler actor and the sidecar, listening on ``host``.
+
+    If Ray is still running but the sidecar is not (it crashed), only the sidecar is started again:
+    restarting Ray would lose every running attempt to ``node_lost``.
+    """
     from agent import processes
+    from cluster.node_start import head_ray_command, ray_temp_dir, ray_token
 
     base = state_dir()
     token = ensure_token(base)
+    token_file = ray_token(base)
     current = read_up(base)
-    if current and processes.alive(current.ray_pid) and _healthy(current.api_url, token):
-        progress(f"already up: {current.api_url}")
-        return current
+    if current and processes.alive(current.ray_pid) and _ray_answers(current.ray_address):
+        if _healthy(current.api_url, token):
+            progress(f"already up: {current.api_url}")
+            return current
+        progress(f"Ray is running (pid {current.ray_pid}); starting only the sidecar again")
+        processes.stop_session(current.sidecar_pid)
+        return _start_sidecar(current, token, token_file, progress)
     if current:
         down(progress=lambda _: None)
     ray_port = ray_port or _free_port()
-    slots = slots or os.cpu_count() or 1
+    slots = (os.cpu_count() or 1) if slots is None else slots
     logs = base / "logs"
     logs.mkdir(exist_ok=True)
     ray_log = logs / "ray-head.log"
-    progress(f"starting Ray head on 127.0.0.1:{ray_port}")
-    ray_proc = _spawn(
-        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-         f"--port={ray_port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
-         "--disable-usage-stats", f"--num-cpus={slots}", f"--resources={json.dumps({'hearth_slots': slots})}",
-         f"--temp-dir={base / 'ray'}"],
-        ray_log)
-    address = f"127.0.0.1:{ray_port}"
+    progress(f"starting Ray head on {host}:{ray_port} ({slots} task slots, token auth on)")
+    with ray_log.open("ab") as out:
+        command = head_ray_command(host=host, port=ray_port, slots=slots, temp_dir=ray_temp_dir(base))
+        ray_proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env=_ray_env(token_file, host))
 
     def ray_ready() -> bool:
         if ray_proc.poll() is not None:
@@ -117,21 +115,44 @@ def up(*, api_port: int = 8765, ray_port: int = 0, slots: int | None = None,
         return "Ray runtime started" in ray_log.read_text(errors="replace")
 
     _wait(ray_ready, 90, "Ray head", ray_log)
-    api_url = f"http://127.0.0.1:{api_port}"
-    side_log = logs / "sidecar.log"
-    progress(f"starting the scheduler and the sidecar on {api_url}")
-    side_proc = _spawn(
-        [sys.executable, "-m", "cluster.api", "--address", address, "--state-dir", str(base),
-         "--port", str(api_port)],
-        side_log)
-    info = UpInfo(ray_address=address, api_url=api_url, ray_pid=ray_proc.pid, sidecar_pid=side_proc.pid,
-                  state_dir=str(base))
+    info = UpInfo(ray_address=f"{host}:{ray_port}", api_url=f"http://{host}:{api_port}", ray_pid=ray_proc.pid,
+                  state_dir=str(base), host=host, api_port=api_port, config=str(config) if config else None)
+    return _start_sidecar(info, token, token_file, progress)
+
+
+def _ray_env(token_file: Path, host: str) -> dict[str, str]:
+    from cluster.node_join import ray_env
+
+    return ray_env(token_file, host)
+
+
+def _ray_answers(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _start_sidecar(info: UpInfo, token: str, token_file: Path, progress: Callable[[str], None]) -> UpInfo:
+    base = Path(info.state_dir)
+    side_log = base / "logs" / "sidecar.log"
+    progress(f"starting the scheduler and the sidecar on {info.api_url}")
+    command = [sys.executable, "-m", "cluster.api", "--address", info.ray_address, "--state-dir", str(base),
+               "--host", info.host, "--port", str(info.api_port)]
+    if info.config:
+        command += ["--config", info.config]
+    with side_log.open("ab") as out:
+        side_proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=_ray_env(token_file, info.host))
+    info = info.model_copy(update={"sidecar_pid": side_proc.pid})
     (base / "up.json").write_text(info.model_dump_json())
 
     def sidecar_ready() -> bool:
         if side_proc.poll() is not None:
             raise RuntimeError(f"the sidecar exited ({side_proc.returncode}); see {side_log}")
-        return _healthy(api_url, token)
+        return _healthy(info.api_url, token)
 
     _wait(sidecar_ready, 90, "sidecar", side_log)
     return info
@@ -143,6 +164,14 @@ def down(*, progress: Callable[[str], None] = print) -> None:
 
     base = state_dir()
     info = read_up(base)
+    box = base / "node.json"  # a box's Ray node (cluster/node_start.py)
+    if box.exists():
+        with contextlib.suppress(OSError, ValueError):
+            processes.stop_session(json.loads(box.read_text()).get("ray_pid"))
+        box.unlink(missing_ok=True)
+        if info is None:
+            progress("stopped this box's Ray node")
+            return
     if info is None:
         progress("nothing to stop")
         return

@@ -129,17 +129,28 @@ def gpu_label(name: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", short).strip("-") or "unknown"
 
 
-def ray_start_args(inv: NodeInventory, *, slots: int | None = None) -> list[str]:
-    """The ``ray start`` flags this node should advertise."""
-    resources: dict[str, Any] = {"hearth_slots": slots or inv.cpus}
+def ray_start_args(inv: NodeInventory, *, slots: int | None = None,
+                   extra_labels: dict[str, str] | None = None) -> list[str]:
+    """The ``ray start`` flags this node should advertise.
+
+    ``slots`` is how many tasks it runs at once (default: one per CPU); 0 means none (a pure head):
+    no ``hearth_slots`` and no CPUs for Ray to hand out. Labels carry the GPU model and the Hearth and
+    Ray versions (the scheduler refuses a node whose Hearth differs from the head's).
+    """
+    from cluster.node_join import version_labels
+
+    count = inv.cpus if slots is None else slots
+    resources: dict[str, Any] = {"hearth_slots": count} if count else {}
     if inv.gpus:
         resources["vram_mib"] = inv.total_vram_mib
-    labels = {"hearth-node": "1"}
+    labels = {"hearth-node": "1", **version_labels(), **(extra_labels or {})}
     if inv.gpus:
         labels["gpu-model"] = gpu_label(inv.gpus[0].name)
         labels["gpu-count"] = str(len(inv.gpus))
     args = [f"--num-gpus={len(inv.gpus)}", f"--resources={json.dumps(resources)}",
             "--labels=" + ",".join(f"{k}={v}" for k, v in labels.items())]
+    if count == 0:
+        args.insert(0, "--num-cpus=0")
     return args
 
 
@@ -160,3 +171,5 @@ class NodeView(BaseModel):
     labels: dict[str, str]
     running: list[str]
     """Ids of the tasks placed there."""
+    refused: str | None = None
+    """Why the scheduler places no task there (it runs another Hearth or Ray than the head)."""

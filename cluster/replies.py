@@ -12,9 +12,10 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 
-from agent.events import AnswerReceived, DecisionMade
+from agent.events import AnswerReceived, CheckpointReady, DecisionMade
+from agent.finish import FINISH_ACTIONS
 from agent.runner import Decision
-from cluster.errors import Conflict
+from cluster.errors import Conflict, Invalid
 from cluster.scheduling.states import TaskState
 from cluster.store import SYSTEM_WHO, Store, TaskRow
 
@@ -49,14 +50,21 @@ class Replies:
         self.wake.set()
         return self.store.task(task_id)
 
-    def approve_or_reject(self, task_id: str, approve: bool, reason: str, who: str) -> TaskRow:
+    def approve_or_reject(self, task_id: str, approve: bool, reason: str, who: str, finish: str = "") -> TaskRow:
+        """``finish`` (keep, merge, push) only on the final checkpoint: how the branch ends."""
         task = self.store.task(task_id)
         if task.state != S.awaiting_approval:
             raise Conflict(f"{task_id} is {task.state.value}, not awaiting approval")
+        if finish:
+            if finish not in FINISH_ACTIONS:
+                raise Invalid(f"finish must be one of {', '.join(FINISH_ACTIONS)}, not {finish!r}")
+            checkpoint = self.store.last_event(task_id, "checkpoint_ready")
+            if not (isinstance(checkpoint, CheckpointReady) and checkpoint.final):
+                raise Conflict(f"{task_id}: finish ({finish}) applies only to the final checkpoint's approval")
         self.store.set_state(task_id, S.running,
                              DecisionMade(task_id=task_id, attempt_id=task.attempt_id,
                                           step_id=task.waiting_for or "", approve=approve, reason=reason,
-                                          who=who), waiting_for=None)
+                                          who=who, finish=finish if approve else ""), waiting_for=None)
         future = self.decisions.pop(task_id, None)
         if future is not None and not future.done():
             future.set_result(Decision(approve=approve, reason=reason, who=who))

@@ -3,6 +3,7 @@
 Each cycle it gathers a picture (queued tasks, running attempts, alive nodes), asks the pure policy
 (``cluster/scheduling/``) where queued tasks go, launches attempts there, and reaps finished ones.
 Its concerns live beside it, one module each: ``attempts`` (launch, reap, end by reason, re-attach),
+``code_calls`` (attempts' code and files to and from the head, inherited),
 ``replies`` (people's answers and decisions, approval timeouts), ``inventories`` (nodes, GPUs, model
 servers), ``submission`` (checking a submission). This class holds them together and is the Ray
 surface: every public method is an RPC, and every one returns a pydantic model.
@@ -25,6 +26,7 @@ from typing import Any
 import ray
 
 from agent import processes
+from agent.artifacts import ArtifactRef
 from agent.config import ProjectConfig, parse_priority
 from agent.events import (
     CheckpointReady,
@@ -38,10 +40,13 @@ from agent.events import (
     TerminationReason,
 )
 from agent.runner import Decision, Verdict
+from cluster.artifact_store import HeadArtifactStore
 from cluster.attempts import ACTIVE, Attempts
+from cluster.code_calls import AttemptCodeCalls
 from cluster.errors import Conflict, SubmitError
 from cluster.inventories import Inventories
 from cluster.nodes import NodeView
+from cluster.project_code import ProjectCode
 from cluster.replies import Replies
 from cluster.scheduling.policy import PolicyConfig, decide, feasible
 from cluster.scheduling.snapshot import build_snapshot, model_spec, project_policy, slots, step_progress
@@ -55,7 +60,7 @@ log = logging.getLogger("hearth.scheduler")
 S = TaskState
 
 
-class Scheduler:
+class Scheduler(AttemptCodeCalls):
     def __init__(self, state_dir: str, cycle_s: float = 0.2, policy: dict[str, Any] | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.store = Store(self.state_dir / "hearth.db")
@@ -64,9 +69,12 @@ class Scheduler:
         self.wake = asyncio.Event()
         self.inventories = Inventories()
         self.replies = Replies(self.store, self.wake)
-        self.attempts = Attempts(self.store, self.wake, self.inventories, self.replies)
+        self.code = ProjectCode(self.state_dir)
+        """Each project's repository and the files people read, kept on the head (cluster/project_code.py)."""
+        self.attempts = Attempts(self.store, self.wake, self.inventories, self.replies, self.code)
         self.preempted_at: dict[str, float] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        self.artifacts = HeadArtifactStore(self.state_dir)
         with contextlib.suppress(RuntimeError):  # outside an event loop (not under Ray): start() does it
             asyncio.get_running_loop()
             self.start_once()
@@ -98,11 +106,15 @@ class Scheduler:
     # submission ---------------------------------------------------------------------------------
     async def submit(self, project_path: str, prd_path: str | None = None, prd_text: str | None = None,
                      priority: str | int | None = None, model: str | None = None) -> TaskRow:
-        config, spec, submitted, wanted = prepare_submission(project_path, prd_path, prd_text, priority, model)
+        """``project_path``: the project's directory on the head, or a git URL the head can fetch."""
+        # The head fetches the project into its mirror (blocking git: off the event loop).
+        config, spec, submitted, wanted = await asyncio.to_thread(
+            prepare_submission, self.code, project_path, prd_path, prd_text, priority, model)
         await self.inventories.refresh(force=not self.inventories.by_node)
         missing = self._infeasible(config, spec.model)
         if missing:
-            raise SubmitError(f"no node can ever run this task: {missing}")
+            refused = "".join(f"; {why}, so it gets no tasks" for why in self.inventories.refused_nodes())
+            raise SubmitError(f"no node can ever run this task: {missing}{refused}")
         self.store.put_project(spec.project_path, config)
         row = self.store.create_task(project=config.name, name=spec.plan.name, priority=wanted, model=spec.model,
                                      spec=spec, submitted=submitted)
@@ -163,7 +175,7 @@ class Scheduler:
             return False
         event = EventAdapter.validate_python(event)
         if isinstance(event, StepStarted) and task.state in {S.placed, S.waiting_input, S.awaiting_approval}:
-            self.store.set_state(task.id, S.running, event)
+            self.store.set_state(task.id, S.running, event, answer=None)  # the attempt has the answer now
         elif isinstance(event, ClarificationRequested):
             self.store.set_state(task.id, S.waiting_input, event, waiting_for=event.question)
         elif isinstance(event, CheckpointReady) and event.needs_approval:
@@ -171,6 +183,13 @@ class Scheduler:
         else:
             self.store.append_event(event)
         return True
+
+    async def store_artifact(self, attempt_id: str, ref: dict[str, Any], chunks: list[Any]) -> dict[str, Any]:
+        """Write an attempt's artifact (chunks: Ray refs of its bytes) into the head's store."""
+        if self.attempts.current(attempt_id) is None:
+            raise Conflict("stale attempt: artifact dropped")
+        stored = await self.artifacts.receive(ArtifactRef.model_validate(ref), chunks)
+        return stored.model_dump(mode="json")
 
     async def at_checkpoint(self, attempt_id: str, step_id: str) -> Verdict:
         task = self.attempts.current(attempt_id)
@@ -188,8 +207,9 @@ class Scheduler:
     async def answer(self, task_id: str, text: str, who: str) -> TaskRow:
         return self.replies.answer(task_id, text, who)
 
-    async def approve_or_reject(self, task_id: str, approve: bool, reason: str, who: str) -> TaskRow:
-        return self.replies.approve_or_reject(task_id, approve, reason, who)
+    async def approve_or_reject(self, task_id: str, approve: bool, reason: str, who: str,
+                                finish: str = "") -> TaskRow:
+        return self.replies.approve_or_reject(task_id, approve, reason, who, finish)
 
     async def cancel(self, task_id: str, who: str = "user") -> TaskRow:
         task = self.store.task(task_id)
@@ -228,6 +248,10 @@ class Scheduler:
 
     async def pid(self) -> int:
         return os.getpid()
+
+    async def policy_config(self) -> dict[str, Any]:
+        """The cluster-wide policy in force (``[scheduler]`` of the head's head.toml)."""
+        return self.policy.model_dump()
 
     async def ping(self) -> str:
         return "ok"

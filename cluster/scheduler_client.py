@@ -25,7 +25,8 @@ class SchedulerClient(Protocol):
 
     async def answer(self, task_id: str, text: str, who: str) -> TaskRow: ...
 
-    async def approve_or_reject(self, task_id: str, approve: bool, reason: str, who: str) -> TaskRow: ...
+    async def approve_or_reject(self, task_id: str, approve: bool, reason: str, who: str,
+                                finish: str = "") -> TaskRow: ...
 
     async def cancel(self, task_id: str) -> TaskRow: ...
 
@@ -34,6 +35,8 @@ class SchedulerClient(Protocol):
     async def set_priority(self, task_id: str, priority: str | int) -> TaskRow: ...
 
     async def nodes(self) -> list[NodeView]: ...
+
+    async def policy(self) -> dict[str, Any]: ...
 
 
 class RaySchedulerClient:
@@ -64,8 +67,9 @@ class RaySchedulerClient:
         row: TaskRow = await self._call("answer", task_id, text, who)
         return row
 
-    async def approve_or_reject(self, task_id: str, approve: bool, reason: str, who: str) -> TaskRow:
-        row: TaskRow = await self._call("approve_or_reject", task_id, approve, reason, who)
+    async def approve_or_reject(self, task_id: str, approve: bool, reason: str, who: str,
+                                finish: str = "") -> TaskRow:
+        row: TaskRow = await self._call("approve_or_reject", task_id, approve, reason, who, finish)
         return row
 
     async def cancel(self, task_id: str) -> TaskRow:
@@ -83,3 +87,8 @@ class RaySchedulerClient:
     async def nodes(self) -> list[NodeView]:
         views: list[NodeView] = await self._call("nodes")
         return views
+
+    async def policy(self) -> dict[str, Any]:
+        """The cluster-wide scheduling policy in force (``[scheduler]`` of the head's head.toml)."""
+        policy: dict[str, Any] = await self._call("policy_config")
+        return policy

@@ -4,6 +4,10 @@ The actor is detached and named after its attempt, so a restarted scheduler can 
 and keep waiting for its result. The runner runs in a thread; ``result()`` waits for it. Every
 call back to the scheduler goes through ``SchedulerLink``, which re-resolves the named scheduler
 and retries while it is being restarted, so a scheduler crash loses no report.
+
+The attempt's files live under this node's own state dir (``HEARTH_STATE_DIR`` or the platform
+default): ``work/<task>`` (the workspace), ``repos/<project>.git`` (the cache of the head's commits).
+Code and the files a person reads move to and from the head through ``RayCodeHost``.
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ from typing import Any
 
 import ray
 
+from agent.artifacts import ArtifactRef, StagedArtifact, read_chunks
 from agent.events import Event, TerminationReason
 from agent.models import chat_model_for
 from agent.runner import Answer, Decision, RunResult, TaskRunner, TaskSpec, Verdict
+from agent.transport import NodeCode, TransferError
+from cluster.local import state_dir
 
 SCHEDULER_NAME = "hearth-scheduler"
 NAMESPACE = "hearth"
@@ -70,6 +77,56 @@ class RayController:
         return None  # park: free the node while people think; the answer starts a new attempt
 
 
+class RayArtifactSink:
+    """Artifacts go to the head through Ray's object store (boxes share no filesystem): the staged
+    file is ``ray.put`` in chunks and the scheduler actor writes them into the head's store."""
+
+    def __init__(self, link: SchedulerLink) -> None:
+        self.link = link
+
+    def store(self, staged: StagedArtifact) -> ArtifactRef:
+        chunks = [ray.put(chunk) for chunk in read_chunks(Path(staged.file))] if staged.file else []
+        try:
+            return ArtifactRef.model_validate(
+                self.link.call("store_artifact", staged.ref.model_dump(mode="json"), chunks))
+        finally:
+            del chunks  # release the chunks in the object store as soon as the head has them
+
+
+class RayCodeHost:
+    """``agent.transport.CodeHost`` over the scheduler actor: bundle bytes travel as call arguments
+    and results, which Ray moves through its object store (no second server, Ray's auth)."""
+
+    def __init__(self, link: SchedulerLink) -> None:
+        self.link = link
+
+    def bundle(self, commit: str, have: list[str]) -> bytes:
+        reply = self.link.call("code_bundle", commit, have)
+        if "error" in reply:
+            raise TransferError(reply["error"])
+        return bytes(reply["bundle"])
+
+    def checkpoint(self, commit: str, bundle: bytes) -> None:
+        problem = self.link.call("code_checkpoint", commit, bundle)
+        if problem:
+            raise TransferError(problem)
+
+    def put_blob(self, kind: str, name: str, data: bytes) -> None:
+        problem = self.link.call("put_blob", kind, name, data)
+        if problem:
+            raise TransferError(problem)
+
+    def get_blob(self, kind: str, name: str) -> bytes | None:
+        data = self.link.call("get_blob", kind, name)
+        return None if data is None else bytes(data)
+
+
+def node_code(link: SchedulerLink, spec: TaskSpec) -> NodeCode:
+    """This node's side of the task's code: its cache of the project under the node's state dir."""
+    cache = state_dir() / "repos" / f"{spec.config.name}.git"
+    return NodeCode(RayCodeHost(link), cache, spec.task_id)
+
+
 @ray.remote(num_cpus=0, max_concurrency=4)  # type: ignore[call-overload]
 class TaskActor:
     def __init__(self, spec: TaskSpec, attempt_id: str, attempt_no: int, start_step: int,
@@ -94,15 +151,17 @@ class TaskActor:
 
     def _run(self) -> None:
         try:
-            project = Path(self.spec.project_path)
+            link = SchedulerLink(self.attempt_id)
             model = chat_model_for(self.spec.model, gpus=self.gpus)
             runner = TaskRunner(
                 self.spec,
                 attempt_id=self.attempt_id,
                 attempt_no=self.attempt_no,
-                controller=RayController(SchedulerLink(self.attempt_id)),
+                controller=RayController(link),
+                artifact_sink=RayArtifactSink(link),
                 model=model,
-                workdir=project / ".hearth" / "work" / self.spec.task_id,
+                workdir=state_dir() / "work" / self.spec.task_id,
+                code=node_code(link, self.spec),
                 start_step=self.start_step,
                 resume_commit=self.resume_commit,
                 answer=self.answer,

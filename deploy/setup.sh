@@ -39,7 +39,10 @@ for layer in ${HEARTH_SETUP_LAYERS:-}; do
   case "$layer" in
     vm) say "guest image for the qemu sandbox"; python3 -m cluster.cli image build ;;
     docker) say "docker: docker.io, Hearth's own dockerd, hearth/debian:bookworm + hearth/llamacpp-cpu"
-            bash deploy/docker/dockerd.sh models-image && bash deploy/docker/dockerd.sh stop >/dev/null ;;
+            bash deploy/docker/dockerd.sh models-image && bash deploy/docker/dockerd.sh stop >/dev/null
+            # a registry the image-push test starts on a loopback port (its own system service stays off)
+            DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker-registry >/dev/null
+            systemctl disable --now docker-registry >/dev/null 2>&1 || true ;;
     openclaw) say "OpenClaw gateway: Node 24 + openclaw from npm"; bash deploy/openclaw/install.sh >/dev/null ;;
     browser) say "browser: Debian's chromium + chromium-driver (the web page's tests drive it with selenium)"
              apt_install chromium chromium-driver ;;

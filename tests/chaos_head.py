@@ -92,12 +92,9 @@ class Head:
         psutil.Process(self.info.sidecar_pid).wait(30)
 
     def start_sidecar(self) -> None:
-        """The sidecar alone, as its systemd unit restarts it (Ray and the scheduler keep running)."""
-        assert self.info is not None
-        proc = local._spawn([sys.executable, "-m", "cluster.api", "--address", self.info.ray_address, "--state-dir",
-                             str(self.state), "--port", str(self.port)], self.state / "logs" / "sidecar.log")
-        self.info = self.info.model_copy(update={"sidecar_pid": proc.pid})
-        (self.state / "up.json").write_text(self.info.model_dump_json())
+        """What systemd runs after the sidecar died: `hearth up`, which finds Ray alive and starts the
+        sidecar alone (restarting Ray would lose every running attempt)."""
+        self.up()
 
     def kill_head(self) -> None:
         """SIGKILL the Ray head's whole process group (GCS, raylet, every worker) and the sidecar."""
@@ -111,12 +108,18 @@ class Head:
             psutil.Process(self.info.ray_pid).wait(30)
 
     def add_node(self, slots: int) -> subprocess.Popen[bytes]:
-        """A second raylet on this machine: a worker node, in its own process group."""
+        """A second raylet on this machine: a worker node, in its own process group, with the head's
+        cluster token (Ray's token auth is on)."""
+        from cluster.node_join import ray_env
+        from cluster.node_start import ray_token
+
         assert self.info is not None
-        proc = local._spawn(
-            [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", f"--address={self.info.ray_address}",
-             "--node-ip-address=127.0.0.1", "--num-cpus=1", f"--resources={json.dumps({'hearth_slots': slots})}",
-             "--disable-usage-stats"], self.state / "logs" / "worker.log")
+        command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block",
+                   f"--address={self.info.ray_address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                   f"--resources={json.dumps({'hearth_slots': slots})}", "--disable-usage-stats"]
+        with (self.state / "logs" / "worker.log").open("ab") as out:
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env=ray_env(ray_token(self.state), "127.0.0.1"))
         self.workers.append(proc)
         return proc
 

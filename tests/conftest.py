@@ -1,5 +1,5 @@
-"""Shared fixtures. Slow layers (ray, vm, docker, openclaw, gpu, real_llm, browser) are marked ``slow`` too,
-so ``pytest -m "not slow"`` runs the fast unit layer in seconds."""
+"""Shared fixtures. Slow layers (ray, vm, docker, openclaw, gpu, real_llm, browser, boxes) are marked
+``slow`` too, so ``pytest -m "not slow"`` runs the fast unit layer in seconds."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 SESSION_STATE = Path(tempfile.mkdtemp(prefix="hearth-test-state-"))
 os.environ["HEARTH_STATE_DIR"] = str(SESSION_STATE)
 
-SLOW_LAYERS = {"ray", "vm", "docker", "openclaw", "gpu", "real_llm", "browser", "fuzz", "chaos"}
+SLOW_LAYERS = {"ray", "vm", "docker", "openclaw", "gpu", "real_llm", "browser", "boxes", "fuzz", "chaos"}
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from cluster.node_join import hearth_version, ray_version
 from cluster.nodes import GpuInfo, NodeInventory, gpu_label, ray_start_args
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -16,8 +17,12 @@ def test_cluster_yaml_passes_rays_validation() -> None:
     prepared = prepare_config(copy.deepcopy(config))
     validate_config(prepared)
     assert prepared["provider"]["type"] == "local"
-    assert "hearth node start --head" in " ".join(prepared["head_start_ray_commands"])
-    assert "hearth node start --address" in " ".join(prepared["worker_start_ray_commands"])
+    head = " ".join(prepared["head_start_ray_commands"])
+    workers = " ".join(prepared["worker_start_ray_commands"])
+    assert f"hearth node start --head --host {config['provider']['head_ip']} " in head
+    assert "hearth node start --address $RAY_HEAD_IP:6379 --token-file ~/hearth-ray-token" in workers
+    assert "--token-file ~/hearth-ray-token" in head and "~/hearth-ray-token" in config["file_mounts"]
+    assert "ray stop" not in head + workers and "RAY_AUTH_MODE=disabled" not in head + workers
 
 
 def test_node_start_args_advertise_vram_and_gpu_model() -> None:
@@ -27,9 +32,10 @@ def test_node_start_args_advertise_vram_and_gpu_model() -> None:
     args = ray_start_args(inv, slots=4)
     assert args[0] == "--num-gpus=2"
     assert args[1] == '--resources={"hearth_slots": 4, "vram_mib": 49128}'
-    assert args[2] == "--labels=hearth-node=1,gpu-model=rtx-4090,gpu-count=2"
+    versions = f"hearth-version={hearth_version()},ray-version={ray_version()}"
+    assert args[2] == f"--labels=hearth-node=1,{versions},gpu-model=rtx-4090,gpu-count=2"
     cpu_only = ray_start_args(NodeInventory(hostname="nas", cpus=4, memory_mib=8000))
-    assert cpu_only == ["--num-gpus=0", '--resources={"hearth_slots": 4}', "--labels=hearth-node=1"]
+    assert cpu_only == ["--num-gpus=0", '--resources={"hearth_slots": 4}', f"--labels=hearth-node=1,{versions}"]
     assert gpu_label("NVIDIA RTX A6000") == "rtx-a6000"
 
 

@@ -236,6 +236,23 @@ def test_a_gateway_outage_loses_nothing_and_repeats_nothing(chat: Chat, tmp_path
     assert all(e.outcome == "sent" and e.message_id for e in entries())
 
 
+def test_approve_and_merge_from_the_final_card_merges_the_branch(chat: Chat, tmp_path: Path) -> None:
+    project = make_project(tmp_path, "oc-merge", approval="final", approvers=[str(USER)],
+                           notify={"channel": "telegram", "target": str(USER)})
+    task_id = chat.submit(project, "scripted:demo")
+    final = chat.card(task_id, "Checkpoint waiting for approval")
+    assert "US-002" in final["text"] and "+goodbye" in final["text"] and "keep|merge|push" in final["text"]
+    buttons = [b["text"] for row in final["reply_markup"]["inline_keyboard"] for b in row]
+    assert buttons == ["Approve", "Approve & merge", "Approve & push", "Reject"]
+    chat.telegram.click(USER, final, "Approve & merge")
+    assert chat.wait_state(task_id, {"completed", "failed"}) == "completed"
+    assert [e["finish"] for e in chat.events(task_id, "decision_made")] == ["merge"]
+    finished = chat.events(task_id, "branch_finished")
+    assert finished and finished[0]["ok"] and finished[0]["action"] == "merge", finished
+    with git.Repo(project) as repo:
+        assert repo.commit("main").hexsha == repo.commit(task_branch(task_id)).hexsha
+
+
 OUTAGE_S = float(os.environ.get("HEARTH_GATEWAY_OUTAGE_S", "20"))
 """How long the chaos case keeps the gateway down (the issue asks for 10 minutes: run it once with
 HEARTH_GATEWAY_OUTAGE_S=600; CI keeps it short)."""

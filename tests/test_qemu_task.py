@@ -9,7 +9,7 @@ from pathlib import Path
 
 import git
 import pytest
-from tests_support import RecordingController, spec_for
+from tests_support import RecordingController, code_for, spec_for
 
 from agent.events import CheckpointReady, TerminationReason
 from agent.models.scripted import scripted_model
@@ -42,7 +42,8 @@ def test_demo_prd_runs_inside_the_vm_and_reject_rolls_back(greeting_project: Pat
     from agent.runner import TaskRunner
 
     result = TaskRunner(spec, attempt_id="T-7.1-qemu00", attempt_no=1, controller=controller,
-                        model=scripted_model("demo"), workdir=greeting_project / ".hearth/work/T-7").run()
+                        model=scripted_model("demo"), workdir=greeting_project / ".hearth/work/T-7",
+                        code=code_for(spec)).run()
     assert result.reason == TerminationReason.completed, result.message
     checkpoints = [e for e in controller.events if isinstance(e, CheckpointReady)]
     assert [c.step_id for c in checkpoints] == ["US-001", "US-001", "US-002"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import git
-from tests_support import RecordingController, branch_prd, runner_for, spec_for
+from tests_support import RecordingController, branch_prd, code_for, runner_for, spec_for
 
 from agent.events import CheckpointReady, ModelOutage, StepStarted, TaskCompleted, TerminationReason
 from agent.models.base import ModelUnavailable
@@ -59,7 +59,7 @@ def test_yield_at_a_checkpoint_then_resume_from_it(greeting_project: Path) -> No
     controller = RecordingController()
     second = TaskRunner(spec, attempt_id="T-7.2-bbbbbb", attempt_no=2, controller=controller,
                         model=scripted_model("demo"), workdir=greeting_project / ".hearth/work/T-7",
-                        start_step=1, resume_commit=first.resume_commit).run()
+                        start_step=1, resume_commit=first.resume_commit, code=code_for(spec, 2)).run()
     assert second.reason == TerminationReason.completed
     assert [e.step_id for e in controller.events if isinstance(e, StepStarted)] == ["US-002"]
     assert [s["passes"] for s in branch_prd(greeting_project)["userStories"]] == [True, True]  # type: ignore[index]
@@ -86,7 +86,8 @@ def test_a_question_parks_the_attempt_and_the_answer_resumes_the_step(greeting_p
     controller = RecordingController()
     second = TaskRunner(spec, attempt_id="T-7.2-cccccc", attempt_no=2, controller=controller,
                         model=scripted_model("ask"), workdir=greeting_project / ".hearth/work/T-7",
-                        start_step=0, resume_commit=first.resume_commit, answer=Answer(text="teal", who="erin"))
+                        start_step=0, resume_commit=first.resume_commit, answer=Answer(text="teal", who="erin"),
+                        code=code_for(spec, 2))
     # Step 1 resumes with the parked conversation plus the answer; step 2 asks again and gets "42".
     result = second.run()
     assert result.reason == TerminationReason.completed, result.message

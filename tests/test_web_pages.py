@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from web_support import SchedulerNotAsked, login, recorded_nodes, seed_task
 
 from cluster.api import create_app
+from cluster.blobs import BlobStore
 from cluster.store import Store
 
 TOKEN = "pages-token"
@@ -96,14 +97,13 @@ def test_a_steps_transcript_is_readable_and_only_the_tasks_own_files_are(site: t
                                                                         tmp_path: Path) -> None:
     client, db = site
     task_id = seed_task(db, "running", project_path=str(tmp_path / "proj"))
-    folder = tmp_path / "proj" / ".hearth" / "tasks" / task_id / "transcripts"
-    folder.mkdir(parents=True)
-    (folder / "US-001.attempt-1.json").write_text(json.dumps([
+    # Kept on the head beside its store (cluster/blobs.py), as attempts on any box send them.
+    BlobStore(tmp_path / "blobs").put(task_id, "transcripts", "US-001.attempt-1.json", json.dumps([
         {"role": "user", "content": "Write hello.txt"},
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "c1", "type": "function",
              "function": {"name": "write_file", "arguments": '{"path": "hello.txt"}'}}]},
-    ]))
+    ]).encode())
     (tmp_path / "secret.json").write_text("[]")
     login(client, TOKEN)
     link = f'href="/ui/tasks/{task_id}/transcripts/US-001.attempt-1.json"'

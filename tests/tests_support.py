@@ -13,6 +13,7 @@ from agent.models.scripted import scripted_model
 from agent.prd import load_prd
 from agent.project import open_project, task_branch, write_config
 from agent.runner import Answer, Decision, TaskRunner, TaskSpec
+from agent.transport import NodeCode
 
 
 class RecordingController:
@@ -46,10 +47,23 @@ def spec_for(project_path: Path, **config: object) -> TaskSpec:
     )
 
 
+def code_for(spec: TaskSpec, attempt_no: int = 1) -> NodeCode:
+    """The attempt's code through a head kept beside the project (``<tmp>/head-state``), called in-process:
+    the same mirror, bundles and publishing as the scheduler's, without Ray."""
+    from cluster.project_code import InProcessCodeHost, ProjectCode
+
+    project = Path(spec.project_path)
+    code = ProjectCode(project.parent / "head-state")
+    code.open(spec.project_path)
+    host = InProcessCodeHost(code, spec.config.name, spec.project_path, f"{spec.task_id}.{attempt_no}-test")
+    return NodeCode(host, project.parent / "node-state" / "repos" / f"{spec.config.name}.git", spec.task_id)
+
+
 def runner_for(spec: TaskSpec, controller: RecordingController, model: object = None, **kw: object) -> TaskRunner:
     return TaskRunner(spec, attempt_id="T-7.1-aaaaaa", attempt_no=1, controller=controller,
                       model=model or scripted_model("demo"),  # type: ignore[arg-type]
-                      workdir=Path(spec.project_path) / ".hearth" / "work" / spec.task_id, **kw)  # type: ignore[arg-type]
+                      workdir=Path(spec.project_path) / ".hearth" / "work" / spec.task_id,
+                      code=code_for(spec), **kw)  # type: ignore[arg-type]
 
 
 def branch_prd(project_path: Path, task_id: str = "T-7") -> dict[str, object]:

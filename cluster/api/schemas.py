@@ -55,6 +55,8 @@ class DecisionRequest(_Reply):
     reason: str = ""
     checkpoint: int | None = None
     """The seq of the CheckpointReady event this decides (a second click on the same card acts once)."""
+    finish: str = ""
+    """On the final checkpoint: keep, merge or push the branch (overrides hearth.toml's [finish] action)."""
 
 
 class PriorityRequest(BaseModel):

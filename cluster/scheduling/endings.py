@@ -22,7 +22,7 @@ class Ending(NamedTuple):
     """A new attempt starts from step 0 while ``max_attempts`` allows; after that the task fails."""
     keeps_work: bool
     """The next attempt resumes at the attempt's ``next_step`` from its ``resume_commit``, preferably
-    on the same node (the workspace is there)."""
+    on the same node (the workspace is there), else on any node from the commit on the head."""
     sentence: str
     """What people are told (chat cards)."""
 

@@ -89,7 +89,8 @@ async def decision(request: Request, task_id: str, web: WebContext = Depends(web
     with web.store() as db:  # approvers are checked as in chat: the person is web:NAME there
         await _act(session, f"{verb} {task.waiting_for or 'the checkpoint'} of {task_id}", replies.decide(
             db, web.scheduler, task_id, choice, reason, session.identity.name, WEB_CHANNEL,
-            _seq(form, "checkpoint"), admin=session.identity.cluster_admin))
+            _seq(form, "checkpoint"), admin=session.identity.cluster_admin,
+            finish=str(form.get("finish") or "") if choice == "approve" else ""))
     return _back(form, task_id)
 
 

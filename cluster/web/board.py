@@ -135,6 +135,8 @@ class Waiting(BaseModel):
     """The question, or the checkpoint's diff stat."""
     commit: str = ""
     check_summary: str = ""
+    final: bool = False
+    """The last step's checkpoint: approving it also finishes the branch (keep, merge or push)."""
     asked_at: float
     waited: str
 
@@ -153,7 +155,8 @@ def pending(db: Store, task: TaskRow, now: float | None = None) -> Waiting | Non
         if isinstance(ask, CheckpointReady) and ask.seq is not None:
             return Waiting(task_id=task.id, task_name=task.name, project=task.project, kind="approval",
                            seq=ask.seq, step_id=ask.step_id, text=ask.diff_stat, commit=ask.commit,
-                           check_summary=ask.check_summary, asked_at=ask.at, waited=age(now - ask.at))
+                           check_summary=ask.check_summary, final=ask.final, asked_at=ask.at,
+                           waited=age(now - ask.at))
     return None
 
 

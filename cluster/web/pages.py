@@ -66,7 +66,7 @@ def transcript(request: Request, task_id: str, name: str, web: WebContext = Depe
     with web.store() as db:
         try:
             row = db.task(task_id)
-            messages = task_view.transcript_messages(row, name)
+            messages = task_view.transcript_messages(db, row, name)
         except (UnknownTask, FileNotFoundError, ValueError):
             raise Refused(f"{task_id} has no transcript {name!r}", status=404) from None
     return render(request, web, "transcript.html", session, "board", task_id=task_id, name=name,

@@ -1,7 +1,7 @@
 """What a task's page shows: its plan with each step's state, checkpoints with highlighted diffs and
 check output, the event log, transcripts, artifacts and tokens (the last three where they exist yet).
 
-Diffs come from the project's repository on the head (``git diff`` between a step's checkpoint and
+Diffs come from the head's mirror of the project (cluster/repos.py; ``git diff`` between a step's checkpoint and
 the one before it), never from a worker; ``--no-ext-diff --no-textconv`` so nothing a step wrote into
 ``.gitattributes`` makes the host run a program while rendering.
 """
@@ -22,6 +22,7 @@ from pygments.lexers import DiffLexer
 
 from agent.accounting import usage_from_events
 from agent.events import Event
+from cluster.blobs import BlobStore
 from cluster.store import Store, TaskRow
 from cluster.web.board import Waiting, age, pending, priority_label
 
@@ -172,8 +173,11 @@ def _steps(task: TaskRow, events: list[Event]) -> list[StepView]:
     return views
 
 
-def _checkpoints(task: TaskRow, events: list[Event]) -> list[CheckpointView]:
-    project, base = task.spec.project_path, task.spec.base_commit
+def _checkpoints(db: Store, task: TaskRow, events: list[Event]) -> list[CheckpointView]:
+    # The head's mirror holds every checkpoint, whether the project is a path or a URL (cluster/repos.py).
+    mirror = db.path.parent / "repos" / f"{task.spec.config.name}.git"
+    project = str(mirror) if mirror.is_dir() else task.spec.project_path
+    base = task.spec.base_commit
     previous = base
     views: list[CheckpointView] = []
     last_check: dict[str, tuple[bool, str]] = {}
@@ -202,14 +206,14 @@ def _checkpoints(task: TaskRow, events: list[Event]) -> list[CheckpointView]:
     return views
 
 
-def transcripts_dir(task: TaskRow) -> Path:
-    """Where a step's transcript lands today: the project's ``.hearth`` directory (on a single box,
-    the head's disk; with workers on other boxes, they reach the head once issue 9 lands)."""
-    return Path(task.spec.project_path) / ".hearth" / "tasks" / task.id / "transcripts"
+def transcripts_dir(db: Store, task: TaskRow) -> Path:
+    """Where step transcripts are kept: on the head, beside its store (cluster/blobs.py), whichever
+    box ran the attempt."""
+    return BlobStore(db.path.parent / "blobs").path(task.id, "transcripts", "x").parent
 
 
-def transcripts(task: TaskRow) -> list[TranscriptView]:
-    folder = transcripts_dir(task)
+def transcripts(db: Store, task: TaskRow) -> list[TranscriptView]:
+    folder = transcripts_dir(db, task)
     try:
         files = sorted(p for p in folder.glob("*.json") if p.is_file())
     except OSError:
@@ -231,16 +235,16 @@ def task_page(db: Store, task: TaskRow) -> TaskPage:
     return TaskPage(
         task=task.model_dump(mode="json", exclude={"spec"}) | {"age": age(time.time() - task.created_at)},
         priority_label=priority_label(task.priority), steps=_steps(task, events),
-        checkpoints=_checkpoints(task, events), events=[event_view(e) for e in shown],
-        last_seq=events[-1].seq or 0 if events else 0, waiting=pending(db, task), transcripts=transcripts(task),
-        transcripts_note=str(transcripts_dir(task)), tokens=tokens(events), attempts=attempts)
+        checkpoints=_checkpoints(db, task, events), events=[event_view(e) for e in shown],
+        last_seq=events[-1].seq or 0 if events else 0, waiting=pending(db, task), transcripts=transcripts(db, task),
+        transcripts_note=str(transcripts_dir(db, task)), tokens=tokens(events), attempts=attempts)
 
 
-def transcript_messages(task: TaskRow, name: str) -> list[dict[str, Any]]:
+def transcript_messages(db: Store, task: TaskRow, name: str) -> list[dict[str, Any]]:
     """A transcript's messages; ``name`` must be one of the task's transcript files (no paths)."""
-    if name not in {t.name for t in transcripts(task)}:
+    if name not in {t.name for t in transcripts(db, task)}:
         raise FileNotFoundError(name)
-    return list(json.loads((transcripts_dir(task) / name).read_text(encoding="utf-8")))
+    return list(json.loads((transcripts_dir(db, task) / name).read_text(encoding="utf-8")))
 
 
 def pygments_css() -> str:

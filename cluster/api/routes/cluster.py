@@ -1,4 +1,4 @@
-"""The cluster itself: health, nodes, and the chat outbox."""
+"""The cluster itself: health, the scheduling policy, nodes, and the chat outbox."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ router = APIRouter(prefix="/v1", responses=AUTHED)
 @router.get("/health", dependencies=[need("read")], responses=refusals(503))
 async def health(scheduler: Scheduler) -> dict[str, str]:
     return {"status": await scheduler.ping()}
+
+
+@router.get("/policy", dependencies=[need("read")], responses=refusals(503))
+async def policy(scheduler: Scheduler) -> dict[str, Any]:
+    """The cluster-wide scheduling policy in force (``[scheduler]`` in the head's head.toml)."""
+    return await scheduler.policy()
 
 
 @router.get("/nodes", dependencies=[need("nodes")], responses=refusals(503))

@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from agent.artifacts import ArtifactRef
 from agent.events import AnswerReceived, CheckpointReady, ClarificationRequested, DecisionMade, Event
+from agent.finish import FINISH_ACTIONS
 from cluster.errors import Conflict, Invalid, NotAllowed
 from cluster.scheduler_client import SchedulerClient
 from cluster.scheduling.states import TaskState
@@ -116,9 +118,11 @@ async def answer(store: Store, scheduler: SchedulerClient, task_id: str, text: s
 
 
 async def decide(store: Store, scheduler: SchedulerClient, task_id: str, decision: str, reason: str, who: str,
-                 channel: str, checkpoint: int | None, *, admin: bool) -> ReplyOutcome:
+                 channel: str, checkpoint: int | None, *, admin: bool, finish: str = "") -> ReplyOutcome:
     if decision not in {"approve", "reject"}:
         raise Invalid("decision must be 'approve' or 'reject'")
+    if finish and finish not in FINISH_ACTIONS:
+        raise Invalid(f"finish must be one of {', '.join(FINISH_ACTIONS)}, not {finish!r}")
     approve = decision == "approve"
     task = store.task(task_id)
     approvers = task.spec.config.approvers
@@ -132,7 +136,7 @@ async def decide(store: Store, scheduler: SchedulerClient, task_id: str, decisio
         return "approved" if reply.approve else "rejected"
 
     return await reply_once(store, CHECKPOINT, task_id, checkpoint, lambda r: r.approve == approve, verb,
-                            lambda: scheduler.approve_or_reject(task_id, approve, reason, who))
+                            lambda: scheduler.approve_or_reject(task_id, approve, reason, who, finish))
 
 
 class QuestionPending(BaseModel):
@@ -150,6 +154,13 @@ class ApprovalPending(BaseModel):
     diff_stat: str
     files_changed: list[str]
     check_summary: str
+    build_summary: str = ""
+    diff: str = ""
+    """Cut at ``agent.card.DIFF_LIMIT``; the whole diff: ``GET /v1/tasks/{id}/diff?step=``."""
+    diff_truncated: bool = False
+    artifacts: list[ArtifactRef] = []
+    final: bool = False
+    """The last step's checkpoint: approving it finishes the branch (``finish``: keep, merge, push)."""
 
 
 def pending(store: Store, task: TaskRow) -> QuestionPending | ApprovalPending | None:
@@ -166,5 +177,7 @@ def pending(store: Store, task: TaskRow) -> QuestionPending | ApprovalPending | 
         if isinstance(ask, CheckpointReady):
             return ApprovalPending(seq=ask.seq or 0, step_id=ask.step_id, commit=ask.commit,
                                    diff_stat=ask.diff_stat, files_changed=ask.files_changed,
-                                   check_summary=ask.check_summary)
+                                   check_summary=ask.check_summary, build_summary=ask.build_summary,
+                                   diff=ask.diff, diff_truncated=ask.diff_truncated, artifacts=ask.artifacts,
+                                   final=ask.final)
     return None

@@ -16,6 +16,7 @@ const USAGE = [
   "Hearth commands:",
   "/hearth status: tasks waiting for you, and what runs",
   "/hearth approve T-12: approve the checkpoint T-12 waits on",
+  "/hearth approve T-12 merge: approve the final checkpoint and merge the branch (or keep, or push)",
   "/hearth reject T-12 <reason>: reject it; the step is rolled back and redone with your reason",
   "/hearth answer T-12 <text>: answer T-12's question (or reply to the question message)",
   "/hearth submit <project> <prd path>: queue a PRD of a project Hearth knows",
@@ -49,6 +50,8 @@ async function sidecar(cfg              , method        , path        , body    
   return { status: res.status, body: parsed, detail };
 }
 
+const FINISHES = ["keep", "merge", "push"];
+
 function failure(r              )         {
   if (r.status === 0) return r.detail;
   if (r.status === 401) return "Hearth refused the plugin's token (check tokenFile in the plugin config).";
@@ -56,16 +59,18 @@ function failure(r              )         {
 }
 
 async function decide(cfg              , taskId        , approve         , reason        , who        ,
-                      channel        , checkpoint         )                                         {
+                      channel        , checkpoint         , finish         )                                         {
   const r = await sidecar(cfg, "POST", `/v1/tasks/${encodeURIComponent(taskId)}/decision`, {
     decision: approve ? "approve" : "reject", reason, who, channel,
     ...(checkpoint === undefined ? {} : { checkpoint }),
+    ...(finish === undefined ? {} : { finish }),
   });
   if (r.status !== 200) return { ok: false, text: failure(r) };
   const verb = approve ? "approved" : "rejected";
   if (r.body?.duplicate) return { ok: true, text: `${taskId} was already ${verb} by ${r.body.reply?.who ?? "someone"}.` };
   const redo = approve ? "" : " The step is rolled back and redone" + (reason ? ` with: ${reason}` : ".");
-  return { ok: true, text: `${taskId} ${verb} by ${who}.${redo}` };
+  const then = finish ? ` The branch will be: ${finish === "keep" ? "kept" : finish === "merge" ? "merged" : "pushed"}.` : "";
+  return { ok: true, text: `${taskId} ${verb} by ${who}.${redo}${then}` };
 }
 
 async function answer(cfg              , taskId        , text        , who        , channel        ,
@@ -112,10 +117,13 @@ async function command(cfg              , ctx                )                 {
     if (!TASK_ID.test(taskId)) return { text: `Which task? /hearth ${sub} T-12 …` };
     let seq                    ;
     if (rest[0] && /^#\d+$/.test(rest[0])) seq = Number(rest.shift() .slice(1));
+    // "/hearth approve T-12 merge": approve the final checkpoint and merge (or keep, or push) the branch
+    const finish = sub === "approve" && FINISHES.includes((rest[0] ?? "").toLowerCase())
+      ? rest.shift() .toLowerCase() : undefined;
     const text = rest.join(" ");
     const r = sub === "answer"
       ? await answer(cfg, taskId, text, who, channel, seq)
-      : await decide(cfg, taskId, sub === "approve", text, who, channel, seq);
+      : await decide(cfg, taskId, sub === "approve", text, who, channel, seq, finish);
     return { text: r.text };
   }
   if (sub === "submit") {
@@ -145,8 +153,10 @@ async function clicked(cfg              , ctx                    , channel      
     await say(`Reply to the question message for ${taskId} with your answer, or send /hearth answer ${taskId} <text>.`);
     return { handled: true };
   }
-  if (action !== "approve" && action !== "reject") return { handled: false };
-  const r = await decide(cfg, taskId, action === "approve", "", who, channel, seq);
+  // "merge" / "push" buttons sit on the final checkpoint's card: approve and finish the branch so
+  if (action !== "approve" && action !== "reject" && !FINISHES.includes(action)) return { handled: false };
+  const finish = FINISHES.includes(action) ? action : undefined;
+  const r = await decide(cfg, taskId, action !== "reject", "", who, channel, seq, finish);
   if (r.ok && ctx.respond?.editMessage) {
     await ctx.respond.editMessage({ text: `${original}\n\n${r.text}`.trim() });
   } else {

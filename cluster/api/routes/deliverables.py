@@ -1,0 +1,73 @@
+"""What a task leaves: its artifacts and its diff (read right; docs/deliverables.md).
+
+* ``GET /v1/tasks/{id}/artifacts`` — every artifact (name, kind, size, sha256, step, commit, image).
+* ``GET /v1/tasks/{id}/artifacts/{name}?step=`` — the bytes (``X-Hearth-Sha256`` carries the hash).
+* ``GET /v1/tasks/{id}/diff?step=`` — the whole diff of a step's checkpoint (or of the task so far),
+  which the approval card cuts; read from the project's repository on the head.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import git
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse, PlainTextResponse
+
+from agent.artifacts import ContentStore
+from cluster.api.auth import need
+from cluster.api.deps import ReadStore
+from cluster.artifact_store import ARTIFACTS_DIR, checkpoints, find_artifact, task_artifacts
+from cluster.errors import Conflict
+
+router = APIRouter(prefix="/v1/tasks", dependencies=[need("read")])
+
+
+class BlobResponse(FileResponse):
+    chunk_size = 1 << 20  # starlette's 64 KiB makes large artifacts crawl over loopback
+
+
+@router.get("/{task_id}/artifacts")
+async def list_artifacts(task_id: str, store: ReadStore) -> list[dict[str, Any]]:
+    store.task(task_id)
+    return task_artifacts(store, task_id)
+
+
+@router.get("/{task_id}/artifacts/{name:path}")
+async def get_artifact(task_id: str, name: str, request: Request, store: ReadStore,
+                       step: str | None = None) -> BlobResponse:
+    store.task(task_id)
+    found = find_artifact(store, task_id, name, step)
+    if found is None:
+        where = f" from step {step}" if step else ""
+        raise HTTPException(status_code=404, detail=f"{task_id} has no artifact {name!r}{where}")
+    if not found["stored"]:
+        raise Conflict(f"artifact {name} ({found['image_tag']}) lives only in its node's Docker engine; set "
+                       "[artifacts.image] export = 'save' (or 'push') to get images off the node")
+    path = ContentStore(request.app.state.store_path.parent / ARTIFACTS_DIR).path_of(found["sha256"])
+    if not path.exists():
+        raise HTTPException(status_code=410, detail=f"artifact {name}: its blob {found['sha256'][:12]}… is gone "
+                                                     "from the head's store")
+    filename = found["name"].replace("/", "_") + (".tar" if found["kind"] != "file" else "")
+    return BlobResponse(path, filename=filename, media_type="application/octet-stream",
+                        headers={"X-Hearth-Sha256": found["sha256"]})
+
+
+@router.get("/{task_id}/diff", response_class=PlainTextResponse)
+async def diff(task_id: str, store: ReadStore, step: str | None = None) -> str:
+    spec = store.task(task_id).spec
+    done = checkpoints(store, task_id)
+    if not done:
+        raise Conflict(f"{task_id} has no checkpoint yet")
+    old, new = spec.base_commit, done[-1].commit
+    if step is not None:
+        ids = [cp.step_id for cp in done]
+        if step not in ids:
+            raise HTTPException(status_code=404,
+                                detail=f"{task_id} has no checkpoint of step {step!r} (it has: {', '.join(ids)})")
+        at = ids.index(step)
+        old, new = (done[at - 1].commit if at else old), done[at].commit
+    try:
+        return str(git.Repo(spec.project_path).git.diff("--no-color", old, new))
+    except (git.GitCommandError, git.NoSuchPathError, git.InvalidGitRepositoryError) as exc:
+        raise HTTPException(status_code=410, detail=f"cannot read the diff of {task_id}: {exc}") from None
