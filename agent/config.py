@@ -68,6 +68,9 @@ class NotifyConfig(BaseModel):
 
     channel: str = Field(default="", description="OpenClaw channel, e.g. 'slack' or 'telegram'.")
     target: str = Field(default="", description="Channel target, e.g. '#hearth' or a chat id.")
+    ask: list[str] = Field(
+        default=[], description="Who a question mentions (Slack: 'slack:U…' ids); empty: the approvers."
+    )
 
 
 class ProjectConfig(BaseModel):

@@ -21,6 +21,7 @@ from agent.events import (
     TaskCancelled,
     TaskCompleted,
     TaskFailed,
+    TaskPlaced,
     TaskRequeued,
 )
 from cluster.scheduling.endings import ENDINGS
@@ -35,8 +36,12 @@ class Card(BaseModel):
 
     text: str
     buttons: list[tuple[str, str]] = []
+    rich: dict[str, Any] | None = None
+    """A channel's own presentation (Slack: Block Kit, see cluster/slack.py), used instead of buttons."""
 
     def presentation(self) -> dict[str, Any] | None:
+        if self.rich is not None:
+            return self.rich
         if not self.buttons:
             return None
         buttons = [{"label": label, "action": {"type": "callback", "value": value}}
@@ -99,6 +104,8 @@ def render(event: Event, task: TaskRow | None = None) -> Card:
                  f"(/hearth reject {event.task_id} <reason> to say why).",
             buttons=buttons,
         )
+    if isinstance(event, TaskPlaced):  # sent only where each task has a thread (Slack): it opens it
+        return Card(text=f"{head} Placed on node {event.node_id}{where}, attempt {event.attempt_no}.")
     if isinstance(event, TaskCompleted):
         commits = ", ".join(c[:10] for c in event.commits[:5])
         return Card(text=f"{head} Completed{where}. Branch {event.branch}, {len(event.commits)} commit(s)"

@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from cluster.chat_cards import Card, render
 from cluster.errors import HearthError, UnknownTask
+from cluster.slack import SLACK, slack_presentation
 from cluster.store import OutboxEntry, Store, TaskRow
 
 log = logging.getLogger("hearth.openclaw")
@@ -96,7 +97,8 @@ class DeliveryError(HearthError):
 
 
 class Sender(Protocol):
-    async def send(self, *, channel: str, target: str, card: Card, idempotency_key: str) -> str | None: ...
+    async def send(self, *, channel: str, target: str, card: Card, idempotency_key: str,
+                   thread_id: str | None = None) -> str | None: ...
 
 
 def _message_id(result: Any, depth: int = 0) -> str | None:
@@ -146,20 +148,25 @@ class GatewayClient:
         except ValueError:
             return False
 
-    async def send(self, *, channel: str, target: str, card: Card, idempotency_key: str) -> str | None:
+    async def send(self, *, channel: str, target: str, card: Card, idempotency_key: str,
+                   thread_id: str | None = None) -> str | None:
         if self._suspect:
             if not await self.ready():
                 raise DeliveryError("gateway unreachable or not ready (/readyz)")
             self._suspect = False
         try:
-            return await self._post(channel=channel, target=target, card=card, idempotency_key=idempotency_key)
+            return await self._post(channel=channel, target=target, card=card, idempotency_key=idempotency_key,
+                                    thread_id=thread_id)
         except DeliveryError:
             self._suspect = True
             raise
 
-    async def _post(self, *, channel: str, target: str, card: Card, idempotency_key: str) -> str | None:
+    async def _post(self, *, channel: str, target: str, card: Card, idempotency_key: str,
+                    thread_id: str | None) -> str | None:
         args: dict[str, Any] = {"channel": channel, "target": target, "message": card.text,
                                 "idempotencyKey": idempotency_key}
+        if thread_id:
+            args["threadId"] = thread_id
         if (presentation := card.presentation()) is not None:
             args["presentation"] = presentation
         body = {"tool": "message", "action": "send", "args": args, "idempotencyKey": idempotency_key}
@@ -280,10 +287,16 @@ class Notifier:
                              outcome="skipped: no [notify] channel and target")
             return
         card = render(entry.event, task)
+        thread_id = None
+        if channel == SLACK:  # one thread per task: its first message opens it
+            rich = slack_presentation(entry.event, task)
+            if rich is not None:  # the first line (with the tag) as the message, the rest as Block Kit
+                card = card.model_copy(update={"text": card.text.split("\n", 1)[0], "rich": rich})
+            thread_id = store.chat_thread(entry.task_id)
         tries = store.outbox_mark_sending(entry.event_id, time.time(), self.lease_s)
         try:
             message_id = await self.sender.send(channel=channel, target=target, card=card,
-                                                idempotency_key=f"hearth-{entry.event_id}")
+                                                idempotency_key=f"hearth-{entry.event_id}", thread_id=thread_id)
         except DeliveryError as exc:
             self.failures += 1
             delay = self.backoff(tries)
@@ -295,6 +308,8 @@ class Notifier:
                     entry.task_id, entry.event.kind, entry.event_id, tries, exc, delay)
             return
         acked = time.time()
+        if channel == SLACK and thread_id is None and message_id:
+            store.set_chat_thread(entry.task_id, channel, target, message_id)
         store.outbox_ack(entry.event_id, message_id=message_id,
                          outcome="sent again (may repeat)" if entry.outcome == "in-doubt" else "sent")
         self.sent += 1

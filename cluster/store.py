@@ -48,6 +48,10 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS outbox (
   event_id INTEGER PRIMARY KEY, task_id TEXT NOT NULL, tries INTEGER NOT NULL DEFAULT 0,
   next_try_at REAL NOT NULL, acked_at REAL, last_error TEXT);
+CREATE TABLE IF NOT EXISTS chat_threads (
+  task_id TEXT PRIMARY KEY, channel TEXT NOT NULL, target TEXT NOT NULL, thread_id TEXT NOT NULL,
+  created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS chat_threads_by_thread ON chat_threads(channel, thread_id);
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(acked_at, next_try_at);
 """
@@ -225,14 +229,33 @@ class Store:
         stored = event.model_copy(update={"seq": seq})
         cursor = db.execute("INSERT INTO events (task_id, seq, kind, body, at) VALUES (?,?,?,?,?)",
                             (event.task_id, seq, event.kind, stored.model_dump_json(), event.at))
-        if _notifiable(stored):
-            # Only when the task's project routes to a chat ([notify] channel in hearth.toml).
+        if _notifiable(stored) or stored.kind in THREAD_ONLY_KINDS:
+            # Only when the task's project routes to a chat ([notify] channel in hearth.toml); the
+            # placement only where each task has a thread of its own (it opens the thread).
+            channel = "IN ('slack')" if stored.kind in THREAD_ONLY_KINDS else "!= ''"
             db.execute(
                 "INSERT INTO outbox (event_id, task_id, next_try_at) SELECT ?, ?, ? FROM tasks"
-                " WHERE id = ? AND COALESCE(json_extract(spec, '$.config.notify.channel'), '') != ''",
+                f" WHERE id = ? AND COALESCE(json_extract(spec, '$.config.notify.channel'), '') {channel}",
                 (cursor.lastrowid, event.task_id, event.at, event.task_id),
             )
         return stored
+
+    # chat threads (one per task where the channel has threads: Slack) ---------------------------
+    def chat_thread(self, task_id: str) -> str | None:
+        """The id of the task's thread (Slack: the ``ts`` of its first message), if it has one."""
+        row = self.db.execute("SELECT thread_id FROM chat_threads WHERE task_id = ?", (task_id,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_chat_thread(self, task_id: str, channel: str, target: str, thread_id: str) -> None:
+        """Remember the task's thread; the first one stays (a later call changes nothing)."""
+        self.db.execute("INSERT OR IGNORE INTO chat_threads (task_id, channel, target, thread_id, created_at)"
+                        " VALUES (?,?,?,?,?)", (task_id, channel, target, thread_id, time.time()))
+
+    def task_of_thread(self, channel: str, thread_id: str) -> str | None:
+        """The task whose thread this is (a reply in it concerns that task), or None."""
+        row = self.db.execute("SELECT task_id FROM chat_threads WHERE channel = ? AND thread_id = ?",
+                              (channel, thread_id)).fetchone()
+        return str(row[0]) if row else None
 
     def last_event(self, task_id: str, *kinds: str) -> Event | None:
         """The task's most recent event of one of ``kinds`` (one indexed row, not the whole log)."""
@@ -339,6 +362,8 @@ class Store:
 
 NOTIFY_KINDS = {"clarification_requested", "checkpoint_ready", "task_completed", "task_failed",
                 "attempt_ended", "task_requeued", "decision_made", "task_cancelled", "model_outage"}
+THREAD_ONLY_KINDS = frozenset({"task_placed"})
+"""Events sent only to channels with a thread per task (Slack), where they open or extend it."""
 SYSTEM_WHO = "hearth"
 """``who`` of decisions Hearth takes itself (an approval timeout); people are told of those."""
 

@@ -43,7 +43,7 @@ for layer in ${HEARTH_SETUP_LAYERS:-}; do
             # a registry the image-push test starts on a loopback port (its own system service stays off)
             DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker-registry >/dev/null
             systemctl disable --now docker-registry >/dev/null 2>&1 || true ;;
-    openclaw) say "OpenClaw gateway: Node 24 + openclaw from npm"; bash deploy/openclaw/install.sh >/dev/null ;;
+    openclaw) say "OpenClaw gateway: Node 24 + openclaw + @openclaw/slack from npm"; bash deploy/openclaw/install.sh >/dev/null ;;
     browser) say "browser: Debian's chromium + chromium-driver (the web page's tests drive it with selenium)"
              apt_install chromium chromium-driver ;;
     *) say "unknown layer $layer (known: vm docker openclaw browser)"; exit 2 ;;

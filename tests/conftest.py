@@ -103,3 +103,4 @@ def scheduler(ray_cluster, tmp_path_factory: pytest.TempPathFactory):  # type: i
 
 
 from docker_fixtures import docker_engine  # noqa: E402,F401  (session dockerd + base image; docker layer)
+from openclaw_session import chat  # noqa: E402,F401  (the session OpenClaw gateway; openclaw layer)

@@ -263,13 +263,15 @@ def _alive(pid: int) -> bool:
 
 
 class Gateway:
-    """One real ``openclaw gateway run`` with Telegram pointed at ``FakeTelegram`` and the Hearth plugin."""
+    """One real ``openclaw gateway run`` with Telegram pointed at ``FakeTelegram``, the Hearth plugin and,
+    given ``slack`` (a ``slack_fixtures.FakeSlack``), the official ``@openclaw/slack`` plugin in HTTP
+    (Events API) mode with its Web API pointed at that stand-in."""
 
     token = "gw-" + secrets.token_hex(16)
 
     def __init__(self, home: Path, root: Path, telegram: FakeTelegram, sidecar_url: str, plugin_token_file: Path,
-                 allow_from: list[str]) -> None:
-        self.home, self.root, self.telegram = home, root, telegram
+                 allow_from: list[str], slack: Any = None) -> None:
+        self.home, self.root, self.telegram, self.slack = home, root, telegram, slack
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -286,6 +288,8 @@ class Gateway:
                 "allowFrom": allow_from, "capabilities": {"inlineButtons": "dm"},
                 "network": {"dangerouslyAllowPrivateNetwork": True}}},
         }
+        if slack is not None:
+            slack.configure(config, home, root, self.url)
         (root / "openclaw.json").write_text(json.dumps(config, indent=2))
 
     def env(self) -> dict[str, str]:
@@ -293,7 +297,8 @@ class Gateway:
         return {**os.environ, "PATH": path, "OPENCLAW_HOME": str(self.root / "home"),
                 "OPENCLAW_STATE_DIR": str(self.root / "state"),
                 "OPENCLAW_CONFIG_PATH": str(self.root / "openclaw.json"),
-                "OPENCLAW_DISABLE_BONJOUR": "1", "OPENCLAW_NO_AUTO_UPDATE": "1", "OPENCLAW_OFFLINE": "1"}
+                "OPENCLAW_DISABLE_BONJOUR": "1", "OPENCLAW_NO_AUTO_UPDATE": "1", "OPENCLAW_OFFLINE": "1",
+                **({"SLACK_API_URL": self.slack.api_url} if self.slack is not None else {})}
 
     def start(self, timeout_s: float = 240) -> float:
         """Start and wait until ``/readyz`` says ready; returns the seconds it took."""

@@ -200,31 +200,6 @@ def test_head_sidecar_and_scheduler_killed_mid_task(lab: tuple[Head, list[Box]],
     assert [e.step_id for e in events if e.kind == "step_started"] == ["US-001", "US-002"]
 
 
-def test_a_box_killed_mid_step_restarts_the_task_on_the_other_box(lab: tuple[Head, list[Box]],
-                                                                    project: Path) -> None:
-    head, boxes = lab
-    by_ip = {box.ip: box for box in boxes}
-    task_id = head.submit(project, "scripted:sleep-8")
-    wait_until(lambda: head.task(task_id)["state"] == "running", 180, f"{task_id} running")
-    nodes = {n["node_id"]: n["address"] for n in head.api("GET", "/v1/nodes")}
-    first = by_ip[nodes[head.task(task_id)["node_id"]]]
-    killed = first.kill()  # every process in the box, by PID: a power cut
-    assert killed
-    wait_until(lambda: head.task(task_id)["state"] in FINAL, 300, f"{task_id} finished")
-    task = head.task(task_id)
-    assert task["state"] == "completed", task["message"]
-    assert nodes.get(task["node_id"]) != first.ip and task["attempts"] == 2
-    events = _events(head, task_id)
-    _assert_no_event_lost(events)
-    kinds = [(e.kind, getattr(e, "reason", None)) for e in events]
-    assert ("attempt_ended", "node_lost") in kinds
-    requeued = [e for e in events if e.kind == "task_requeued"]
-    assert requeued and requeued[0].reason == "node_lost" and requeued[0].from_step == 0
-    told = head.cli("logs", task_id).stdout
-    assert "re-queued (node_lost), from step 0" in told
-    assert re.search(rf"{task_id}\s.*completed", head.cli("tasks").stdout)
-
-
 def _embedded_missing() -> str | None:
     from agent.models.base import ModelUnavailable
     from agent.models.embedded_install import default_app_dir, find_node, gguf_path, npm_deps_ready
@@ -331,6 +306,31 @@ def _accepts(port: int) -> bool:
 
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_box_killed_mid_step_restarts_the_task_on_the_other_box(lab: tuple[Head, list[Box]],
+                                                                    project: Path) -> None:
+    head, boxes = lab
+    by_ip = {box.ip: box for box in boxes}
+    task_id = head.submit(project, "scripted:sleep-8")
+    wait_until(lambda: head.task(task_id)["state"] == "running", 180, f"{task_id} running")
+    nodes = {n["node_id"]: n["address"] for n in head.api("GET", "/v1/nodes")}
+    first = by_ip[nodes[head.task(task_id)["node_id"]]]
+    killed = first.kill()  # every process in the box, by PID: a power cut
+    assert killed
+    wait_until(lambda: head.task(task_id)["state"] in FINAL, 300, f"{task_id} finished")
+    task = head.task(task_id)
+    assert task["state"] == "completed", task["message"]
+    assert nodes.get(task["node_id"]) != first.ip and task["attempts"] == 2
+    events = _events(head, task_id)
+    _assert_no_event_lost(events)
+    kinds = [(e.kind, getattr(e, "reason", None)) for e in events]
+    assert ("attempt_ended", "node_lost") in kinds
+    requeued = [e for e in events if e.kind == "task_requeued"]
+    assert requeued and requeued[0].reason == "node_lost" and requeued[0].from_step == 0
+    told = head.cli("logs", task_id).stdout
+    assert "re-queued (node_lost), from step 0" in told
+    assert re.search(rf"{task_id}\s.*completed", head.cli("tasks").stdout)
 
 
 def test_every_command_in_the_operations_guide_was_run(lab: tuple[Head, list[Box]]) -> None:

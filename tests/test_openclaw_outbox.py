@@ -66,7 +66,8 @@ class FakeSender:
         self.behaviour = behaviour
         self.delay_s = delay_s
 
-    async def send(self, *, channel: str, target: str, card: Card, idempotency_key: str) -> str | None:
+    async def send(self, *, channel: str, target: str, card: Card, idempotency_key: str,
+                   thread_id: str | None = None) -> str | None:
         self.calls += 1
         self.active += 1
         self.max_active = max(self.max_active, self.active)

@@ -23,7 +23,7 @@ from starlette.routing import Match
 
 from cluster.api.auth import refusal, token_table
 from cluster.api.feed import EventFeed
-from cluster.api.routes import cluster, deliverables, events, replies, tasks, transcripts
+from cluster.api.routes import chat, cluster, deliverables, events, replies, tasks, transcripts
 from cluster.errors import Conflict, HearthError, Invalid, NotAllowed, SchedulerUnavailable, UnknownTask
 from cluster.scheduler_client import SchedulerClient
 from cluster.web.app import mount_web
@@ -36,6 +36,7 @@ ROUTERS = [
     tasks.router,
     events.router,
     replies.router,
+    chat.router,
     deliverables.router,
     transcripts.router,
 ]

@@ -57,6 +57,8 @@ class DecisionRequest(_Reply):
     """The seq of the CheckpointReady event this decides (a second click on the same card acts once)."""
     finish: str = ""
     """On the final checkpoint: keep, merge or push the branch (overrides hearth.toml's [finish] action)."""
+    dry_run: bool = False
+    """Only check that ``who`` may take this decision now (before a reason dialog opens); decide nothing."""
 
 
 class PriorityRequest(BaseModel):
@@ -87,3 +89,10 @@ def refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 AUTHED = refusals(401, 403)
 """Every route: a token, with the route's right."""
+
+
+class ThreadReplyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    who: str
+    """The chat user who wrote it (Slack: ``U…``)."""

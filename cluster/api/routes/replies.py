@@ -29,7 +29,8 @@ async def decision(task_id: str, body: DecisionRequest, store: ReadStore, schedu
                    caller: Caller = need("decide")) -> dict[str, Any]:
     who, channel = (caller.person, people_tokens.CHANNEL) if caller.person else (body.who, body.channel)
     outcome = await replies.decide(store, scheduler, task_id, body.decision, body.reason, who, channel,
-                                   body.checkpoint, admin=caller.role == "admin", finish=body.finish)
+                                   body.checkpoint, admin=caller.role == "admin", finish=body.finish,
+                                   dry_run=body.dry_run)
     return outcome.as_json()
 
 

@@ -118,7 +118,9 @@ async def answer(store: Store, scheduler: SchedulerClient, task_id: str, text: s
 
 
 async def decide(store: Store, scheduler: SchedulerClient, task_id: str, decision: str, reason: str, who: str,
-                 channel: str, checkpoint: int | None, *, admin: bool, finish: str = "") -> ReplyOutcome:
+                 channel: str, checkpoint: int | None, *, admin: bool, finish: str = "",
+                 dry_run: bool = False) -> ReplyOutcome:
+    """Decide a checkpoint once; ``dry_run`` only checks that ``who`` may, and that it still waits."""
     if decision not in {"approve", "reject"}:
         raise Invalid("decision must be 'approve' or 'reject'")
     if finish and finish not in FINISH_ACTIONS:
@@ -135,8 +137,14 @@ async def decide(store: Store, scheduler: SchedulerClient, task_id: str, decisio
     def verb(reply: DecisionMade) -> str:
         return "approved" if reply.approve else "rejected"
 
-    return await reply_once(store, CHECKPOINT, task_id, checkpoint, lambda r: r.approve == approve, verb,
-                            lambda: scheduler.approve_or_reject(task_id, approve, reason, who, finish))
+    async def act() -> TaskRow:
+        if dry_run:  # reply_once has refused a stale or decided checkpoint by now
+            if task.state != CHECKPOINT.waits_in:
+                raise Conflict(f"{task_id} is {task.state.value}; nothing {CHECKPOINT.still}")
+            return task
+        return await scheduler.approve_or_reject(task_id, approve, reason, who, finish)
+
+    return await reply_once(store, CHECKPOINT, task_id, checkpoint, lambda r: r.approve == approve, verb, act)
 
 
 class QuestionPending(BaseModel):
