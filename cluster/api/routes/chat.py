@@ -16,7 +16,7 @@ from cluster.chat_cards import render
 from cluster.errors import Conflict
 from cluster.slack import decided_blocks
 
-router = APIRouter(prefix="/v1/chat", responses={**AUTHED, **refusals(404)})
+router = APIRouter(prefix="/v1/chat", responses={**AUTHED, **refusals(400, 404)})
 
 
 @router.post("/{channel}/threads/{thread_id}/reply")

@@ -21,7 +21,7 @@ from cluster.api.schemas import AUTHED, refusals
 from cluster.artifact_store import ARTIFACTS_DIR, checkpoints, find_artifact, task_artifacts
 from cluster.errors import Conflict
 
-router = APIRouter(prefix="/v1/tasks", dependencies=[need("read")], responses={**AUTHED, **refusals(404)})
+router = APIRouter(prefix="/v1/tasks", dependencies=[need("read")], responses={**AUTHED, **refusals(400, 404)})
 
 
 class BlobResponse(FileResponse):
