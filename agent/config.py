@@ -22,6 +22,8 @@ PRIORITY_NAMES = {"low": 25, "normal": 50, "high": 75, "urgent": 90}
 
 def parse_priority(value: str | int) -> int:
     """``"high"`` → 75, ``"60"`` → 60; anything else is a ValueError naming the accepted forms."""
+    if isinstance(value, bool) or not isinstance(value, int | str):  # True is an int to Python, not a priority
+        raise ValueError(f"priority {value!r} is neither a number 0-100 nor one of {', '.join(PRIORITY_NAMES)}")
     if isinstance(value, int):
         number = value
     elif value.strip().lower() in PRIORITY_NAMES:

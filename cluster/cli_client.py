@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from httpx_sse import SSEError, connect_sse
 
-from agent.events import Event, EventAdapter
 from cluster.errors import HearthError
+
+if TYPE_CHECKING:
+    from agent.events import Event
 
 RECONNECT_FOR_S = 60.0
 """How long ``stream_events`` keeps trying to reconnect (e.g. while the sidecar restarts)."""
@@ -34,7 +35,7 @@ def _detail(reply: httpx.Response) -> str:
 
 def refused(reply: httpx.Response) -> SidecarError:
     """The error for a 4xx/5xx reply: exit code 2 for what the user can fix, 3 for the cluster."""
-    return SidecarError(_detail(reply), 2 if reply.status_code in (404, 409, 410, 422) else 3)
+    return SidecarError(_detail(reply), 2 if reply.status_code in (400, 404, 409, 410, 422) else 3)
 
 
 class SidecarClient:
@@ -56,6 +57,10 @@ class SidecarClient:
     def stream_events(self, task_id: str, follow: bool = True) -> Iterator[Event]:
         """The task's events in order; following, until it ends. A dropped connection is resumed after
         the last event received (the sidecar's ``Last-Event-ID``), for up to ``reconnect_for_s``."""
+        from httpx_sse import SSEError, connect_sse  # imported here: `hearth tasks` need not load them
+
+        from agent.events import EventAdapter
+
         last_id: str | None = None
         give_up = time.monotonic() + self.reconnect_for_s
         while True:

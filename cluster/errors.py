@@ -2,8 +2,8 @@
 
     HearthError
     ├── RequestRefused            a request Hearth will not act on; its sentence tells the user why
-    │   ├── Invalid               the request itself is wrong                                 → 422
-    │   │   └── SubmitError       bad PRD, unknown project or model, nothing can ever run it  → 422
+    │   ├── Invalid               the request itself is wrong                                 → 400
+    │   │   └── SubmitError       bad PRD, unknown project or model, nothing can ever run it  → 400
     │   ├── NotAllowed            the caller may not do this (not one of the approvers)      → 403
     │   ├── Conflict              does not fit the task's state (an answer nobody waits for)  → 409
     │   └── UnknownTask           no task with that id                                        → 404

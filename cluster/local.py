@@ -19,7 +19,6 @@ import httpx
 import platformdirs
 from pydantic import BaseModel
 
-from agent import processes
 from cluster.private_files import ensure_token_file, private_dir
 
 
@@ -60,6 +59,8 @@ def _free_port() -> int:
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float, what: str, log: Path) -> None:
+    from agent import processes  # psutil: only up/down need it (client commands stay fast)
+
     if processes.wait_until(predicate, timeout_s, 0.2):
         return
     tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
@@ -81,6 +82,7 @@ def up(*, api_port: int = 8765, ray_port: int = 0, slots: int | None = None, hos
     If Ray is still running but the sidecar is not (it crashed), only the sidecar is started again:
     restarting Ray would lose every running attempt to ``node_lost``.
     """
+    from agent import processes
     from cluster.node_start import head_ray_command, ray_temp_dir, ray_token
 
     base = state_dir()
@@ -158,6 +160,8 @@ def _start_sidecar(info: UpInfo, token: str, token_file: Path, progress: Callabl
 
 def down(*, progress: Callable[[str], None] = print) -> None:
     """Stop what ``up`` started, by process group; also the node's embedded model server."""
+    from agent import processes
+
     base = state_dir()
     info = read_up(base)
     box = base / "node.json"  # a box's Ray node (cluster/node_start.py)

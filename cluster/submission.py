@@ -28,6 +28,9 @@ class Submission(NamedTuple):
 
 def prepare_submission(code: ProjectCode, project_path: str, prd_path: str | None, prd_text: str | None,
                        priority: str | int | None, model: str | None) -> Submission:
+    for name, value in (("project_path", project_path), ("prd_path", prd_path), ("model", model)):
+        if value is not None and "\x00" in value:
+            raise SubmitError(f"{name} holds a NUL byte; no file or model name can")
     try:  # every node gets the project's code from the head's mirror, never from this path
         project = code.open(project_path)
     except ValueError as exc:

@@ -21,7 +21,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 SESSION_STATE = Path(tempfile.mkdtemp(prefix="hearth-test-state-"))
 os.environ["HEARTH_STATE_DIR"] = str(SESSION_STATE)
 
-SLOW_LAYERS = {"ray", "vm", "docker", "openclaw", "gpu", "real_llm", "browser", "boxes"}
+SLOW_LAYERS = {"ray", "vm", "docker", "openclaw", "gpu", "real_llm", "browser", "boxes", "fuzz", "chaos"}
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 

@@ -109,15 +109,15 @@ def test_bad_input_gets_clear_errors(api: TestClient, greeting_project: Path, tm
     bad = {"name": "x", "userStories": [{"id": "A", "title": "a", "passes": False, "dependsOn": ["B"]}]}
     reply = api.post("/v1/tasks", headers=AUTH, json={"project_path": str(greeting_project),
                                                       "prd": json.dumps(bad), "prd_path": "prd.json"})
-    assert reply.status_code == 422 and "story A" in reply.json()["detail"] and "dependsOn" in reply.json()["detail"]
+    assert reply.status_code == 400 and "story A" in reply.json()["detail"] and "dependsOn" in reply.json()["detail"]
     reply = api.post("/v1/tasks", headers=AUTH, json={"project_path": str(tmp_path), "prd_path": "x.json"})
-    assert reply.status_code == 422 and "not a git repository" in reply.json()["detail"]
+    assert reply.status_code == 400 and "not a git repository" in reply.json()["detail"]
     reply = api.post("/v1/tasks", headers=AUTH, json={"project_path": str(greeting_project),
                                                       "prd_path": "tasks/prd.json", "priority": "asap"})
-    assert reply.status_code == 422 and "asap" in reply.json()["detail"]
+    assert reply.status_code == 400 and "asap" in reply.json()["detail"]
     reply = api.post("/v1/tasks", headers=AUTH, json={"project_path": str(greeting_project),
                                                       "prd_path": "tasks/prd.json", "model": "gpt:x"})
-    assert reply.status_code == 422 and "gpt:x" in reply.json()["detail"]
+    assert reply.status_code == 400 and "gpt:x" in reply.json()["detail"]
     assert api.get("/v1/tasks/T-999", headers=AUTH).status_code == 404
     assert api.post("/v1/tasks/T-999/cancel", headers=AUTH).status_code == 404
     assert api.post("/v1/tasks", headers=AUTH, json={"project_path": "/x", "oops": 1}).status_code == 422

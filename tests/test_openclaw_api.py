@@ -75,7 +75,7 @@ def test_plugin_token_reads_submits_answers_decides_but_nothing_else(api: TestCl
                                                           "model": "scripted:demo"})
     assert by_name.status_code == 201 and by_name.json()["project"] == "rights-demo"
     unknown = api.post("/v1/tasks", headers=PLUGIN, json={"project": "nope", "prd_path": "x.json"})
-    assert unknown.status_code == 422 and "rights-demo" in unknown.json()["detail"]
+    assert unknown.status_code == 400 and "rights-demo" in unknown.json()["detail"]
     assert api.post(f"/v1/tasks/{task_id}/cancel", headers=ADMIN).json()["state"] == "cancelled"
     wait_state(scheduler, by_name.json()["id"], {"completed"})
 
@@ -172,4 +172,4 @@ def test_a_model_url_needs_the_endpoint_right_only_admin_has(api: TestClient, sc
     assert accepted.status_code == 201, accepted.text
     assert api.post(f"/v1/tasks/{accepted.json()['id']}/cancel", headers=ADMIN).status_code == 200
     bad_url = api.post("/v1/tasks", headers=ADMIN, json={**body, "model": "openai:file:///etc/passwd"})
-    assert bad_url.status_code == 422 and "http" in bad_url.json()["detail"]
+    assert bad_url.status_code == 400 and "http" in bad_url.json()["detail"]

@@ -9,12 +9,15 @@ user's messages and button presses are injected as Telegram updates; what the bo
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import git
 import httpx
 import pytest
+from chaos_head import record
 from openclaw_fixtures import make_project, wait_until
 from openclaw_session import OUTSIDER, USER, Chat
 
@@ -152,3 +155,51 @@ def test_approve_and_merge_from_the_final_card_merges_the_branch(chat: Chat, tmp
     assert finished and finished[0]["ok"] and finished[0]["action"] == "merge", finished
     with git.Repo(project) as repo:
         assert repo.commit("main").hexsha == repo.commit(task_branch(task_id)).hexsha
+
+
+OUTAGE_S = float(os.environ.get("HEARTH_GATEWAY_OUTAGE_S", "20"))
+"""How long the chaos case keeps the gateway down (the issue asks for 10 minutes: run it once with
+HEARTH_GATEWAY_OUTAGE_S=600; CI keeps it short)."""
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(OUTAGE_S + 900)  # the outage itself, plus the usual time to start and drain
+def test_gateway_stopped_mid_task_for_a_long_outage(chat: Chat, tmp_path: Path) -> None:
+    """The gateway goes down while tasks are mid-step and stays down for ``OUTAGE_S``: the tasks finish
+    meanwhile, and once it is back every message people must see arrives exactly once, in order."""
+    project = make_project(tmp_path, "oc-long-outage", notify={"channel": "telegram", "target": str(USER)})
+    tasks = [chat.submit(project, "scripted:sleep-4") for _ in range(2)]
+    for task_id in tasks:
+        chat.wait_state(task_id, {"running"})
+    chat.gateway.stop()
+    stopped = time.monotonic()
+    try:
+        for task_id in tasks:
+            chat.wait_state(task_id, {"completed"}, timeout_s=max(OUTAGE_S, 300))
+        wait_until(lambda: time.monotonic() - stopped >= OUTAGE_S, OUTAGE_S + 5, "the outage to last", 1.0)
+    finally:
+        chat.gateway.start()
+    back = time.monotonic()
+
+    def entries() -> list[Any]:
+        db = Store(chat.store_path, readonly=True)
+        try:
+            return [e for t in tasks for e in db.outbox(t)]
+        finally:
+            db.close()
+
+    wait_until(lambda: all(e.acked_at for e in entries()), 300, "the outbox to drain after the outage")
+    drained_s = time.monotonic() - back
+    for task_id in tasks:
+        tagged = [m for m in chat.telegram.sent(USER) if m["text"].startswith(f"[task {task_id} #")]
+        seqs = [seq_of(m) for m in tagged]
+        assert seqs == sorted(set(seqs)), f"{task_id}: repeated or out of order: {seqs}"
+        assert "Completed" in tagged[-1]["text"], json.dumps(tagged)
+        db = Store(chat.store_path, readonly=True)
+        try:
+            events = db.events(task_id, 0, 100_000)
+        finally:
+            db.close()
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    record(f"OpenClaw gateway stopped mid-task for {OUTAGE_S:.0f} s", outage_s=time.monotonic() - stopped - drained_s,
+           drained_after_restart_s=drained_s, tasks=len(tasks), messages=len(entries()))

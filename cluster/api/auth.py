@@ -1,14 +1,21 @@
 """Bearer tokens and the rights they carry: ``need("submit")`` is a route's dependency.
 
 Besides the admin and plugin tokens, a person's own token (``hearth token add NAME --role …``,
-cluster/people_tokens.py) carries its role's rights and speaks as NAME."""
+cluster/people_tokens.py) carries its role's rights and speaks as NAME.
+
+The token is checked before anything else about a request: ``refusal`` lets the app answer 401/403
+for a request whose body could not even be parsed (FastAPI reads the body before it runs
+dependencies), so a caller without a token learns nothing about what the API accepts.
+"""
 
 from __future__ import annotations
 
 import hmac
 from typing import Any
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict
 
 from cluster import people_tokens
@@ -16,6 +23,10 @@ from cluster import people_tokens
 RIGHTS = ("read", "submit", "answer", "decide", "cancel", "restart", "priority", "nodes", "endpoint")
 PLUGIN_RIGHTS = ("read", "submit", "answer", "decide")
 PLUGIN_TOKEN_FILE = "plugin-token"
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+bearer = HTTPBearer(auto_error=False, description="The admin token (<state_dir>/token) or the plugin token")
+"""Declares the bearer scheme in the OpenAPI document; ``caller`` does the checking itself."""
 
 
 class Caller(BaseModel):
@@ -38,20 +49,30 @@ def token_table(token: str, plugin_token: str | None) -> list[tuple[Caller, byte
     return tokens
 
 
-def caller(request: Request, authorization: str = Header(default="")) -> Caller:
-    """Who presents this bearer token (every token is compared, in constant time)."""
-    scheme, _, presented = authorization.partition(" ")
+def identify(request: Request, presented: str | None) -> Caller:
+    """Who presents this bearer token (every token is compared, in constant time); else 401."""
     found = None
     for who, secret in request.app.state.tokens:
-        if hmac.compare_digest(presented.encode(), secret) and scheme.lower() == "bearer":
+        if presented is not None and hmac.compare_digest(presented.encode(), secret):
             found = who
-    if found is None and scheme.lower() == "bearer" and presented:
+    if found is None and presented:
         person = people_tokens.find(request.app.state.store_path.parent, presented)
         if person is not None:
             found = Caller(role=person.role.value, rights=people_tokens.ROLE_RIGHTS[person.role], person=person.name)
     if found is None:
-        raise HTTPException(status_code=401, detail="missing or wrong bearer token")
+        raise HTTPException(status_code=401, detail="missing or wrong bearer token", headers=CHALLENGE)
     return found
+
+
+def caller(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
+    return identify(request, credentials.credentials if credentials else None)
+
+
+def check_right(who: Caller, right: str) -> Caller:
+    if right not in who.rights:
+        has = ", ".join(who.rights)
+        raise HTTPException(status_code=403, detail=f"the {who.role} token lacks the '{right}' right (it has: {has})")
+    return who
 
 
 def require_endpoint_right(who: Caller, model: str | None) -> None:
@@ -71,9 +92,31 @@ def require_endpoint_right(who: Caller, model: str | None) -> None:
 def need(right: str) -> Any:
     """A dependency: the caller, if their token carries ``right`` (else 403 naming what it has)."""
     def check(who: Caller = Depends(caller)) -> Caller:
-        if right not in who.rights:
-            has = ", ".join(who.rights)
-            raise HTTPException(status_code=403,
-                                detail=f"the {who.role} token lacks the '{right}' right (it has: {has})")
-        return who
+        return check_right(who, right)
+    check.hearth_right = right  # type: ignore[attr-defined]  # read back by ``refusal``
     return Depends(check)
+
+
+def _rights(dependant: Dependant) -> list[str]:
+    found = [r] if (r := getattr(dependant.call, "hearth_right", None)) else []
+    return found + [right for sub in dependant.dependencies for right in _rights(sub)]
+
+
+def refusal(request: Request) -> HTTPException | None:
+    """What the route's token checks say about ``request`` (None: they pass), run outside FastAPI's
+    dependency solving: for requests refused before it (a body that is not JSON)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return None
+    rights = _rights(dependant)
+    if not rights:
+        return None
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    try:
+        who = identify(request, presented if scheme.lower() == "bearer" else None)
+        for right in rights:
+            check_right(who, right)
+    except HTTPException as exc:
+        return exc
+    return None

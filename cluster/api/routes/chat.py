@@ -9,14 +9,14 @@ from fastapi import APIRouter
 from agent.events import DecisionMade
 from cluster.api.auth import Caller, need
 from cluster.api.deps import ReadStore, Scheduler
-from cluster.api.schemas import ThreadReplyRequest
+from cluster.api.schemas import AUTHED, ThreadReplyRequest, refusals
 from cluster.api.services import replies
 from cluster.api.services.chat import reply_in_thread
 from cluster.chat_cards import render
 from cluster.errors import Conflict
 from cluster.slack import decided_blocks
 
-router = APIRouter(prefix="/v1/chat")
+router = APIRouter(prefix="/v1/chat", responses={**AUTHED, **refusals(400, 404)})
 
 
 @router.post("/{channel}/threads/{thread_id}/reply")

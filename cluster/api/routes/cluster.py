@@ -8,23 +8,24 @@ from fastapi import APIRouter
 
 from cluster.api.auth import need
 from cluster.api.deps import ReadStore, Scheduler
+from cluster.api.schemas import AUTHED, refusals
 from cluster.nodes import NodeView
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=AUTHED)
 
 
-@router.get("/health", dependencies=[need("read")])
+@router.get("/health", dependencies=[need("read")], responses=refusals(503))
 async def health(scheduler: Scheduler) -> dict[str, str]:
     return {"status": await scheduler.ping()}
 
 
-@router.get("/policy", dependencies=[need("read")])
+@router.get("/policy", dependencies=[need("read")], responses=refusals(503))
 async def policy(scheduler: Scheduler) -> dict[str, Any]:
     """The cluster-wide scheduling policy in force (``[scheduler]`` in the head's head.toml)."""
     return await scheduler.policy()
 
 
-@router.get("/nodes", dependencies=[need("nodes")])
+@router.get("/nodes", dependencies=[need("nodes")], responses=refusals(503))
 async def nodes(scheduler: Scheduler) -> list[NodeView]:
     return await scheduler.nodes()
 

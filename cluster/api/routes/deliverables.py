@@ -17,10 +17,11 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from agent.artifacts import ContentStore
 from cluster.api.auth import need
 from cluster.api.deps import ReadStore
+from cluster.api.schemas import AUTHED, refusals
 from cluster.artifact_store import ARTIFACTS_DIR, checkpoints, find_artifact, task_artifacts
 from cluster.errors import Conflict
 
-router = APIRouter(prefix="/v1/tasks", dependencies=[need("read")])
+router = APIRouter(prefix="/v1/tasks", dependencies=[need("read")], responses={**AUTHED, **refusals(400, 404)})
 
 
 class BlobResponse(FileResponse):

@@ -9,22 +9,22 @@ from fastapi import APIRouter
 from cluster import people_tokens
 from cluster.api.auth import Caller, need
 from cluster.api.deps import ReadStore, Scheduler
-from cluster.api.schemas import AnswerRequest, DecisionRequest
+from cluster.api.schemas import AUTHED, AnswerRequest, DecisionRequest, refusals
 from cluster.api.services import replies
 from cluster.api.services.tasks import summary
 from cluster.scheduling.states import TaskState
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=AUTHED)
 
 
-@router.post("/tasks/{task_id}/answer")
+@router.post("/tasks/{task_id}/answer", responses=refusals(400, 404, 409, 503))
 async def answer(task_id: str, body: AnswerRequest, store: ReadStore, scheduler: Scheduler,
                  caller: Caller = need("answer")) -> dict[str, Any]:
     outcome = await replies.answer(store, scheduler, task_id, body.text, caller.person or body.who, body.question)
     return outcome.as_json()
 
 
-@router.post("/tasks/{task_id}/decision")
+@router.post("/tasks/{task_id}/decision", responses=refusals(400, 403, 404, 409, 503))
 async def decision(task_id: str, body: DecisionRequest, store: ReadStore, scheduler: Scheduler,
                    caller: Caller = need("decide")) -> dict[str, Any]:
     who, channel = (caller.person, people_tokens.CHANNEL) if caller.person else (body.who, body.channel)

@@ -10,9 +10,10 @@ from fastapi import APIRouter, HTTPException, Request
 from cluster import transcripts
 from cluster.api.auth import need
 from cluster.api.deps import ReadStore
+from cluster.api.schemas import AUTHED, refusals
 from cluster.blobs import BlobStore
 
-router = APIRouter(prefix="/v1/tasks")
+router = APIRouter(prefix="/v1/tasks", responses={**AUTHED, **refusals(404)})
 
 
 def _blobs(request: Request) -> BlobStore:

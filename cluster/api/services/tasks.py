@@ -8,7 +8,7 @@ from agent.acceptance import submit_warnings
 from agent.accounting import TaskUsage, usage_from_events
 from agent.events import Event
 from cluster.api.schemas import SubmitRequest
-from cluster.errors import Invalid, SubmitError
+from cluster.errors import SubmitError
 from cluster.scheduler_client import SchedulerClient
 from cluster.scheduling.states import TaskState
 from cluster.store import Store, TaskRow
@@ -42,12 +42,8 @@ def summary(task: TaskRow) -> dict[str, Any]:
     return task.model_dump(mode="json", exclude={"spec"})
 
 
-def listed(store: Store, state: str | None) -> list[dict[str, Any]]:
-    try:
-        wanted = {TaskState(state)} if state else None
-    except ValueError:
-        raise Invalid(f"unknown state {state!r}") from None
-    return [summary(t) for t in store.tasks(wanted)]
+def listed(store: Store, state: TaskState | None) -> list[dict[str, Any]]:
+    return store.summaries({state} if state else None)
 
 
 async def submit(store: Store, scheduler: SchedulerClient, body: SubmitRequest) -> TaskDetail:
