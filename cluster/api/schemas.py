@@ -78,6 +78,7 @@ WHY = {
     403: "The token lacks the right this route needs",
     404: "No such task",
     409: "The request does not fit the task's state",
+    410: "What the request names is gone from the head (a deleted blob or repository)",
     503: "The scheduler cannot be reached (it is restarting); retry shortly",
 }
 

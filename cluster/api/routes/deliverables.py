@@ -34,7 +34,7 @@ async def list_artifacts(task_id: str, store: ReadStore) -> list[dict[str, Any]]
     return task_artifacts(store, task_id)
 
 
-@router.get("/{task_id}/artifacts/{name:path}")
+@router.get("/{task_id}/artifacts/{name:path}", responses=refusals(409, 410))
 async def get_artifact(task_id: str, name: str, request: Request, store: ReadStore,
                        step: str | None = None) -> BlobResponse:
     store.task(task_id)
@@ -54,8 +54,8 @@ async def get_artifact(task_id: str, name: str, request: Request, store: ReadSto
                         headers={"X-Hearth-Sha256": found["sha256"]})
 
 
-@router.get("/{task_id}/diff", response_class=PlainTextResponse)
-async def diff(task_id: str, store: ReadStore, step: str | None = None) -> str:
+@router.get("/{task_id}/diff", response_class=PlainTextResponse, responses=refusals(409, 410))
+async def diff(task_id: str, store: ReadStore, request: Request, step: str | None = None) -> str:
     spec = store.task(task_id).spec
     done = checkpoints(store, task_id)
     if not done:
@@ -69,6 +69,8 @@ async def diff(task_id: str, store: ReadStore, step: str | None = None) -> str:
         at = ids.index(step)
         old, new = (done[at - 1].commit if at else old), done[at].commit
     try:
-        return str(git.Repo(spec.project_path).git.diff("--no-color", old, new))
+        # The head's mirror holds every checkpoint (boxes send them there), whatever the project's source.
+        mirror = request.app.state.store_path.parent / "repos" / f"{spec.config.name}.git"
+        return str(git.Repo(mirror if mirror.is_dir() else spec.project_path).git.diff("--no-color", old, new))
     except (git.GitCommandError, git.NoSuchPathError, git.InvalidGitRepositoryError) as exc:
         raise HTTPException(status_code=410, detail=f"cannot read the diff of {task_id}: {exc}") from None
