@@ -54,8 +54,10 @@ async def get_artifact(task_id: str, name: str, request: Request, store: ReadSto
                         headers={"X-Hearth-Sha256": found["sha256"]})
 
 
-@router.get("/{task_id}/diff", response_class=PlainTextResponse, responses=refusals(409, 410))
-async def diff(task_id: str, store: ReadStore, request: Request, step: str | None = None) -> str:
+# The diff is text/plain; refusals stay JSON like every other route's (so no response_class here).
+@router.get("/{task_id}/diff", response_model=None, responses={
+    **refusals(409, 410), 200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "The diff"}})
+async def diff(task_id: str, store: ReadStore, request: Request, step: str | None = None) -> PlainTextResponse:
     spec = store.task(task_id).spec
     done = checkpoints(store, task_id)
     if not done:
@@ -71,6 +73,7 @@ async def diff(task_id: str, store: ReadStore, request: Request, step: str | Non
     try:
         # The head's mirror holds every checkpoint (boxes send them there), whatever the project's source.
         mirror = request.app.state.store_path.parent / "repos" / f"{spec.config.name}.git"
-        return str(git.Repo(mirror if mirror.is_dir() else spec.project_path).git.diff("--no-color", old, new))
+        text = git.Repo(mirror if mirror.is_dir() else spec.project_path).git.diff("--no-color", old, new)
+        return PlainTextResponse(str(text))
     except (git.GitCommandError, git.NoSuchPathError, git.InvalidGitRepositoryError) as exc:
         raise HTTPException(status_code=410, detail=f"cannot read the diff of {task_id}: {exc}") from None
