@@ -198,7 +198,7 @@ def test_finish_is_chosen_only_at_the_final_checkpoint(scheduler: Any, api: Test
     early = api.post(decide, headers=AUTH, json={"decision": "approve", "finish": "merge"})
     assert early.status_code == 409 and "applies only to the final checkpoint" in early.json()["detail"]
     bad = api.post(decide, headers=AUTH, json={"decision": "approve", "finish": "squash"})
-    assert bad.status_code == 422 and "keep, merge, push" in bad.json()["detail"]
+    assert bad.status_code == 400 and "keep, merge, push" in bad.json()["detail"]
     assert api.post(decide, headers=AUTH, json={"decision": "approve"}).status_code == 200
     assert wait_for(lambda: any(isinstance(e, CheckpointReady) and e.final for e in events(scheduler, task_id)),
                     240, interval_s=0.2)
