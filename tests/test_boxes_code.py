@@ -207,7 +207,7 @@ def test_a_project_given_as_a_git_url_completes_and_its_branch_is_pushed_there(
     # Bad input: nothing listens there; the error names the URL and the cause, and no task is made.
     gone = "git://127.0.0.1:9/nowhere.git"
     reply = api.post("/v1/tasks", headers=AUTH, json={"project_path": gone, "prd_path": "tasks/prd.json"})
-    assert reply.status_code == 422 and gone in reply.json()["detail"] and "cannot fetch" in reply.json()["detail"]
+    assert reply.status_code == 400 and gone in reply.json()["detail"] and "cannot fetch" in reply.json()["detail"]
 
 
 def test_a_push_the_remote_rejects_fails_the_task_with_the_reason_once(
