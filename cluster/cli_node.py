@@ -115,7 +115,8 @@ def node_start(
     """One command per box: `--head` starts Ray, the scheduler and the sidecar; `--address HEAD:PORT`
     checks the head (reachable, token accepted, same Hearth and Ray) and joins it."""
     from cluster.node_join import JoinError
-    from cluster.node_start import block_box, head_ray_command, join, ray_temp_dir, worker_ray_command
+    from cluster.node_start import block_box, join
+    from cluster.ray_start import head_ray_command, ray_temp_dir, worker_ray_command
 
     if head == bool(address):
         fail("give exactly one of --head or --address HOST:PORT")
