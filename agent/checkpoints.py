@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import git
 
@@ -27,11 +27,9 @@ from agent.progress import ProgressEntry, append_progress
 from agent.project import checkpoint_commit, diff_summary
 from agent.sandbox import Sandbox
 from agent.sandbox.files import check_disk_limit, read_workspace_file, write_workspace_file
+from agent.task_spec import Answer, TaskSpec
 from agent.transport import NodeCode
 from agent.writeback import record_step_done
-
-if TYPE_CHECKING:
-    from agent.runner import Answer, TaskSpec
 
 PENDING_QUESTION = "question.json"
 """Blob (kind ``pending``) holding the conversation of a step parked on a question."""

@@ -28,7 +28,6 @@ from pydantic import BaseModel
 from agent.artifacts import ArtifactSink, LocalArtifactSink
 from agent.build import StepBuilder
 from agent.checkpoints import Checkpoints
-from agent.config import ProjectConfig
 from agent.events import (
     AgentAction,
     BuildRan,
@@ -45,44 +44,13 @@ from agent.host_git import open_task_repo, task_git_dir
 from agent.loop import StepContext, StepResult, TurnUsage, run_step
 from agent.messages import answer_message
 from agent.models.base import ChatModel, ModelError
-from agent.prd import TaskPlan
 from agent.progress import read_progress
 from agent.project import reset_workspace, task_branch
 from agent.prompts import StepMemory, read_instructions
 from agent.sandbox import Sandbox, SandboxConfig, open_sandbox
+from agent.task_spec import Answer, Decision, TaskSpec
 from agent.transport import NodeCode
 from agent.writeback import seed_prd
-
-
-class TaskSpec(BaseModel):
-    """Everything a node needs to run a task (sent to the task actor)."""
-
-    task_id: str
-    project_path: str
-    """The project's source as the head knows it (a path on the head or a git URL). Nodes never read
-    it: their code comes from the head (``agent.transport``)."""
-    plan: TaskPlan
-    prd_relpath: str | None = None
-    """Where the PRD file lives inside the project, for writing finished steps back; None otherwise."""
-    prd_seed: str | None = None
-    """The PRD's text when it was not committed at submit: the task branch gets it first."""
-    base_branch: str = ""
-    """The branch checked out at submit: where ``[finish] action = "merge"`` merges to by default."""
-    model: str
-    base_commit: str
-    config: ProjectConfig
-
-
-class Decision(BaseModel):
-    approve: bool
-    reason: str = ""
-    who: str = "user"
-
-
-class Answer(BaseModel):
-    text: str
-    who: str
-
 
 Verdict = Literal["continue", "yield", "cancel"]
 
