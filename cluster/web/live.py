@@ -10,7 +10,7 @@ so a task page never misses or repeats an event line.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -43,22 +43,21 @@ def _html(request: Request, web: WebContext, template: str, **context: Any) -> s
     return str(web.templates.get_template(template).render(request=request, **context))
 
 
-def _live(request: Request, web: WebContext, session: Session, name: str,
-          changed: Callable[[Store], Iterator[dict[str, str]]]) -> EventSourceResponse:
-    """The stream ``name``: every ``POLL_S`` it looks at the store's ``data_version`` and, when the
-    scheduler committed since, sends what ``changed`` yields; it ends when the browser leaves or the
-    session closes."""
+@router.get("/board")
+async def board(request: Request, project: str | None = None, web: WebContext = Depends(web_context),
+                session: Session = Depends(current_session)) -> EventSourceResponse:
     async def stream() -> AsyncIterator[dict[str, str]]:
         db = Store(web.store_path, readonly=True)
         seen, polls = -1, 0
         try:
-            with metrics.sse_client(name):
+            with metrics.sse_client("board"):
                 while not await request.is_disconnected() and _still_open(web, session, polls := polls + 1):
                     version = db.data_version()
                     if version != seen:
                         seen = version
-                        for event in changed(db):
-                            yield event
+                        data = board_view.board(db, project)
+                        yield {"event": "board", "data": _html(request, web, "_board.html", board=data)}
+                        yield {"event": "inbox", "data": str(board_view.inbox_count(db))}
                     await asyncio.sleep(POLL_S)
         finally:
             db.close()
@@ -66,33 +65,30 @@ def _live(request: Request, web: WebContext, session: Session, name: str,
     return EventSourceResponse(stream(), ping=15)
 
 
-@router.get("/board")
-async def board(request: Request, project: str | None = None, web: WebContext = Depends(web_context),
-                session: Session = Depends(current_session)) -> EventSourceResponse:
-    def changed(db: Store) -> Iterator[dict[str, str]]:
-        data = board_view.board(db, project)
-        yield {"event": "board", "data": _html(request, web, "_board.html", board=data)}
-        yield {"event": "inbox", "data": str(board_view.inbox_count(db))}
-
-    return _live(request, web, session, "board", changed)
-
-
 @router.get("/inbox")
 async def inbox(request: Request, web: WebContext = Depends(web_context),
                 session: Session = Depends(current_session)) -> EventSourceResponse:
-    shown: list[tuple[str, int]] | None = None
+    async def stream() -> AsyncIterator[dict[str, str]]:
+        db = Store(web.store_path, readonly=True)
+        seen, shown, polls = -1, None, 0
+        try:
+            with metrics.sse_client("inbox"):
+                while not await request.is_disconnected() and _still_open(web, session, polls := polls + 1):
+                    version = db.data_version()
+                    if version != seen:
+                        seen = version
+                        waiting = board_view.inbox(db)
+                        now_shown = [(w.task_id, w.seq) for w in waiting]
+                        if shown is not None and now_shown != shown:  # the page already shows the first list
+                            yield {"event": "inbox-list", "data": _html(request, web, "_inbox.html", waiting=waiting,
+                                                                        csrf=session.csrf, session=session)}
+                        shown = now_shown
+                        yield {"event": "inbox", "data": str(len(waiting))}
+                    await asyncio.sleep(POLL_S)
+        finally:
+            db.close()
 
-    def changed(db: Store) -> Iterator[dict[str, str]]:
-        nonlocal shown
-        waiting = board_view.inbox(db)
-        now_shown = [(w.task_id, w.seq) for w in waiting]
-        if shown is not None and now_shown != shown:  # the page already shows the first list
-            yield {"event": "inbox-list", "data": _html(request, web, "_inbox.html", waiting=waiting,
-                                                        csrf=session.csrf, session=session)}
-        shown = now_shown
-        yield {"event": "inbox", "data": str(len(waiting))}
-
-    return _live(request, web, session, "inbox", changed)
+    return EventSourceResponse(stream(), ping=15)
 
 
 @router.get("/tasks/{task_id}")
@@ -105,26 +101,37 @@ async def task(request: Request, task_id: str, after: int = 0, web: WebContext =
             db.task(task_id)
         except UnknownTask:
             raise Refused(f"there is no task {task_id}", status=404) from None
-    shape: tuple[Any, ...] | None = None
 
-    def changed(db: Store) -> Iterator[dict[str, str]]:
-        nonlocal after, shape
-        new = db.events(task_id, after)
-        if new:
-            after = new[-1].seq or after
-            rows = _html(request, web, "_events.html", events=[task_view.event_view(e) for e in new])
-            yield {"event": "events", "data": rows, "id": str(after)}
-        row = db.task(task_id)
-        now_shape = (row.state, row.updated_at, row.priority, after)
-        if now_shape != shape:
-            if shape is not None:
-                page = task_view.task_page(db, row)
-                note = approver_note_for(session, row)
-                yield {"event": "status", "data": _html(
-                    request, web, "_task_status.html", page=page, csrf=session.csrf,
-                    session=session, approver_note=note)}
-                yield {"event": "work", "data": _html(request, web, "_task_work.html", page=page)}
-                yield {"event": "inbox", "data": str(board_view.inbox_count(db))}
-            shape = now_shape
+    async def stream() -> AsyncIterator[dict[str, str]]:
+        nonlocal after
+        db = Store(web.store_path, readonly=True)
+        seen, shape, polls = -1, None, 0
+        try:
+            with metrics.sse_client("task"):
+                while not await request.is_disconnected() and _still_open(web, session, polls := polls + 1):
+                    version = db.data_version()
+                    if version != seen:
+                        seen = version
+                        new = db.events(task_id, after)
+                        if new:
+                            after = new[-1].seq or after
+                            rows = _html(request, web, "_events.html",
+                                         events=[task_view.event_view(e) for e in new])
+                            yield {"event": "events", "data": rows, "id": str(after)}
+                        row = db.task(task_id)
+                        now_shape = (row.state, row.updated_at, row.priority, after)
+                        if now_shape != shape:
+                            if shape is not None:
+                                page = task_view.task_page(db, row)
+                                note = approver_note_for(session, row)
+                                yield {"event": "status", "data": _html(
+                                    request, web, "_task_status.html", page=page, csrf=session.csrf,
+                                    session=session, approver_note=note)}
+                                yield {"event": "work", "data": _html(request, web, "_task_work.html", page=page)}
+                                yield {"event": "inbox", "data": str(board_view.inbox_count(db))}
+                            shape = now_shape
+                    await asyncio.sleep(POLL_S)
+        finally:
+            db.close()
 
-    return _live(request, web, session, "task", changed)
+    return EventSourceResponse(stream(), ping=15)
