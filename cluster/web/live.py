@@ -45,7 +45,7 @@ def _live(request: Request, web: WebContext, session: Session, kind: str, frames
     feed: EventFeed = request.app.state.feed
 
     async def stream() -> AsyncIterator[dict[str, str]]:
-        checked = time.monotonic()
+        checked, shown = time.monotonic(), None
         with metrics.sse_client(kind):
             while not await request.is_disconnected():
                 if time.monotonic() - checked >= RECHECK_S:
@@ -53,8 +53,10 @@ def _live(request: Request, web: WebContext, session: Session, kind: str, frames
                         return
                     checked = time.monotonic()
                 seen = feed.commits  # before reading: a commit during the read wakes the next wait
-                for frame in frames(feed.view()):
-                    yield frame
+                if seen != shown:  # else the wait below only timed out: nothing to re-render
+                    for frame in frames(feed.view()):
+                        yield frame
+                    shown = seen
                 await feed.wait_commit(seen, RECHECK_S)
 
     return EventSourceResponse(stream(), ping=15)
