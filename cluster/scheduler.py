@@ -81,7 +81,7 @@ class Scheduler(AttemptCodeCalls):
 
     def start_once(self) -> None:
         if self._loop_task is None:
-            self.attempts.reattach()
+            self.attempts.start()
             self._loop_task = asyncio.get_running_loop().create_task(self._cycle_forever())
 
     async def start(self) -> str:
@@ -96,7 +96,7 @@ class Scheduler(AttemptCodeCalls):
                 self.attempts.reattach()
                 self.attempts.reap()
                 await self.replies.expire_approvals(self.cancel)
-                self._place()
+                self.attempts.hosts.trim(*self._place())
             except Exception:
                 log.exception("scheduling cycle failed")
             self.wake.clear()
@@ -132,11 +132,12 @@ class Scheduler(AttemptCodeCalls):
         return feasible(probe, snapshot)
 
     # placement ----------------------------------------------------------------------------------
-    def _place(self) -> None:
-        """One policy cycle: gather a snapshot, ``decide``, apply placements and pre-emptions."""
+    def _place(self) -> tuple[int, set[str]]:
+        """One policy cycle: gather a snapshot, ``decide``, apply placements and pre-emptions.
+        Returns how many tasks are still queued, and the nodes tasks may go to (for the host pool)."""
         queued = self.store.tasks({S.queued})
         if not queued:
-            return
+            return 0, set()
         nodes = self.inventories.alive_nodes()
         active = self.store.tasks(set(ACTIVE))
         now = time.time()
@@ -151,12 +152,14 @@ class Scheduler(AttemptCodeCalls):
             self.inventories.evict(eviction.node, eviction.model)
         for load in decisions.loads:  # the placed task starts the server; count its VRAM meanwhile
             self.inventories.plan_load(load.node, load.model, load.gpu_index, load.vram_mib, now)
+        placed = 0
         for placement in decisions.placements:
             # A yielding victim still holds its slot until its checkpoint: never double-book a node.
             if busy.get(placement.node, 0) >= slots(nodes[placement.node]):
                 continue
             self.attempts.launch(by_id[placement.task_id], placement.node, placement.gpu_index)
             busy[placement.node] = busy.get(placement.node, 0) + 1
+            placed += 1
         for preempt in decisions.preemptions:
             victim = self.store.task(preempt.task_id)
             if victim.state == S.running:
@@ -166,6 +169,7 @@ class Scheduler(AttemptCodeCalls):
         for task_id, waiting in decisions.waiting.items():
             if by_id[task_id].message != waiting.message:
                 self.store.update_task(task_id, message=waiting.message)
+        return len(queued) - placed, set(nodes)
 
     # reports from attempts ----------------------------------------------------------------------
     async def report(self, attempt_id: str, event: Event | dict[str, Any]) -> bool:
