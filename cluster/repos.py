@@ -27,6 +27,7 @@ import re
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from agent.transport import TransferError
@@ -88,6 +89,8 @@ class HeadRepos:
         self.root = root
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._fetched: dict[tuple[str, str], tuple[float, str]] = {}
+        """(project, source) → (when its last fetch began, the HEAD it found)."""
 
     def _lock(self, project: str) -> threading.Lock:
         with self._guard:
@@ -115,14 +118,25 @@ class HeadRepos:
 
     # from the project's source ------------------------------------------------------------------
     def refresh(self, project: str, source: str) -> str:
-        """Fetch the source's branches and HEAD into the mirror; returns the source's HEAD commit."""
+        """Fetch the source's branches and HEAD into the mirror; returns the source's HEAD commit.
+
+        Calls that wait for the same fetch share it: a fetch that began after this call began saw the
+        source as it was then or later, so its HEAD is as good as a fetch of this call's own (a
+        thousand submissions at once make a few fetches, not a thousand)."""
+        asked = time.monotonic()
         with self._lock(project):
+            began, head = self._fetched.get((project, source), (-1.0, ""))
+            if began >= asked:
+                return head
+            began = time.monotonic()
             self._ensure_mirror(project)
             result = self._git(project, "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", source,
                                "+HEAD:refs/source/HEAD", "+refs/heads/*:refs/source/heads/*")
             if result.returncode != 0:
                 raise ProjectSourceError(f"project {project}: cannot fetch from {source}: {_err(result)}")
-            return self.resolve(project, "refs/source/HEAD")
+            head = self.resolve(project, "refs/source/HEAD")
+            self._fetched[(project, source)] = (began, head)
+            return head
 
     @staticmethod
     def fetch_source_head(source: str, into: Path) -> str:

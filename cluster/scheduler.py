@@ -49,7 +49,7 @@ from cluster.nodes import NodeView
 from cluster.project_code import ProjectCode
 from cluster.replies import Replies
 from cluster.scheduling.policy import PolicyConfig, decide, feasible
-from cluster.scheduling.snapshot import build_snapshot, model_spec, project_policy, slots, step_progress
+from cluster.scheduling.snapshot import RayNode, build_snapshot, model_spec, project_policy, slots, step_progress
 from cluster.scheduling.states import TERMINAL, TaskState
 from cluster.scheduling.types import QueuedTask
 from cluster.store import Store, TaskRow
@@ -111,7 +111,9 @@ class Scheduler(AttemptCodeCalls):
         config, spec, submitted, wanted = await asyncio.to_thread(
             prepare_submission, self.code, project_path, prd_path, prd_text, priority, model)
         await self.inventories.refresh(force=not self.inventories.by_node)
-        missing = self._infeasible(config, spec.model)
+        missing = self._infeasible(config, spec.model, self.inventories.recent_alive_nodes())
+        if missing:  # refused only on a fresh view of the nodes: one may have joined a moment ago
+            missing = self._infeasible(config, spec.model, self.inventories.alive_nodes())
         if missing:
             refused = "".join(f"; {why}, so it gets no tasks" for why in self.inventories.refused_nodes())
             raise SubmitError(f"no node can ever run this task: {missing}{refused}")
@@ -121,9 +123,8 @@ class Scheduler(AttemptCodeCalls):
         self.wake.set()
         return row
 
-    def _infeasible(self, config: ProjectConfig, model: str) -> str | None:
+    def _infeasible(self, config: ProjectConfig, model: str, nodes: dict[str, RayNode]) -> str | None:
         """What is missing when no node could ever serve ``model`` for this project (None: feasible)."""
-        nodes = self.inventories.alive_nodes()
         probe = QueuedTask(id="submit-probe", project=config.name, model=model, queued_since=time.time())
         snapshot = build_snapshot(time.time(), nodes, self.inventories.by_node, [], [], {})
         snapshot = snapshot.model_copy(update={
@@ -138,7 +139,7 @@ class Scheduler(AttemptCodeCalls):
         queued = self.store.tasks({S.queued})
         if not queued:
             return 0, set()
-        nodes = self.inventories.alive_nodes()
+        nodes = self.inventories.recent_alive_nodes()
         active = self.store.tasks(set(ACTIVE))
         now = time.time()
         progress = {t.id: step_progress(t, self.store.last_event(t.id, "step_started", "step_completed"))

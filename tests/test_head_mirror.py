@@ -1,7 +1,9 @@
-"""The head taking a node's checkpoint (cluster/repos.py): what a node names is checked before git sees it."""
+"""The head's mirror of a project (cluster/repos.py): what a node names is checked before git sees it, and
+shared fetches never miss a commit."""
 
 from __future__ import annotations
 
+import concurrent.futures
 from pathlib import Path
 
 import git
@@ -30,3 +32,17 @@ def test_a_checkpoint_named_by_anything_but_a_commit_id_is_refused(greeting_proj
         with pytest.raises(TransferError, match="never arrived"):
             code.take_checkpoint(project, "T-1.1-abc123", missing, b"")
         assert mirror.commit("refs/heads/hearth/T-1").hexsha == head
+
+
+def test_a_commit_made_before_a_refresh_is_always_seen_even_with_refreshes_in_flight(greeting_project: Path) -> None:
+    """Refreshes that wait for one fetch share it; a commit made before a refresh was asked is never missed."""
+    repos = ProjectCode(greeting_project.parent / "head-state").repos
+    source = git.Repo(greeting_project)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for round_no in range(3):
+            (greeting_project / f"round-{round_no}.txt").write_text(str(round_no))
+            source.git.add("-A")
+            source.git.commit("-qm", f"round {round_no}", author="t <t@t>")
+            made = source.head.commit.hexsha
+            heads = set(pool.map(lambda _: repos.refresh("greeting", str(greeting_project)), range(8)))
+            assert heads == {made}
