@@ -10,6 +10,7 @@ a late reply from a dead attempt: ``current()`` says so, and it is dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -48,6 +49,7 @@ class Attempts:
         self.hosts = TaskHosts()
         self.running: dict[str, tuple[str, Host, Any]] = {}
         """attempt id → (task id, its host, ref of the host's result for it)."""
+        self._watchers: set[asyncio.Task[None]] = set()
         self.suspect: dict[str, tuple[str, str, float]] = {}
         """attempt id → (task id, error, since): its actor died while Ray still called its node alive."""
 
@@ -66,7 +68,7 @@ class Attempts:
             if host is None:
                 self.lost(task, "the attempt's task host is gone (found on scheduler restart)")
             else:
-                self.running[task.attempt_id] = (task.id, host, host.handle.result.remote(task.attempt_id))
+                self._track(task.attempt_id, task.id, host, host.handle.result.remote(task.attempt_id))
 
     def start(self) -> None:
         """Start-up: re-attach to the attempts still running, and kill every other task host left
@@ -90,7 +92,21 @@ class Attempts:
                              next_step=start_step)  # the answer stays until the attempt starts its step
         result = host.handle.run.remote(task.spec, attempt_id, attempt_no, start_step,
                                         task.resume_commit if resume else None, answer, gpu_index)
-        self.running[attempt_id] = (task.id, host, result)
+        self._track(attempt_id, task.id, host, result)
+
+    def _track(self, attempt_id: str, task_id: str, host: Host, result: Any) -> None:
+        """Wait for the attempt's result; its arrival wakes the cycle (reaped, and its slot refilled, at
+        once rather than at the next tick: with short tasks the tick was a tenth of each slot's time)."""
+        self.running[attempt_id] = (task_id, host, result)
+        with contextlib.suppress(RuntimeError):  # outside an event loop (not under Ray): the tick reaps
+            watcher = asyncio.get_running_loop().create_task(self._wake_on(result))
+            self._watchers.add(watcher)  # the loop keeps only a weak reference to a task
+            watcher.add_done_callback(self._watchers.discard)
+
+    async def _wake_on(self, result: Any) -> None:
+        with contextlib.suppress(Exception):  # a dead host's error is reaped, not raised here
+            await result
+        self.wake.set()
 
     def reap(self) -> None:
         """End every attempt whose result is in (or whose actor died)."""
