@@ -142,7 +142,7 @@ class HostedAttempt:
         self.result: RunResult | None = None
 
 
-@ray.remote(num_cpus=0, max_concurrency=4)  # type: ignore[call-overload]
+@ray.remote(num_cpus=0, max_concurrency=16)  # type: ignore[call-overload]
 class TaskActor:
     """A warm task host: one long-lived process on one node that runs attempts one after another.
 

@@ -13,6 +13,7 @@ running attempts (``attach``) and kills every other host it finds (``forget_othe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Collection
@@ -60,7 +61,8 @@ class TaskHosts:
     @staticmethod
     def kill(host: Host) -> None:
         """End the host's process (its attempt with it); a dead host is never given back."""
-        ray.kill(host.handle)
+        with contextlib.suppress(Exception):  # already dead, or its node gone: nothing left to end
+            ray.kill(host.handle)
 
     @staticmethod
     def attach(name: str, node: str) -> Host | None:
