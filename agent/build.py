@@ -19,32 +19,12 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.artifacts import ArtifactError, ArtifactRef, ArtifactSink, StagedArtifact, pack
+from agent.image_artifact import ImageConfig, build_image
 from agent.sandbox.base import Sandbox
-
-
-class ImageConfig(BaseModel):
-    """A Docker image built from each checkpoint's tree (``[artifacts.image]``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    dockerfile: str = Field(default="", description="Dockerfile path in the repository; empty: no image.")
-    tag: str = Field(
-        default="{project}:{task}-{step}",
-        description="Image tag template; {project}, {task} and {step} are filled in (lower-cased where "
-        "Docker needs it).",
-    )
-    export: Literal["none", "save", "push"] = Field(
-        default="none",
-        description="none: the image stays in the node's engine; save: `docker save` it into the head's "
-        "artifact store (downloadable, `docker load`-able anywhere); push: push it to `registry`.",
-    )
-    registry: str = Field(default="", description="host:port[/prefix] to push to when export = 'push'.")
-    timeout_s: float = Field(default=900, gt=0, description="Seconds an image build (or save/push) may take.")
 
 
 class ArtifactsConfig(BaseModel):
@@ -118,8 +98,6 @@ class StepBuilder:
             for relpath in cfg.paths:
                 staged.append(pack(self.workspace, relpath, out_dir, max_bytes=cfg.max_bytes))
             if cfg.image.dockerfile:
-                from agent.image_artifact import build_image
-
                 image, log = build_image(self.workspace, cfg.image, tag=self.image_tag(step_id), out_dir=out_dir,
                                          max_bytes=cfg.max_bytes)
                 staged.append(image)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -149,15 +149,24 @@ def _describe(error: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(problems)
 
 
-def parse_config(text: str, source: str = "hearth.toml") -> ProjectConfig:
+ConfigModel = TypeVar("ConfigModel", bound=BaseModel)
+
+
+def parse_toml_config(text: str, model: type[ConfigModel], source: str) -> ConfigModel:
+    """``text`` as TOML validated into ``model``; any problem is a ``ConfigError`` naming ``source`` and
+    the keys (hearth.toml here, head.toml in cluster/head_config.py)."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     try:
-        return ProjectConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
+
+
+def parse_config(text: str, source: str = "hearth.toml") -> ProjectConfig:
+    return parse_toml_config(text, ProjectConfig, source)
 
 
 def load_config(project_dir: Path) -> ProjectConfig:

@@ -13,18 +13,38 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.artifacts import ArtifactError, ArtifactRef, StagedArtifact, sha256_file
-from agent.host_git import hardened_git_env, task_git_dir
 
-if TYPE_CHECKING:
-    from agent.build import ImageConfig
+
+class ImageConfig(BaseModel):
+    """A Docker image built from each checkpoint's tree (``[artifacts.image]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dockerfile: str = Field(default="", description="Dockerfile path in the repository; empty: no image.")
+    tag: str = Field(
+        default="{project}:{task}-{step}",
+        description="Image tag template; {project}, {task} and {step} are filled in (lower-cased where "
+        "Docker needs it).",
+    )
+    export: Literal["none", "save", "push"] = Field(
+        default="none",
+        description="none: the image stays in the node's engine; save: `docker save` it into the head's "
+        "artifact store (downloadable, `docker load`-able anywhere); push: push it to `registry`.",
+    )
+    registry: str = Field(default="", description="host:port[/prefix] to push to when export = 'push'.")
+    timeout_s: float = Field(default=900, gt=0, description="Seconds an image build (or save/push) may take.")
 
 
 def _task_git_env(workspace: Path, index: Path | None = None) -> dict[str, str]:
     """Hardened git on the task clone's host-private git dir (agent/host_git.py); never a ``.git``
     the sandbox may have planted in the work tree."""
+    from agent.host_git import hardened_git_env, task_git_dir  # GitPython: hearth.toml's readers need not load it
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     env.update(hardened_git_env(task_git_dir(workspace), workspace))
     if index is not None:

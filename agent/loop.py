@@ -33,6 +33,7 @@ from typing import Any, Literal
 from agent.acceptance import MODEL_WORD, step_checks
 from agent.config import BudgetConfig
 from agent.context import ContextWindow
+from agent.messages import assistant_message, cut_reply_messages, save_transcript, tool_message
 from agent.models.base import ChatModel, ChatReply, ModelError, ModelReplyError, ModelUnavailable, ToolCall
 from agent.prd import Step
 from agent.prompts import StepMemory, capable_story_prompt, system_prompt, tiny_story_prompt
@@ -288,12 +289,12 @@ def run_step(ctx: StepContext, model: ChatModel) -> StepResult:
                                   fitted.max_tokens, fitted.elided))
             if reply.finish_reason == "length":
                 format_errors += 1
-                messages += _cut_reply(reply, fitted.max_tokens)
+                messages += cut_reply_messages(reply, fitted.max_tokens)
             else:
                 format_errors = _run_calls(state, turns, reply, messages, format_errors)
             if format_errors >= ctx.budget.max_format_errors:
                 raise BudgetExceeded(f"{format_errors} malformed or cut-off replies in a row")
-            _save(ctx.transcript_path, messages)
+            save_transcript(ctx.transcript_path, messages)
     except StepDone as done:
         result = StepResult("done", turns, messages, summary=done.summary, check_output=done.check_output,
                             learnings=done.learnings, checked=done.checked)
@@ -306,7 +307,7 @@ def run_step(ctx: StepContext, model: ChatModel) -> StepResult:
     except ModelLost as lost:
         result = StepResult("model_lost", turns, messages, summary=str(lost))
     result.prompt_tokens, result.completion_tokens = prompt_tokens, completion_tokens
-    _save(ctx.transcript_path, messages)
+    save_transcript(ctx.transcript_path, messages)
     return result
 
 
@@ -318,7 +319,7 @@ def _run_calls(state: _Step, turn: int, reply: ChatReply, messages: list[dict[st
     """
     calls = [ToolCall(id=c.id or f"call_{turn}_{i}", name=c.name, arguments=c.arguments)
              for i, c in enumerate(reply.tool_calls)]
-    messages.append(_assistant_message(reply.content, calls))
+    messages.append(assistant_message(reply.content, calls))
     if not calls:
         nudge = "Reply with exactly one tool call." if state.profile == "tiny" else \
             "Reply with tool calls: plain text does nothing here. Call step_done when the story is finished."
@@ -331,30 +332,18 @@ def _run_calls(state: _Step, turn: int, reply: ChatReply, messages: list[dict[st
         except StepStop as stop:
             kept = stop.output + "\n" if stop.output else ""
             if isinstance(stop, StepDone):
-                messages.append(_tool_message(call.id, kept + ("check passed; story accepted" if stop.checked
+                messages.append(tool_message(call.id, kept + ("check passed; story accepted" if stop.checked
                                               else f"story accepted ({MODEL_WORD}: no check is configured)")))
             elif not isinstance(stop, NeedsInput):
-                messages.append(_tool_message(call.id, f"{kept}[step ended: {stop}]"))
+                messages.append(tool_message(call.id, f"{kept}[step ended: {stop}]"))
             why = "the question above is waiting for an answer" if isinstance(stop, NeedsInput) else "the step ended"
-            messages += [_tool_message(c.id, f"not run: {why}") for c in calls[index + 1:]]
+            messages += [tool_message(c.id, f"not run: {why}") for c in calls[index + 1:]]
             raise
         if output.startswith("error: ") and ("arguments of" in output or "unknown tool" in output
                                              or "is required" in output or "tool's name" in output):
             errors += 1
-        messages.append(_tool_message(call.id, output))
+        messages.append(tool_message(call.id, output))
     return format_errors + 1 if errors == len(calls) else 0
-
-
-def _cut_reply(reply: ChatReply, max_tokens: int) -> list[dict[str, Any]]:
-    """The transcript entries for a reply cut at ``max_tokens``: none of its calls ran."""
-    said = reply.content or " ".join(f"{c.name}({clip(c.arguments, 200)})" for c in reply.tool_calls)
-    return [
-        {"role": "assistant", "content": clip(said, 400)},
-        {"role": "user", "content": (
-            f"Your last reply was cut off at the {max_tokens}-token limit, so none of its tool calls ran. "
-            "Write smaller pieces: change files with edit_file, write a big file in parts (write_file, then "
-            "write_file with append=true), and keep each reply short.")},
-    ]
 
 
 def _too_long(exc: ModelReplyError) -> bool:
@@ -389,29 +378,3 @@ def _summarise(call: ToolCall) -> str:
            "search": "pattern"}.get(call.name, "")
     value = args.get(key) if key else next(iter(args.values()), "")
     return clip(str(value if value is not None else args.get("glob", "")), 120)
-
-
-def answer_message(call_id: str, answer: str, who: str) -> dict[str, Any]:
-    """The tool result that carries a person's answer to ``ask_user`` back to the model, verbatim."""
-    return _tool_message(call_id, f"Answer from {who}: {answer}")
-
-
-def _assistant_message(content: str, calls: list[ToolCall]) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": content or ""}
-    if calls:
-        message["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in calls
-        ]
-    return message
-
-
-def _tool_message(call_id: str, content: str) -> dict[str, Any]:
-    return {"role": "tool", "tool_call_id": call_id, "content": content}
-
-
-def _save(path: Path, messages: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(messages, indent=1), encoding="utf-8")
-    tmp.replace(path)

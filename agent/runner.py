@@ -1,7 +1,7 @@
 """``TaskRunner``: drives one attempt of one task through its steps on this node.
 
 For each step: run the agent loop in the sandbox, then checkpoint (commit with trailers, send the
-commit to the head, sandbox snapshot, ``CheckpointReady``). Code comes from and goes to the head
+commit to the head, sandbox snapshot, ``CheckpointReady``: agent/checkpoints.py). Code comes from and goes to the head
 only (``agent.transport``); transcripts, check output and a parked conversation are kept there too,
 so another node can resume the task and a dead node loses only its in-flight attempt.
 Where the project wants approval, wait for a decision: Approve continues, Reject rolls the sandbox
@@ -16,7 +16,6 @@ scheduler; tests implement it in-process.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 import traceback
 from collections.abc import Callable
@@ -28,13 +27,10 @@ from pydantic import BaseModel
 
 from agent.artifacts import ArtifactSink, LocalArtifactSink
 from agent.build import StepBuilder
-from agent.card import diff_excerpt
-from agent.config import ProjectConfig
+from agent.checkpoints import Checkpoints
 from agent.events import (
     AgentAction,
     BuildRan,
-    CheckpointReady,
-    CheckRan,
     ClarificationRequested,
     Event,
     ModelOutage,
@@ -45,47 +41,16 @@ from agent.events import (
     TerminationReason,
 )
 from agent.host_git import open_task_repo, task_git_dir
-from agent.loop import StepContext, StepResult, TurnUsage, answer_message, run_step
+from agent.loop import StepContext, StepResult, TurnUsage, run_step
+from agent.messages import answer_message
 from agent.models.base import ChatModel, ModelError
-from agent.prd import PrdError, TaskPlan, with_story_passed
-from agent.progress import ProgressEntry, append_progress, read_progress
-from agent.project import checkpoint_commit, diff_summary, reset_workspace, task_branch
+from agent.progress import read_progress
+from agent.project import reset_workspace, task_branch
 from agent.prompts import StepMemory, read_instructions
 from agent.sandbox import Sandbox, SandboxConfig, open_sandbox
-from agent.sandbox.files import check_disk_limit, read_workspace_file, write_workspace_file
+from agent.task_spec import Answer, Decision, TaskSpec
 from agent.transport import NodeCode
-from agent.writeback import record_step_done, seed_prd
-
-
-class TaskSpec(BaseModel):
-    """Everything a node needs to run a task (sent to the task actor)."""
-
-    task_id: str
-    project_path: str
-    """The project's source as the head knows it (a path on the head or a git URL). Nodes never read
-    it: their code comes from the head (``agent.transport``)."""
-    plan: TaskPlan
-    prd_relpath: str | None = None
-    """Where the PRD file lives inside the project, for writing finished steps back; None otherwise."""
-    prd_seed: str | None = None
-    """The PRD's text when it was not committed at submit: the task branch gets it first."""
-    base_branch: str = ""
-    """The branch checked out at submit: where ``[finish] action = "merge"`` merges to by default."""
-    model: str
-    base_commit: str
-    config: ProjectConfig
-
-
-class Decision(BaseModel):
-    approve: bool
-    reason: str = ""
-    who: str = "user"
-
-
-class Answer(BaseModel):
-    text: str
-    who: str
-
+from agent.writeback import seed_prd
 
 Verdict = Literal["continue", "yield", "cancel"]
 
@@ -132,9 +97,6 @@ class Parked(Exception):
         self.commit = commit
 
 
-PENDING_QUESTION = "question.json"
-"""Blob (kind ``pending``) holding the conversation of a step parked on a question."""
-
 SandboxFactory = Callable[[str, Path, SandboxConfig, str], Sandbox]
 
 
@@ -177,11 +139,13 @@ class TaskRunner:
         self.sandbox_factory = sandbox_factory
         self.model_factory = model_factory
         self.transcripts = workdir.parent.parent / "tasks" / spec.task_id / "transcripts"
-        self._checks = 0
-        self.artifact_sink = artifact_sink or LocalArtifactSink(workdir.parent.parent / "artifacts")
-        """Where artifacts go: the head's store through Ray, or (in-process) a local one."""
         self.builder = StepBuilder(spec.config.artifacts, project=spec.config.name, task_id=spec.task_id,
                                    workspace=workdir, staging=self.transcripts.parent / "artifacts-staging")
+        self.kept = Checkpoints(
+            spec, attempt_id=attempt_id, attempt_no=attempt_no, workdir=workdir, code=code, builder=self.builder,
+            # artifacts go to the head's store through Ray, or (in-process) to a local one
+            artifact_sink=artifact_sink or LocalArtifactSink(workdir.parent.parent / "artifacts"),
+            transcripts=self.transcripts, emit=self._emit)
 
     def _emit(self, event_type: Any, **fields: Any) -> None:
         self.controller.emit(event_type(task_id=self.spec.task_id, attempt_id=self.attempt_id, **fields))
@@ -246,7 +210,7 @@ class TaskRunner:
             if sandbox is not None:
                 sandbox.destroy()
             with contextlib.suppress(Exception):  # best effort: the result matters more than a copy
-                self._send_transcripts()
+                self.kept.send_transcripts()
 
     def _run_step(
         self, index: int, repo: git.Repo, sandbox: Sandbox, previous: tuple[str, str]
@@ -271,14 +235,14 @@ class TaskRunner:
                 on_action=lambda turn, tool, summary: self._emit(
                     AgentAction, step_id=step.id, turn=turn, tool=tool, summary=summary
                 ),
-                on_check=lambda passed, output: self._check_ran(step.id, passed, output),
+                on_check=lambda passed, output: self.kept.check_ran(step.id, passed, output),
                 on_accept=lambda: self._build(step.id, sandbox),
-                on_checkpoint=lambda summary: self._work_in_progress(repo, step.id, summary),
+                on_checkpoint=lambda summary: self.kept.work_in_progress(repo, step.id, summary),
                 on_turn=lambda usage: self._emit_turn(step.id, usage),
                 feedback=feedback,
                 memory=self._memory(index),
             )
-            pending = self._take_pending(step.id)
+            pending = self.kept.take_pending(step.id, self.answer)
             if pending:
                 ctx.messages = pending
             result = self._converse(ctx)
@@ -288,10 +252,10 @@ class TaskRunner:
                 self._emit(ClarificationRequested, step_id=step.id, question=result.question)
                 answer = self.controller.await_answer(step.id, result.question)
                 if answer is None:
-                    self._park(step.id, result.messages, result.call_id)
+                    self.kept.park(step.id, result.messages, result.call_id)
                     commit = repo.head.commit.hexsha
                     if repo.is_dirty(untracked_files=True):  # the step's work so far goes with it
-                        commit = self._work_in_progress(repo, step.id, "waiting for an answer")
+                        commit = self.kept.work_in_progress(repo, step.id, "waiting for an answer")
                     raise Parked(index, commit)
                 ctx.messages = [*result.messages, answer_message(result.call_id, answer.text, answer.who)]
                 result = self._converse(ctx)
@@ -302,9 +266,10 @@ class TaskRunner:
                 build = self.builder.last.get(step.id)
                 problem = f"; the last build failed: {build.output.splitlines()[0]}" if build and not build.ok else ""
                 raise StepEnded(reason, f"step {step.id}: {result.summary}{problem}")
-            self._append_progress(repo, index, result, previous[0], time.monotonic() - started)
-            commit, snapshot = self._checkpoint(index, repo, sandbox, result.summary, result.check_output,
-                                                previous[0], checked=result.checked)
+            self.kept.append_progress(repo, index, result, previous[0], time.monotonic() - started)
+            commit, snapshot = self.kept.checkpoint(index, repo, sandbox, result.summary, result.check_output,
+                                                    previous[0], checked=result.checked,
+                                                    needs_approval=self._needs_approval(index, total))
             if self._needs_approval(index, total):
                 decision = self.controller.await_decision(step.id)
                 if not decision.approve:
@@ -344,15 +309,6 @@ class TaskRunner:
             progress=read_progress(self.workdir), instructions=instructions, instructions_file=instructions_file,
         )
 
-    def _append_progress(self, repo: git.Repo, index: int, result: StepResult, parent: str, took: float) -> None:
-        """The step's entry in .ralph-tui/progress.md, written before its checkpoint commit so it is part of it."""
-        step = self.spec.plan.steps[index]
-        repo.git.add("-A")
-        files = [f for f in repo.git.diff("--cached", "--name-only", parent).splitlines() if f]
-        entry = ProgressEntry(step_id=step.id, title=step.title, duration_s=took, files_changed=files,
-                              notes=result.summary, learnings=result.learnings)
-        append_progress(self.workdir, entry)
-
     def _converse(self, ctx: StepContext) -> StepResult:
         """``run_step``, riding out model outages: when the model stops answering (its container
         crashed or was evicted), get it back and go on with the same conversation in the same
@@ -389,94 +345,6 @@ class TaskRunner:
         wait = self.spec.config.budget.model_wait_s
         raise ModelGone(f"step {step_id}: model {self.spec.model} did not come back within {wait:g} s: {problem}")
 
-    def _park(self, step_id: str, messages: list[dict[str, Any]], call_id: str) -> None:
-        """Keep the parked conversation on the head: the answer may resume it on another node."""
-        body = {"step_id": step_id, "call_id": call_id, "messages": messages}
-        self.code.host.put_blob("pending", PENDING_QUESTION, json.dumps(body).encode())
-        self._send_transcripts()
-
-    def _take_pending(self, step_id: str) -> list[dict[str, Any]]:
-        """The parked conversation of ``step_id`` with the answer appended, once; else []."""
-        if self.answer is None:
-            return []
-        raw = self.code.host.get_blob("pending", PENDING_QUESTION)
-        if raw is None:
-            return []
-        body = json.loads(raw)
-        if body["step_id"] != step_id:
-            return []
-        messages: list[dict[str, Any]] = body["messages"]
-        return [*messages, answer_message(body["call_id"], self.answer.text, self.answer.who)]
-
-    def _work_in_progress(self, repo: git.Repo, step_id: str, summary: str) -> str:
-        """A checkpoint inside a step (the ``checkpoint`` tool, or parking on a question), sent to the head.
-        Over the disk limit it is refused and the model is told."""
-        check_disk_limit(self.workdir, self.spec.config.limits)
-        checkpoint_commit(repo, task_id=self.spec.task_id, step_id=step_id, attempt_id=self.attempt_id,
-                          message=f"{step_id} (work in progress): {summary}"[:200])
-        return self.code.send_checkpoint(repo)
-
-    def _check_ran(self, step_id: str, passed: bool, output: str) -> None:
-        """The event carries the tail; the whole output is kept on the head (``hearth transcript``)."""
-        self._checks += 1
-        self.code.host.put_blob("checks", f"{step_id}.attempt-{self.attempt_no}.{self._checks}.txt",
-                                output.encode())
-        self._emit(CheckRan, step_id=step_id, passed=passed, output_tail=output[-1500:])
-
-    def _send_transcripts(self) -> None:
-        """This attempt's step transcripts to the head (at each checkpoint, on parking, at the end)."""
-        for path in sorted(self.transcripts.glob(f"*.attempt-{self.attempt_no}.json")):
-            self.code.host.put_blob("transcripts", path.name, path.read_bytes())
-
-    def _mark_passed(self, relpath: str, step_id: str, notes: str) -> None:
-        """Write ``passes`` into the workspace's prd.json. The file is sandbox output: a link there
-        (into the user's checkout, say) is refused, never followed (``agent.sandbox.files``)."""
-        data = read_workspace_file(self.workdir, relpath)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise PrdError(relpath, "not UTF-8 any more (a step rewrote it)") from None
-        updated = with_story_passed(text, relpath, step_id, notes)
-        if updated != text:
-            write_workspace_file(self.workdir, relpath, updated.encode("utf-8"))
-
     def _needs_approval(self, index: int, total: int) -> bool:
         mode = self.spec.config.approval
         return mode == "each-step" or (mode == "final" and index == total - 1)
-
-    def _checkpoint(
-        self, index: int, repo: git.Repo, sandbox: Sandbox, summary: str, check_output: str, parent: str,
-        *, checked: bool = True,
-    ) -> tuple[str, str]:
-        spec, step = self.spec, self.spec.plan.steps[index]
-        check_disk_limit(self.workdir, spec.config.limits)  # before git and the snapshot copy it all
-        if spec.prd_relpath and spec.plan.format == "prd-json":
-            self._mark_passed(spec.prd_relpath, step.id, f"Completed by Hearth: {summary}"[:500])
-        else:  # beads closed, markdown converted then marked (agent/writeback.py)
-            record_step_done(self.workdir, spec.prd_relpath, spec.plan.format, step.id, summary)
-        commit = checkpoint_commit(repo, task_id=spec.task_id, step_id=step.id, attempt_id=self.attempt_id,
-                                   message=f"{step.id}: {step.title}")
-        self.code.send_checkpoint(repo)
-        self._send_transcripts()
-        build = self.builder.last.get(step.id)
-        artifacts = self.builder.publish(step.id, self.artifact_sink)
-        snapshot = sandbox.snapshot()
-        stat, files = diff_summary(repo, parent, commit)
-        diff, truncated = diff_excerpt(repo, parent, commit)
-        self._emit(
-            CheckpointReady,
-            step_id=step.id,
-            commit=commit,
-            snapshot_id=snapshot,
-            diff_stat=stat,
-            files_changed=files,
-            check_summary=check_output[-500:],
-            needs_approval=self._needs_approval(index, len(spec.plan.steps)),
-            checked=checked,
-            diff=diff,
-            diff_truncated=truncated,
-            build_summary=build.output[-500:] if build else "",
-            artifacts=artifacts,
-            final=index == len(spec.plan.steps) - 1,
-        )
-        return commit, snapshot

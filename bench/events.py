@@ -52,7 +52,8 @@ from tests_support import stored_spec  # noqa: E402
 
 from agent.events import ClarificationRequested, TaskCompleted, TaskSubmitted  # noqa: E402
 from cluster.openclaw import GatewayClient, GatewaySettings, Notifier  # noqa: E402
-from cluster.store import OutboxEntry, Store  # noqa: E402
+from cluster.outbox import OutboxEntry  # noqa: E402
+from cluster.store import Store  # noqa: E402
 
 TOKEN = "bench-gateway-token"
 

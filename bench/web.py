@@ -16,6 +16,9 @@ Figures (progress on stderr; the last line on stdout is one JSON object):
 * ``baseline_health_ms_p50``: ``GET /v1/health`` in the same run.
 * ``board_browser_load_ms``: with chromium installed, the board's full load in the browser
   (navigation start to the load event: HTML, CSS, htmx, the live stream opened), median of 5.
+* ``live_cpu_s_per_20s``: the process's CPU seconds over 20 s with ``--streams`` idle live board
+  streams open (``/ui/live/board``, what every open board tab holds); ``idle_cpu_s_per_20s``, the
+  same 20 s with none open, is its baseline.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -128,6 +132,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=40)
     parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--streams", type=int, default=100)
     args = parser.parse_args()
 
     import ray
@@ -180,11 +185,57 @@ def measure(url: str, diff_task: str, args: Any) -> dict[str, Any]:
             assert client.get("/v1/health", headers=bearer).status_code == 200
             health.append((time.perf_counter() - start) * 1000)
         assert "handler_39" in client.get(f"/ui/tasks/{diff_task}").text
+        cookies = dict(client.cookies)
     load = None if args.no_browser else browser_load_ms(url)
-    return {"tasks": args.tasks + 1, "board_first_ms": round(board_first, 2), "board_ms_p50": p(board, 0.5),
+    say(f"CPU over 20 s: no live stream, then {args.streams} idle live board streams")
+    idle_cpu, live_cpu = live_streams_cpu(url, cookies, args.streams)
+    return {"idle_cpu_s_per_20s": idle_cpu, "live_cpu_s_per_20s": live_cpu, "streams": args.streams,
+            "tasks": args.tasks + 1, "board_first_ms": round(board_first, 2), "board_ms_p50": p(board, 0.5),
             "board_ms_p90": p(board, 0.9), "task_page_ms_p50": p(task, 0.5), "inbox_ms_p50": p(inbox, 0.5),
             "metrics_ms_p50": p(metrics, 0.5), "baseline_health_ms_p50": p(health, 0.5),
             "board_browser_load_ms": load, "target_ms": 300, "board_first_under_target": board_first < 300}
+
+
+def cpu_over(seconds: float) -> float:
+    start = time.process_time()
+    time.sleep(seconds)
+    return round(time.process_time() - start, 3)
+
+
+def live_streams_cpu(url: str, cookies: dict[str, str], streams: int, seconds: float = 20.0) -> tuple[float, float]:
+    """(CPU seconds with no stream open, with ``streams`` idle board streams open), ``seconds`` each."""
+    import asyncio
+
+    idle = cpu_over(seconds)
+    opened, stop = threading.Semaphore(0), threading.Event()
+
+    async def one(client: httpx.AsyncClient) -> None:
+        async with client.stream("GET", "/ui/live/board") as reply:
+            assert reply.status_code == 200, reply.status_code
+            opened.release()
+            async for _ in reply.aiter_lines():
+                if stop.is_set():
+                    return
+
+    async def hold() -> None:
+        limits = httpx.Limits(max_connections=streams + 10)
+        async with httpx.AsyncClient(base_url=url, cookies=cookies, timeout=None, limits=limits) as client:
+            jobs = [asyncio.create_task(one(client)) for _ in range(streams)]
+            while not stop.is_set():
+                await asyncio.sleep(0.2)
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+
+    holder = threading.Thread(target=asyncio.run, args=(hold(),), daemon=True)
+    holder.start()
+    for _ in range(streams):
+        assert opened.acquire(timeout=120), "a live stream did not open"
+    time.sleep(2)  # the first frames of every stream are sent; measure the idle state after them
+    live = cpu_over(seconds)
+    stop.set()
+    holder.join(60)
+    return idle, live
 
 
 if __name__ == "__main__":

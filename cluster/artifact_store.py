@@ -11,11 +11,13 @@ the earlier one's list.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.artifacts import ArtifactRef, ContentStore
 from agent.events import CheckpointReady
+from cluster.errors import RequestRefused
 from cluster.store import Store
 
 ARTIFACTS_DIR = "artifacts"
@@ -61,3 +63,38 @@ def find_artifact(db: Store, task_id: str, name: str, step_id: str | None = None
     """The artifact called ``name`` from ``step_id`` (default: the last step that has one)."""
     found = [a for a in task_artifacts(db, task_id) if a["name"] == name and step_id in (None, a["step_id"])]
     return found[-1] if found else None
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    """An artifact's bytes on the head, as a download serves them."""
+
+    path: Path
+    filename: str
+    """What the download is called (an image is a ``docker save`` tar)."""
+    sha256: str
+
+
+class ArtifactUnavailable(RequestRefused):
+    """Why an artifact cannot be downloaded; ``status`` is its HTTP status (404, 409 or 410)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def artifact_file(db: Store, state_dir: Path, task_id: str, name: str, step_id: str | None = None) -> ArtifactFile:
+    """The stored bytes of artifact ``name`` (the API's and the web page's downloads)."""
+    found = find_artifact(db, task_id, name, step_id)
+    if found is None:
+        where = f" from step {step_id}" if step_id else ""
+        raise ArtifactUnavailable(f"{task_id} has no artifact {name!r}{where}", 404)
+    if not found["stored"]:
+        raise ArtifactUnavailable(f"artifact {name} ({found['image_tag']}) lives only in its node's Docker engine; "
+                                  "set [artifacts.image] export = 'save' (or 'push') to get images off the node", 409)
+    path = ContentStore(state_dir / ARTIFACTS_DIR).path_of(found["sha256"])
+    if not path.exists():
+        gone = f"artifact {name}: its blob {found['sha256'][:12]}… is gone from the head's store"
+        raise ArtifactUnavailable(gone, 410)
+    filename = found["name"].replace("/", "_") + (".tar" if found["kind"] != "file" else "")
+    return ArtifactFile(path=path, filename=filename, sha256=found["sha256"])

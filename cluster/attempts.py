@@ -162,8 +162,10 @@ class Attempts:
         elif ending.retry or ending.next_state == S.failed:
             self._fail(task, ended, message)
         elif ending.keeps_work:
-            parked = {"attempt_id": None, "resume_node": task.node_id, "next_step": result.next_step,
-                      "resume_commit": result.resume_commit}
+            # Parked (or re-queued) with its work: it holds no node while it waits, so the box's
+            # slot is free for others; resume_node only says where its sandbox snapshot is.
+            parked = {"attempt_id": None, "node_id": None, "resume_node": task.node_id,
+                      "next_step": result.next_step, "resume_commit": result.resume_commit}
             if ending.next_state == S.waiting_input and task.answer is not None:  # answered meanwhile
                 self.store.set_state(task_id, S.queued, ended, waiting_for=None, **parked)
             else:

@@ -69,7 +69,7 @@ def _clip(text: str, limit: int) -> str:
 
 
 def render(event: Event, task: TaskRow | None = None) -> Card:
-    """The chat message for one notifiable event (see ``store.NOTIFY_KINDS``)."""
+    """The chat message for one notifiable event (see ``outbox.NOTIFY_KINDS``)."""
     head = tag(event)
     where = f" ({task.project}: {task.name})" if task else ""
     if isinstance(event, ClarificationRequested):

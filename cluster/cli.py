@@ -7,62 +7,34 @@ Exit codes: 0 success, 1 a task ended failed/cancelled (``submit --follow``), 2 
 from __future__ import annotations
 
 import json
-import os
-import shlex
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
-import git
-import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from agent.config import ConfigError, parse_priority
-from agent.events import Event
-from agent.prd import PrdError, load_prd
-from agent.project import ProjectError, checkpoint_commits, init_project, task_branch
-from cluster import cli_admin, local
-from cluster.cli_client import SidecarClient, SidecarError
+from cluster import cli_admin, cli_node, cli_openclaw
+from cluster.cli_client import Client, console, fail
 from cluster.cli_deliverables import artifact_line, register, show_deliverables
 from cluster.cli_tokens import token_app
-from cluster.nodes import inventory
-from cluster.repos import is_git_url
-from cluster.store import TaskRow
+
+if TYPE_CHECKING:
+    from cluster.store import TaskRow
+
+# git, the PRD parser, hearth.toml's models and the store are imported by the commands that use them:
+# `hearth tasks` and the other client commands then load only typer, rich, httpx and the client.
 
 app = typer.Typer(help="Hearth: turn PRDs into finished work on your own boxes.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
-console = Console()
-err = Console(stderr=True)
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-class Client(SidecarClient):
-    """The sidecar, reached with the token ``hearth up`` wrote; its errors end the command."""
-
-    def __init__(self) -> None:
-        info = local.read_up()
-        if info is None:
-            fail("Hearth is not running here; start it with `hearth up`", 3)
-        assert info is not None
-        super().__init__(info.api_url, local.ensure_token(local.state_dir()))
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            return super().request(method, path, **kwargs)
-        except SidecarError as exc:
-            fail(str(exc), exc.exit_code)
-
-    def stream_events(self, task_id: str, follow: bool = True) -> Iterator[Event]:
-        try:
-            yield from super().stream_events(task_id, follow)
-        except SidecarError as exc:
-            fail(str(exc), exc.exit_code)
+app.command()(cli_node.up)
+app.command()(cli_node.down)
+app.add_typer(cli_node.node_app, name="node")
+app.add_typer(cli_node.image_app, name="image")
+app.add_typer(cli_admin.model_app, name="model")
+app.add_typer(cli_admin.docker_app, name="docker")
+app.add_typer(cli_openclaw.openclaw_app, name="openclaw")
+app.add_typer(token_app, name="token")
 
 
 @app.command()
@@ -73,6 +45,9 @@ def init(path: Annotated[Path, typer.Argument()] = Path("."),
          model: Annotated[str | None, typer.Option(help="Default model spec")] = None,
          approval: Annotated[str | None, typer.Option(help="each-step | final | none")] = None) -> None:
     """Make or adopt a git repo as a Hearth project (writes hearth.toml, Ralph TUI config, .gitignore)."""
+    from agent.config import ConfigError
+    from agent.project import ProjectError, init_project
+
     overrides: dict[str, object] = {k: v for k, v in
                  {"check": check, "sandbox": sandbox, "model": model, "approval": approval}.items() if v}
     try:
@@ -86,6 +61,8 @@ def init(path: Annotated[Path, typer.Argument()] = Path("."),
 @app.command()
 def plan(prd: Path, as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
     """Print the steps a PRD would run, in order, without running anything."""
+    from agent.prd import PrdError, load_prd
+
     try:
         task_plan = load_prd(prd)
     except PrdError as exc:
@@ -104,68 +81,9 @@ def plan(prd: Path, as_json: Annotated[bool, typer.Option("--json", help="Print 
         console.print(f"already passing (skipped): {', '.join(task_plan.skipped)}")
 
 
-HostOption = Annotated[str | None, typer.Option(
-    help="Address Ray and the sidecar listen on, and boxes dial (default 127.0.0.1: this machine only)")]
-SlotsOption = Annotated[int | None, typer.Option(min=0, help="Tasks this node runs at once (0: none)")]
-ConfigOption = Annotated[Path | None, typer.Option(help="Head configuration (default <state dir>/head.toml)")]
-BlockOption = Annotated[bool, typer.Option("--block", help="Stay in the foreground (systemd)")]
-
-
-def _start_head(*, api_port: int | None, host: str | None, slots: int | None, ray_port: int | None,
-                config: Path | None, block: bool, default_ray_port: int, token_file: Path | None = None) -> None:
-    from cluster.head_config import load_head_config
-    from cluster.node_join import JoinError, box_name, install_token
-    from cluster.node_start import supervise_head
-
-    try:
-        head = load_head_config(config, local.state_dir()).head
-        if token_file is not None:  # a token made beforehand (ray up copies one file to every box)
-            install_token(local.state_dir(), token_file, box_name())
-    except ConfigError as exc:
-        fail(str(exc))
-        return
-    except JoinError as exc:
-        fail(str(exc), exc.exit_code)
-        return
-    options: dict[str, Any] = {
-        "api_port": api_port or head.api_port, "host": host or head.host,
-        "slots": head.slots if slots is None else slots,
-        "ray_port": ray_port or head.ray_port or default_ray_port, "config": config}
-
-    def start() -> local.UpInfo:
-        return local.up(**options, progress=lambda m: console.print(f"· {m}", highlight=False))
-
-    try:
-        info = start()
-    except RuntimeError as exc:
-        fail(str(exc), 3)
-        return
-    console.print(f"Hearth is up: sidecar {info.api_url}, Ray {info.ray_address}", highlight=False)
-    console.print(f"Web page: {info.api_url}/ui/ (log in with the token in {local.token_path()})", soft_wrap=True)
-    console.print(f"Boxes join with: hearth node start --address {info.ray_address} --token-file FILE "
-                  f"(FILE: a copy of {Path(info.state_dir) / 'ray-token'})", highlight=False, soft_wrap=True)
-    if block:
-        raise typer.Exit(supervise_head(info, start, progress=lambda m: console.print(f"· {m}")))
-
-
-@app.command()
-def up(port: Annotated[int | None, typer.Option(help="The sidecar's port (default 8765)")] = None,
-       host: HostOption = None, slots: SlotsOption = None,
-       ray_port: Annotated[int | None, typer.Option(help="Ray's port (default: a free one)")] = None,
-       config: ConfigOption = None, block: BlockOption = False) -> None:
-    """Start the head here: Ray, the scheduler and the sidecar (or find the running one; if only the
-    sidecar died, only the sidecar is started again)."""
-    _start_head(api_port=port, host=host, slots=slots, ray_port=ray_port, config=config, block=block,
-                default_ray_port=0)
-
-
-@app.command()
-def down() -> None:
-    """Stop what `hearth up` started (by PID), and this node's embedded model server."""
-    local.down(progress=lambda m: console.print(f"· {m}"))
-
-
 def _project_for(prd: Path) -> Path:
+    import git
+
     try:
         return Path(git.Repo(prd.resolve().parent, search_parent_directories=True).working_tree_dir or ".")
     except git.InvalidGitRepositoryError:
@@ -182,6 +100,9 @@ def submit(prd: Path,
            model: Annotated[str | None, typer.Option(help="Model spec, e.g. embedded:smollm2-135m")] = None,
            follow: Annotated[bool, typer.Option("--follow/--no-follow", "-f")] = False) -> None:
     """Submit a PRD (Ralph prd.json, Ralph markdown or beads JSONL) as a task."""
+    from agent.config import parse_priority
+    from cluster.repos import is_git_url
+
     if priority is not None:
         try:
             parse_priority(priority)
@@ -238,6 +159,8 @@ def _describe(event: Any) -> str:
 
 
 def _follow(task_id: str) -> int:
+    from cluster.store import TaskRow
+
     client = Client()
     for event in client.stream_events(task_id):
         console.print(_describe(event), highlight=False)
@@ -250,6 +173,11 @@ def _follow(task_id: str) -> int:
 
 
 def _print_result(task: TaskRow) -> None:
+    import git
+
+    from agent.project import checkpoint_commits, task_branch
+    from cluster.repos import is_git_url
+
     spec, branch = task.spec, task_branch(task.id)
     console.print(f"\n[bold]branch[/bold] {branch} in {spec.project_path}")
     if is_git_url(spec.project_path) or not Path(spec.project_path).is_dir():
@@ -262,143 +190,6 @@ def _print_result(task: TaskRow) -> None:
         for story in prd["userStories"]:
             mark = "[green]passes: true[/]" if story.get("passes") else "[red]passes: false[/]"
             console.print(f"  {story['id']} {story['title']}: {mark}")
-
-
-image_app = typer.Typer(help="The guest image of the qemu sandbox.", no_args_is_help=True)
-app.add_typer(image_app, name="image")
-app.add_typer(cli_admin.model_app, name="model")
-app.add_typer(cli_admin.docker_app, name="docker")
-
-
-@image_app.command("build")
-def image_build(force: Annotated[bool, typer.Option(help="Rebuild even if the recipe is unchanged")] = False,
-                ) -> None:
-    """Build the micro-VM guest image from Debian packages (cached; rebuilt when the recipe changes)."""
-    from agent.sandbox.image import build_guest_image
-
-    info = build_guest_image(progress=lambda m: console.print(f"· {m}", highlight=False), force=force)
-    console.print(f"guest image ready: {info.disk} (recipe {info.recipe_hash[:12]})")
-
-
-openclaw_app = typer.Typer(help="Chat through an OpenClaw gateway (docs/openclaw.md).", no_args_is_help=True)
-app.add_typer(openclaw_app, name="openclaw")
-
-
-@openclaw_app.command("connect")
-def openclaw_connect(
-    url: Annotated[str, typer.Option(help="The gateway's address, e.g. http://127.0.0.1:18789")],
-    token_file: Annotated[Path, typer.Option(help="A file holding the gateway's gateway.auth.token")],
-    sidecar: Annotated[str, typer.Option(help="Where the plugin reaches Hearth's sidecar")] = "http://127.0.0.1:8765",
-    slack_channel: Annotated[list[str] | None, typer.Option(
-        help="A Slack channel id (C…) a project's [notify] names; repeat for more. Adds the Slack part.")] = None,
-    slack_bot_token_file: Annotated[Path | None, typer.Option(help="A file with the Slack app's xoxb- token")] = None,
-    slack_signing_secret_file: Annotated[Path | None, typer.Option(
-        help="A file with the Slack app's signing secret")] = None,
-    write: Annotated[Path | None, typer.Option(
-        help="Merge the printed settings into this openclaw.json (kept 0600) instead of only printing them")] = None,
-) -> None:
-    """Tell Hearth where the gateway is (it then sends questions and approval cards there), and print
-    (or, with --write, merge into the gateway's openclaw.json) the settings the gateway needs: the hearth
-    plugin and, with --slack-channel, the Slack channel in HTTP (Events API) mode."""
-    from cluster.api import PLUGIN_TOKEN_FILE
-    from cluster.openclaw import GATEWAY_CONFIG_FILE, GATEWAY_TOKEN_FILE
-    from cluster.private_files import ensure_token_file, write_private
-
-    parsed = httpx.URL(url) if "://" in url else None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-        fail(f"--url {url!r}: give the gateway's http(s) address, e.g. http://127.0.0.1:18789")
-    try:
-        token = token_file.read_text().strip()
-    except OSError as exc:
-        fail(f"--token-file {token_file}: cannot read: {exc.strerror}")
-    if not token:
-        fail(f"--token-file {token_file}: the file is empty; it must hold the gateway's gateway.auth.token")
-    state = local.state_dir()
-    secret = state / GATEWAY_TOKEN_FILE
-    write_private(secret, token + "\n")
-    (state / GATEWAY_CONFIG_FILE).write_text(json.dumps({"url": url.rstrip("/")}) + "\n")
-    plugin_token = state / PLUGIN_TOKEN_FILE
-    ensure_token_file(plugin_token)
-    try:
-        ready = httpx.get(url.rstrip("/") + "/readyz", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        ready = False
-    console.print(f"· gateway {url}: " + ("ready" if ready else "[yellow]not answering /readyz yet[/yellow] "
-                                          "(messages wait in the outbox until it does)"))
-    console.print(f"· wrote {state / GATEWAY_CONFIG_FILE} and {secret} (0600)")
-    plugin = Path(__file__).resolve().parents[1] / "deploy" / "openclaw" / "hearth-plugin"
-    from cluster.slack import gateway_settings, merge_config
-
-    settings = gateway_settings(plugin_dir=plugin, sidecar=sidecar, plugin_token_file=plugin_token,
-                                slack_channels=slack_channel or [], bot_token_file=slack_bot_token_file,
-                                signing_secret_file=slack_signing_secret_file, reveal_secrets=write is not None)
-    if write is not None:
-        current = json.loads(write.read_text()) if write.exists() and write.read_text().strip() else {}
-        write_private(write, json.dumps(merge_config(current, settings), indent=2) + "\n")
-        console.print(f"· merged the hearth plugin{' and Slack' if slack_channel else ''} into {write}; "
-                      "restart the gateway")
-    else:
-        console.print("In the gateway's openclaw.json" + (" (JSON: no comments there)" if slack_channel else "")
-                      + ", load the plugin with:")
-        console.print(json.dumps(settings, indent=2), highlight=False, soft_wrap=True)
-    console.print("Then restart the sidecar so it starts sending: hearth down && hearth up")
-
-
-app.add_typer(token_app, name="token")
-node_app = typer.Typer(help="This machine as a Ray node.", no_args_is_help=True)
-app.add_typer(node_app, name="node")
-
-
-@node_app.command("inventory")
-def node_inventory() -> None:
-    """Print what NVML sees here (GPUs, VRAM) as JSON; a CPU-only node where NVML is absent."""
-    typer.echo(inventory().model_dump_json(indent=2))
-
-
-@node_app.command("start")
-def node_start(
-    head: Annotated[bool, typer.Option("--head", help="Start the head (the same as `hearth up`)")] = False,
-    address: Annotated[str | None, typer.Option(help="HOST:PORT of the head to join")] = None,
-    host: HostOption = None,
-    port: Annotated[int | None, typer.Option(help="The head's Ray port (default 6379)")] = None,
-    api_port: Annotated[int | None, typer.Option(help="The head's sidecar port (default 8765)")] = None,
-    slots: SlotsOption = None, config: ConfigOption = None,
-    token_file: Annotated[Path | None, typer.Option(
-        help="The cluster token: on a box, a copy of the head's <state dir>/ray-token; on the head, a token "
-             "made beforehand (both kept as <state dir>/ray-token)")] = None,
-    timeout: Annotated[float, typer.Option(help="A box: seconds to wait for the head")] = 30.0,
-    block: BlockOption = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the ray start command only")] = False,
-) -> None:
-    """One command per box: `--head` starts Ray, the scheduler and the sidecar; `--address HEAD:PORT`
-    checks the head (reachable, token accepted, same Hearth and Ray) and joins it."""
-    from cluster.node_join import JoinError
-    from cluster.node_start import block_box, head_ray_command, join, ray_temp_dir, worker_ray_command
-
-    if head == bool(address):
-        fail("give exactly one of --head or --address HOST:PORT")
-    if dry_run:
-        temp_dir = ray_temp_dir(local.state_dir())
-        command = (head_ray_command(host=host or "127.0.0.1", port=port or 6379,
-                                    slots=(os.cpu_count() or 1) if slots is None else slots, temp_dir=temp_dir)
-                   if head else worker_ray_command(address=str(address), host=host or "<this box>", slots=slots,
-                                                   temp_dir=temp_dir))
-        typer.echo(" ".join(shlex.quote(part) for part in command))
-        return
-    if head:
-        _start_head(api_port=api_port, host=host, slots=slots, ray_port=port, config=config, block=block,
-                    default_ray_port=6379, token_file=token_file)
-        return
-    try:
-        info, proc = join(str(address), host=host, slots=slots, token_file=token_file, timeout_s=timeout,
-                          progress=lambda m: console.print(f"· {m}", highlight=False))
-    except JoinError as exc:
-        fail(str(exc), exc.exit_code)
-        return
-    console.print(f"joined the head at {info.head_address} as {info.host} (Ray pid {info.ray_pid})",
-                  highlight=False)
-    if block:
-        raise typer.Exit(block_box(proc))
 
 
 @app.command()
@@ -439,6 +230,8 @@ def tasks(state: Annotated[str | None, typer.Option(help="Only tasks in this sta
 @app.command()
 def show(task_id: str) -> None:
     """Show one task: state, steps and, once completed, its branch and checkpoints."""
+    from cluster.store import TaskRow
+
     raw = Client().request("GET", f"/v1/tasks/{task_id}")
     task = TaskRow.model_validate(raw)
     console.print(f"[bold]{task.id}[/bold] {task.name} — {task.state.value} (priority {task.priority})")

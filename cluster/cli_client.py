@@ -1,14 +1,18 @@
 """The CLI's client of the sidecar: JSON requests, and a task's event stream that survives a dropped
-connection (it reconnects with ``Last-Event-ID``, so no event is lost or shown twice)."""
+connection (it reconnects with ``Last-Event-ID``, so no event is lost or shown twice); and how a
+``hearth`` command ends on an error (``fail``, ``Client``), shared by the cli_* modules."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
+import typer
+from rich.console import Console
 
+from cluster import local
 from cluster.errors import HearthError
 
 if TYPE_CHECKING:
@@ -83,3 +87,35 @@ class SidecarClient:
                 if time.monotonic() > give_up:
                     raise SidecarError(f"lost the event stream from {self.base}: {exc}", 3) from None
                 time.sleep(RECONNECT_PAUSE_S)
+
+
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """End the command: the message on stderr, exit ``code`` (2 bad input, 3 the cluster)."""
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+class Client(SidecarClient):
+    """The sidecar, reached with the token ``hearth up`` wrote; its errors end the command."""
+
+    def __init__(self) -> None:
+        info = local.read_up()
+        if info is None:
+            fail("Hearth is not running here; start it with `hearth up`", 3)
+        super().__init__(info.api_url, local.ensure_token(local.state_dir()))
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            return super().request(method, path, **kwargs)
+        except SidecarError as exc:
+            fail(str(exc), exc.exit_code)
+
+    def stream_events(self, task_id: str, follow: bool = True) -> Iterator[Event]:
+        try:
+            yield from super().stream_events(task_id, follow)
+        except SidecarError as exc:
+            fail(str(exc), exc.exit_code)

@@ -10,13 +10,11 @@ or else ``<state dir>/head.toml``; a head without one runs the defaults.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from agent.config import ConfigError
-from agent.config import _describe as describe_validation_error
+from agent.config import ConfigError, parse_toml_config
 from cluster.scheduling.types import PolicyConfig
 
 HEAD_CONFIG_FILE = "head.toml"
@@ -52,14 +50,7 @@ class HeadConfig(BaseModel):
 
 
 def parse_head_config(text: str, source: str = HEAD_CONFIG_FILE) -> HeadConfig:
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    try:
-        return HeadConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, source)) from None
+    return parse_toml_config(text, HeadConfig, source)
 
 
 def load_head_config(path: Path | None, state_dir: Path) -> HeadConfig:

@@ -83,7 +83,7 @@ def up(*, api_port: int = 8765, ray_port: int = 0, slots: int | None = None, hos
     restarting Ray would lose every running attempt to ``node_lost``.
     """
     from agent import processes
-    from cluster.node_start import head_ray_command, ray_temp_dir, ray_token
+    from cluster.ray_start import head_ray_command, ray_temp_dir, ray_token
 
     base = state_dir()
     token = ensure_token(base)

@@ -50,8 +50,9 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from cluster.chat_cards import Card, render
 from cluster.errors import HearthError, UnknownTask
+from cluster.outbox import OutboxEntry
 from cluster.slack import SLACK, slack_presentation
-from cluster.store import OutboxEntry, Store, TaskRow
+from cluster.store import Store, TaskRow
 
 log = logging.getLogger("hearth.openclaw")
 

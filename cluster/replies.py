@@ -16,8 +16,9 @@ from agent.events import AnswerReceived, CheckpointReady, DecisionMade
 from agent.finish import FINISH_ACTIONS
 from agent.runner import Decision
 from cluster.errors import Conflict, Invalid
+from cluster.outbox import SYSTEM_WHO
 from cluster.scheduling.states import TaskState
-from cluster.store import SYSTEM_WHO, Store, TaskRow
+from cluster.store import Store, TaskRow
 
 S = TaskState
 

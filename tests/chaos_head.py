@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -108,20 +107,26 @@ class Head:
             psutil.Process(self.info.ray_pid).wait(30)
 
     def add_node(self, slots: int) -> subprocess.Popen[bytes]:
-        """A second raylet on this machine: a worker node, in its own process group, with the head's
-        cluster token (Ray's token auth is on)."""
+        """A second raylet on this machine: a worker node started with the ``ray start`` command
+        ``hearth node start`` runs (its Hearth and Ray version labels, so the scheduler places tasks
+        there), with the head's cluster token, in its own process group and its own Ray temp dir."""
         from cluster.node_join import ray_env
-        from cluster.node_start import ray_token
+        from cluster.ray_start import ray_temp_dir, worker_ray_command
 
         assert self.info is not None
-        command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block",
-                   f"--address={self.info.ray_address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                   f"--resources={json.dumps({'hearth_slots': slots})}", "--disable-usage-stats"]
+        worker_state = self.state / f"worker-{len(self.workers) + 1}"
+        worker_state.mkdir(mode=0o700)
+        command = worker_ray_command(address=self.info.ray_address, host="127.0.0.1", slots=slots,
+                                     temp_dir=ray_temp_dir(worker_state))
         with (self.state / "logs" / "worker.log").open("ab") as out:
             proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env=ray_env(ray_token(self.state), "127.0.0.1"))
+                                    env=ray_env(self.state / "ray-token", "127.0.0.1"))
         self.workers.append(proc)
         return proc
+
+    def worker_log(self) -> str:
+        log = self.state / "logs" / "worker.log"
+        return log.read_text(errors="replace")[-3000:] if log.exists() else "(no worker log)"
 
     # tasks -----------------------------------------------------------------------------------
     def submit(self, project: Path, model: str, n: int = 1) -> list[str]:

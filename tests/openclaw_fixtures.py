@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -68,16 +69,12 @@ def build_plugin(home: Path, check: bool = False) -> subprocess.CompletedProcess
     return subprocess.run(args + (["--check"] if check else []), capture_output=True, text=True, timeout=60)
 
 
-# fake Telegram Bot API ---------------------------------------------------------------------------
-class FakeTelegram:
-    """Telegram Bot API stand-in: ``calls`` holds every non-getUpdates request, in order."""
+class LoopbackJsonApi:
+    """A chat service's web API stand-in on 127.0.0.1 (``FakeTelegram``; ``FakeSlack`` in
+    slack_fixtures.py): each GET or POST, its query and its JSON or form body merged into ``body``, goes to
+    ``answer(path, body, headers)``; what that returns is the JSON reply."""
 
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self.updates: list[dict[str, Any]] = []
-        self.cond = threading.Condition()
-        self.next_update = 1
-        self.next_message = 100
+    def __init__(self, name: str) -> None:
         self.port = free_port()
         outer = self
 
@@ -92,8 +89,15 @@ class FakeTelegram:
                 length = int(self.headers.get("Content-Length") or 0)
                 self._handle(self.rfile.read(length) if length else b"")
 
-            def _reply(self, obj: Any) -> None:
-                data = json.dumps(obj).encode()
+            def _handle(self, raw: bytes) -> None:
+                url = urllib.parse.urlparse(self.path)
+                body: dict[str, Any] = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
+                ctype = self.headers.get("Content-Type", "")
+                if raw and "json" in ctype:
+                    body.update(json.loads(raw))
+                elif raw and "multipart" not in ctype:
+                    body.update({k: v[0] for k, v in urllib.parse.parse_qs(raw.decode()).items()})
+                data = json.dumps(outer.answer(url.path, body, self.headers)).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -101,21 +105,33 @@ class FakeTelegram:
                 with contextlib.suppress(OSError):
                     self.wfile.write(data)
 
-            def _handle(self, raw: bytes) -> None:
-                url = urllib.parse.urlparse(self.path)
-                method = url.path.rstrip("/").rsplit("/", 1)[-1]
-                body: dict[str, Any] = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
-                ctype = self.headers.get("Content-Type", "")
-                if raw and "json" in ctype:
-                    body.update(json.loads(raw))
-                elif raw and "urlencoded" in ctype:
-                    body.update({k: v[0] for k, v in urllib.parse.parse_qs(raw.decode()).items()})
-                self._reply(outer._answer(method, body))
-
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="fake-telegram", daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, name=name, daemon=True)
         self.thread.start()
+
+    def answer(self, path: str, body: dict[str, Any], headers: Message) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# fake Telegram Bot API ---------------------------------------------------------------------------
+class FakeTelegram(LoopbackJsonApi):
+    """Telegram Bot API stand-in: ``calls`` holds every non-getUpdates request, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.updates: list[dict[str, Any]] = []
+        self.cond = threading.Condition()
+        self.next_update = 1
+        self.next_message = 100
+        super().__init__("fake-telegram")
+
+    def answer(self, path: str, body: dict[str, Any], headers: Message) -> Any:
+        return self._answer(path.rstrip("/").rsplit("/", 1)[-1], body)
 
     @property
     def api_root(self) -> str:
@@ -224,11 +240,6 @@ class FakeTelegram:
             "id": secrets.token_hex(8), "chat_instance": "1",
             "from": {"id": user, "is_bot": False, "first_name": f"User{user}", "username": f"user{user}"},
             "message": message, "data": data}})
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 # the gateway -------------------------------------------------------------------------------------
 def _children(pid: int) -> list[int]:

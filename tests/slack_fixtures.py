@@ -23,12 +23,12 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import httpx
-from openclaw_fixtures import free_port, wait_until
+from openclaw_fixtures import LoopbackJsonApi, wait_until
 
 TEAM = "T0HEARTH"
 BOT_USER = "U0BOT"
@@ -43,7 +43,7 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
 
 
-class FakeSlack:
+class FakeSlack(LoopbackJsonApi):
     """Slack Web API stand-in plus a signed Events API client towards the gateway."""
 
     def __init__(self) -> None:
@@ -52,52 +52,19 @@ class FakeSlack:
         """Every message in every channel (bot posts, updates applied), oldest first."""
         self.cond = threading.Condition()
         self._clock = itertools.count(1)
-        self.port = free_port()
         self.bot_token, self.signing_secret = BOT_TOKEN, SIGNING_SECRET
         self.webhook = ""
         """The gateway's Events API URL (set by the test once the gateway's port is known)."""
-        outer = self
+        super().__init__("fake-slack")
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                self._handle(b"")
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                self._handle(self.rfile.read(length) if length else b"")
-
-            def _handle(self, raw: bytes) -> None:
-                url = urllib.parse.urlparse(self.path)
-                method = url.path.rstrip("/").rsplit("/", 1)[-1]
-                if "/response_url/" in url.path:
-                    method = "response_url"
-                body: dict[str, Any] = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
-                ctype = self.headers.get("Content-Type", "")
-                if raw and "json" in ctype:
-                    body.update(json.loads(raw))
-                elif raw:
-                    body.update({k: v[0] for k, v in urllib.parse.parse_qs(raw.decode()).items()})
-                for key in ("blocks", "attachments", "view"):
-                    if isinstance(body.get(key), str):
-                        with contextlib.suppress(ValueError):
-                            body[key] = json.loads(body[key])
-                bearer = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-                authed = outer.bot_token in (bearer, body.get("token"))
-                data = json.dumps(outer._answer(method, body, authed)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                with contextlib.suppress(OSError):
-                    self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="fake-slack", daemon=True)
-        self.thread.start()
+    def answer(self, path: str, body: dict[str, Any], headers: Message) -> Any:
+        method = "response_url" if "/response_url/" in path else path.rstrip("/").rsplit("/", 1)[-1]
+        for key in ("blocks", "attachments", "view"):
+            if isinstance(body.get(key), str):
+                with contextlib.suppress(ValueError):
+                    body[key] = json.loads(body[key])
+        bearer = headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        return self._answer(method, body, self.bot_token in (bearer, body.get("token")))
 
     @property
     def api_url(self) -> str:
@@ -261,7 +228,3 @@ class FakeSlack:
                 "response_url": f"{self.api_url}response_url/{secrets.token_hex(4)}",
                 "trigger_id": f"{secrets.randbelow(10**9)}.trigger"}
         return self.post(urllib.parse.urlencode(form).encode(), "application/x-www-form-urlencoded", **kw)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()

@@ -13,6 +13,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 from openclaw_fixtures import make_project
+from tests_support import ADMIN, PLUGIN, sidecar_on
 
 from cluster.api import create_app
 from cluster.scheduler import wait_for
@@ -20,14 +21,11 @@ from cluster.scheduler_client import RaySchedulerClient
 from cluster.store import Store
 
 pytestmark = pytest.mark.ray
-ADMIN = {"Authorization": "Bearer admin-token"}
-PLUGIN = {"Authorization": "Bearer plugin-token"}
 
 
 @pytest.fixture
 def api(scheduler: Any) -> TestClient:
-    return TestClient(create_app(RaySchedulerClient(scheduler), Path(scheduler.state_dir) / "hearth.db", "admin-token",
-                                 plugin_token="plugin-token"))
+    return sidecar_on(scheduler)
 
 
 def test_a_nul_byte_in_a_path_is_a_clear_refusal_not_a_server_error(api: TestClient, tmp_path: Path) -> None:

@@ -260,7 +260,10 @@ def test_an_answer_while_its_box_is_full_resumes_on_the_other_box_from_its_last_
     other = make_project(tmp_path, "blocker")
     configure(other, allowed_nodes=[f"hearth-box={full}"])
     blocker = head.submit(other, "scripted:sleep-60")
-    wait_until(lambda: head.task(blocker)["state"] == "running", 180, f"{blocker} running on {full}")
+    try:
+        wait_until(lambda: head.task(blocker)["state"] == "running", 180, f"{blocker} running on {full}")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; it is {head.task(blocker)}; nodes {head.api('GET', '/v1/nodes')}") from None
     head.cli("answer", task_id, "green")
     wait_until(lambda: head.task(task_id)["state"] in FINAL, 300, f"{task_id} finished")
     head.cli("cancel", blocker)

@@ -272,6 +272,21 @@ def test_an_answer_resumes_the_task_on_another_box_from_its_last_checkpoint(
     assert any(m.get("content") == "Answer from dave: green" for m in transcript)
 
 
+def test_a_parked_question_holds_no_slot_so_another_task_runs_on_its_one_slot_box(
+        scheduler: Any, boxes: Boxes, greeting_project: Path) -> None:
+    boxes.add("solo")
+    configure(greeting_project, allowed_nodes=["pool=solo"])
+    asking = submit(scheduler, str(greeting_project), "scripted:ask")
+    assert wait_for(lambda: row(scheduler, asking).state.value == "waiting_input"
+                    and row(scheduler, asking).attempt_id is None, 120), row(scheduler, asking)
+    other = submit(scheduler, str(greeting_project), "scripted:demo")
+    final = wait_state(scheduler, other, {"completed", "failed"})  # before: queued for ever, "waiting for a CPU"
+    assert final.state.value == "completed", final.message
+    assert row(scheduler, asking).state.value == "waiting_input"
+    ray.get(scheduler.answer.remote(asking, "blue", "dave"))
+    assert wait_for(lambda: row(scheduler, asking).state.value != "queued", 120)
+
+
 def test_node_loss_restarts_from_step_0_tells_the_user_and_keeps_the_first_attempts_commits(
         scheduler: Any, boxes: Boxes, greeting_project: Path) -> None:
     from cluster.openclaw import render

@@ -110,7 +110,7 @@ def test_node_killed_mid_step(head: Head, project: Path) -> None:
             worker = head.add_node(slots=2)
         return len(alive_nodes() - before) == 1
 
-    assert wait_until(joined, WAIT_S, 0.5)
+    assert wait_until(joined, WAIT_S, 0.5), head.worker_log()
     [worker_node] = alive_nodes() - before
     # 2 slots per node: two tasks land on the worker. Longer steps: all four must be mid-step at once.
     tasks = head.submit(project, "scripted:sleep-20", 4)

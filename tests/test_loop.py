@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import BudgetConfig
-from agent.loop import StepContext, answer_message, run_step
+from agent.loop import StepContext, run_step
+from agent.messages import answer_message
 from agent.models.base import ModelLimits
 from agent.models.scripted import ScriptedChat, scripted_model
 from agent.prd import Step

@@ -9,22 +9,18 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from openclaw_fixtures import make_project
+from tests_support import ADMIN, PLUGIN, sidecar_on
 
-from cluster.api import create_app
 from cluster.private_files import ensure_token_file
 from cluster.scheduler import wait_for
-from cluster.scheduler_client import RaySchedulerClient
 from cluster.store import Store
 
 pytestmark = pytest.mark.ray
-ADMIN = {"Authorization": "Bearer admin-token"}
-PLUGIN = {"Authorization": "Bearer plugin-token"}
 
 
 @pytest.fixture
 def api(scheduler: Any) -> TestClient:
-    return TestClient(create_app(RaySchedulerClient(scheduler), Path(scheduler.state_dir) / "hearth.db", "admin-token",
-                                 plugin_token="plugin-token"))
+    return sidecar_on(scheduler)
 
 
 def state(scheduler: Any, task_id: str) -> str:

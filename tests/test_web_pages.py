@@ -13,6 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from web_support import SchedulerNotAsked, login, recorded_nodes, seed_task
 
+from agent.artifacts import ArtifactRef, ContentStore
+from agent.events import CheckpointReady
 from cluster.api import create_app
 from cluster.blobs import BlobStore
 from cluster.store import Store
@@ -70,7 +72,7 @@ def test_the_inbox_lists_whatever_waits_for_a_person_oldest_first(site: tuple[Te
     assert html.count('name="next" value="/ui/inbox"') == 3  # answer, approve, reject come back here
 
 
-def test_a_task_page_shows_its_plan_waiting_question_and_marked_slots(site: tuple[TestClient, Store]) -> None:
+def test_a_task_page_shows_its_plan_and_waiting_question(site: tuple[TestClient, Store]) -> None:
     client, db = site
     task_id = seed_task(db, "waiting_input")
     login(client, TOKEN)
@@ -78,7 +80,7 @@ def test_a_task_page_shows_its_plan_waiting_question_and_marked_slots(site: tupl
     plan = re.search(r'id="plan">(.*?)</table>', html, re.S).group(1)  # type: ignore[union-attr]
     assert re.search(r"US-001.*?step-waiting", plan, re.S) and re.search(r"US-002.*?step-pending", plan, re.S)
     assert 'id="question"' in html and "Which colour?" in html and 'id="answer-text"' in html
-    assert 'id="artifacts-slot"' in html and 'id="tokens-slot"' in html
+    assert 'id="artifacts-none"' in html and 'id="tokens-none"' in html  # none yet, and it says so
     assert "clarification requested" in html  # the event log
     assert client.get("/ui/tasks/T-999").status_code == 404
 
@@ -112,3 +114,31 @@ def test_a_steps_transcript_is_readable_and_only_the_tasks_own_files_are(site: t
     assert "Write hello.txt" in page and "write_file(" in page
     for name in ("..%2F..%2F..%2F..%2Fsecret.json", "secret.json"):
         assert client.get(f"/ui/tasks/{task_id}/transcripts/{name}").status_code == 404
+
+
+def test_a_tasks_artifacts_are_listed_and_download_with_their_hash(site: tuple[TestClient, Store],
+                                                                   tmp_path: Path) -> None:
+    import hashlib
+
+    client, db = site
+    task_id = seed_task(db, "running")
+    body = b"#!/bin/sh\necho built\n"
+    sha = hashlib.sha256(body).hexdigest()
+    ContentStore(tmp_path / "artifacts").put([body], sha256=sha, size=len(body), name="dist/app")  # the head's store
+    refs = [ArtifactRef(name="dist/app", kind="file", sha256=sha, size=len(body), path="dist/app"),
+            ArtifactRef(name="image", kind="image", sha256="f" * 64, size=1, image_tag="hearth/app:T-1",
+                        stored=False)]
+    db.append_event(CheckpointReady(task_id=task_id, attempt_id=db.task(task_id).attempt_id, step_id="US-001",
+                                    commit="c" * 40, snapshot_id="s", diff_stat="", files_changed=[],
+                                    check_summary="check passed", artifacts=refs))
+    login(client, TOKEN)
+    html = client.get(f"/ui/tasks/{task_id}").text
+    table = re.search(r'id="artifacts">(.*?)</table>', html, re.S).group(1)  # type: ignore[union-attr]
+    assert sha[:12] in table and "hearth/app:T-1" in table and "Docker engine only" in table
+    link = re.search(r'href="(/ui/tasks/[^"]+/artifacts/[^"]+)"', table).group(1)  # type: ignore[union-attr]
+    reply = client.get(link.replace("&amp;", "&"))
+    assert reply.status_code == 200 and reply.content == body and reply.headers["x-hearth-sha256"] == sha
+    assert client.get(f"/ui/tasks/{task_id}/artifacts/image").status_code == 409  # no bytes on the head
+    assert client.get(f"/ui/tasks/{task_id}/artifacts/nothing").status_code == 404
+    client.cookies.clear()
+    assert client.get(link.replace("&amp;", "&"), follow_redirects=False).status_code in (303, 401)

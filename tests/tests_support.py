@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import git
 
@@ -14,6 +14,9 @@ from agent.prd import load_prd
 from agent.project import open_project, task_branch, write_config
 from agent.runner import Answer, Decision, TaskRunner, TaskSpec
 from agent.transport import NodeCode
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
 
 
 class RecordingController:
@@ -116,3 +119,20 @@ def from_store(scheduler: Any, read: Any) -> Any:
         return read(store)
     finally:
         store.close()
+
+
+ADMIN = {"Authorization": "Bearer admin-token"}
+"""Headers of the cluster admin's token in ``sidecar_on``'s app."""
+PLUGIN = {"Authorization": "Bearer plugin-token"}
+"""Headers of the OpenClaw plugin's token in ``sidecar_on``'s app."""
+
+
+def sidecar_on(scheduler: Any) -> TestClient:
+    """The sidecar's API (a TestClient) over this test's Ray scheduler, with the two tokens above."""
+    from fastapi.testclient import TestClient
+
+    from cluster.api import create_app
+    from cluster.scheduler_client import RaySchedulerClient
+
+    return TestClient(create_app(RaySchedulerClient(scheduler), Path(scheduler.state_dir) / "hearth.db",
+                                 "admin-token", plugin_token="plugin-token"))

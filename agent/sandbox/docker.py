@@ -15,13 +15,13 @@ with:
   ``/workspace/.git``, as the bwrap backend does.
 
 ``exec`` runs ``bash -c COMMAND`` through ``docker exec`` and reads the attach stream with
-docker-py's frame decoder, so output reaches ``on_output`` as it arrives. An exec's first process
-leads its own session; on timeout every process of that session is SIGKILLed from the host (found through
-``/proc``: containers share the host's kernel), which stops a fork bomb even when the container's
-pid limit would refuse another ``docker exec``. The container, and any concurrent exec, lives on.
-When the command's shell exits, what it left running in the background is killed the same way
-(the bwrap backend's pid namespace gives the same guarantee). Where the daemon is remote (no
-matching host ``/proc``) a timeout restarts the container instead.
+docker-py's frame decoder (agent/sandbox/docker_exec.py), so output reaches ``on_output`` as it
+arrives. An exec's first process leads its own session; on timeout every process of that session is
+SIGKILLed from the host (found through ``/proc``: containers share the host's kernel), which stops a
+fork bomb even when the container's pid limit would refuse another ``docker exec``. The container,
+and any concurrent exec, lives on. When the command's shell exits, what it left running in the
+background is killed the same way (the bwrap backend's pid namespace gives the same guarantee).
+Where the daemon is remote (no matching host ``/proc``) a timeout restarts the container instead.
 
 Snapshots: the workspace is a bind mount, which ``docker commit`` does not capture, so a snapshot
 is a copy of the workspace (``agent/sandbox/snapshots.py``, shared with the bwrap backend:
@@ -36,10 +36,8 @@ and the copies.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import os
-import socket
 import threading
 import time
 import uuid
@@ -47,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import docker
-from docker.utils.socket import STDERR, frames_iter
 
 from agent import processes
 from agent.sandbox.base import (
@@ -61,8 +58,8 @@ from agent.sandbox.base import (
 )
 from agent.sandbox.docker_base_image import BASE_ENV, BASE_IMAGE
 from agent.sandbox.docker_engine import docker_client, image_exists
+from agent.sandbox.docker_exec import ExecStream, exec_final_state, exec_host_pid, in_container
 from agent.sandbox.files import git_mount_point, guest_dir, read_inside, safe_name, write_inside
-from agent.sandbox.output import OutputEmitter, TailBuffer
 from agent.sandbox.snapshots import WorkspaceSnapshots, snapshot_root
 
 IMAGE_ENV = "HEARTH_DOCKER_SANDBOX_IMAGE"
@@ -143,7 +140,7 @@ class DockerSandbox:
         )
         self.container.reload()
         init_pid = int(self.container.attrs.get("State", {}).get("Pid") or 0)
-        self._local = init_pid > 0 and _in_container(init_pid, self.container.id)
+        self._local = init_pid > 0 and in_container(init_pid, self.container.id)
         """Whether the container's processes are this host's (so a timeout can kill them by pid)."""
 
     def _remove_container(self) -> None:
@@ -175,8 +172,8 @@ class DockerSandbox:
             sock = api.exec_start(exec_id, socket=True)
         except Exception as exc:
             raise SandboxCrashed(f"docker exec in {self.container.name} failed: {exc}") from exc
-        reader = _StreamReader(sock, on_output)
-        leader = _exec_pid(api, exec_id)
+        reader = ExecStream(sock, on_output)
+        leader = exec_host_pid(api, exec_id)
         local = leader > 0 and self._local
         timed_out = False
         deadline = started + timeout
@@ -194,7 +191,7 @@ class DockerSandbox:
             if not reader.done.wait(5):
                 reader.close()
         reader.thread.join(5)
-        info = _exec_inspect(api, exec_id)
+        info = exec_final_state(api, exec_id)
         if local and not processes.alive(leader):
             processes.kill_session(leader)  # background processes the shell left behind
         duration_ms = (time.monotonic() - started) * 1000
@@ -316,91 +313,6 @@ class DockerSandbox:
             raise SandboxError(f"sandbox {self.name!r} was destroyed")
         if self.container is None:
             raise SandboxCrashed(f"sandbox {self.name!r} has no container")
-
-
-# -- exec plumbing ---------------------------------------------------------------------------------
-
-
-def _exec_inspect(api: Any, exec_id: str) -> dict[str, Any]:
-    """The exec's final state ({} if it still runs after two seconds)."""
-    info: dict[str, Any] = {}
-
-    def finished() -> bool:
-        nonlocal info
-        info = api.exec_inspect(exec_id)
-        return not info.get("Running")
-
-    return info if processes.wait_until(finished, 2.0, 0.02) else {}
-
-
-def _exec_pid(api: Any, exec_id: str) -> int:
-    """The host pid of the exec's first process (0 if it has already ended or is not visible)."""
-    pid = 0
-
-    def known() -> bool:
-        nonlocal pid
-        info = api.exec_inspect(exec_id)
-        pid = int(info.get("Pid") or 0)
-        return bool(pid) or (info.get("ExitCode") is not None and not info.get("Running"))
-
-    return pid if processes.wait_until(known, 2.0, 0.01) else 0
-
-
-def _in_container(pid: int, container_id: str) -> bool:
-    """Whether host pid ``pid`` is in the container (guards the /proc-based kill on a remote daemon)."""
-    try:
-        return container_id in Path(f"/proc/{pid}/cgroup").read_text()
-    except OSError:
-        return False
-
-
-class _StreamReader:
-    """Reads a docker attach stream with docker-py's frame decoder (``frames_iter``, what
-    ``demux=True`` uses), on a socket of our own so that a stuck exec can be cut off."""
-
-    def __init__(self, sock: Any, callback: OutputCallback | None) -> None:
-        self._sock = sock
-        self.emit = OutputEmitter(callback)
-        self.done = threading.Event()
-        self._buffers = {"stdout": TailBuffer(), "stderr": TailBuffer()}
-        self._decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in self._buffers}
-        self.thread = threading.Thread(target=self._run, name="docker-exec-stream", daemon=True)
-        self.thread.start()
-
-    def _raw(self) -> Any:
-        return getattr(self._sock, "_sock", self._sock)
-
-    def _run(self) -> None:
-        try:
-            for stream_id, payload in frames_iter(self._raw(), tty=False):
-                stream = "stderr" if stream_id == STDERR else "stdout"
-                self._add(stream, self._decoders[stream].decode(payload))
-        except (OSError, ValueError):
-            pass
-        finally:
-            for stream, decoder in self._decoders.items():
-                self._add(stream, decoder.decode(b"", final=True))
-            self._close_all()
-            self.done.set()
-
-    def _close_all(self) -> None:
-        for sock in (self._sock, self._raw()):
-            with contextlib.suppress(Exception):
-                sock.close()
-
-    def _add(self, stream: str, text: str) -> None:
-        if text:
-            self.emit(stream, text)
-            self._buffers[stream].add(text)
-
-    def text(self, stream: str) -> str:
-        return self._buffers[stream].text()
-
-    def close(self) -> None:
-        raw = self._raw()
-        with contextlib.suppress(Exception):
-            raw.shutdown(socket.SHUT_RDWR)
-        self._close_all()
 
 
 # -- workspace copies ------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ idle streams cost the sidecar 12 CPU-seconds per 20 s. Now one task per sidecar 
 ``data_version`` (a counter that moves when another connection commits; no table read) every
 ``POLL_S``, and only when it moved reads which tasks got new events (``events.id`` is
 monotonic). Streams sleep on ``wait`` until their task has news: an idle stream costs nothing.
+The web page's live streams (cluster/web/live.py) sleep on ``wait_commit`` instead: any commit
+(a state change has no event) wakes them, and they re-render only then.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class EventFeed:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_id = 0
         self._version = -1
+        self.commits = 0
+        """How many times the store was seen to change (``wait_commit`` waits for it to move)."""
 
     def view(self) -> Store:
         """The shared read-only store (opened on first use, in the sidecar's event loop)."""
@@ -49,6 +53,14 @@ class EventFeed:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 while self.news.get(task_id, 0) == seen:
+                    await self._changed.wait()
+
+    async def wait_commit(self, seen: int, timeout_s: float) -> None:
+        """Until ``commits`` moves past ``seen`` (read it before reading the store), or ``timeout_s``."""
+        self._ensure_running()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self.commits == seen:
                     await self._changed.wait()
 
     def _ensure_running(self) -> None:
@@ -73,12 +85,12 @@ class EventFeed:
         if version == self._version:
             return
         self._version = version
+        self.commits += 1
         rows = self.store.db.execute("SELECT id, task_id FROM events WHERE id > ?", (self._last_id,)).fetchall()
-        if not rows:
-            return
-        self._last_id = max(r[0] for r in rows)
-        for task_id in {r[1] for r in rows}:
-            self.news[task_id] = self.news.get(task_id, 0) + 1
+        if rows:
+            self._last_id = max(r[0] for r in rows)
+            for task_id in {r[1] for r in rows}:
+                self.news[task_id] = self.news.get(task_id, 0) + 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 

@@ -34,6 +34,15 @@ def _task(web: WebContext, task_id: str) -> TaskRow:
             raise Refused(f"there is no task {task_id}", status=404) from None
 
 
+async def _task_form(request: Request, web: WebContext, session: Session, task_id: str, right: str,
+                     doing: str) -> tuple[dict[str, Any], TaskRow]:
+    """An action's form on ``task_id``, once its CSRF token is good, the person has ``right`` (else 403:
+    may not ``doing``) and the task exists (else 404)."""
+    form = await checked_form(request, session)
+    need(session, right, doing)
+    return form, _task(web, task_id)
+
+
 def _back(form: dict[str, Any], task_id: str) -> RedirectResponse:
     return RedirectResponse(safe_next(str(form.get("next") or f"/ui/tasks/{task_id}")), status_code=303)
 
@@ -59,9 +68,7 @@ async def _act(session: Session, ok: str, call: Awaitable[T]) -> T | None:
 @router.post("/tasks/{task_id}/answer")
 async def answer(request: Request, task_id: str, web: WebContext = Depends(web_context),
                  session: Session = Depends(current_session)) -> Response:
-    form = await checked_form(request, session)
-    need(session, "answer", "answer questions")
-    _task(web, task_id)
+    form, _ = await _task_form(request, web, session, task_id, "answer", "answer questions")
     text = str(form.get("text") or "").strip()
     if not text:
         session.flash.append(("error", "an answer cannot be empty"))
@@ -77,9 +84,7 @@ async def answer(request: Request, task_id: str, web: WebContext = Depends(web_c
 @router.post("/tasks/{task_id}/decision")
 async def decision(request: Request, task_id: str, web: WebContext = Depends(web_context),
                    session: Session = Depends(current_session)) -> Response:
-    form = await checked_form(request, session)
-    need(session, "decide", "approve or reject checkpoints")
-    task = _task(web, task_id)
+    form, task = await _task_form(request, web, session, task_id, "decide", "approve or reject checkpoints")
     choice = str(form.get("decision") or "")
     reason = str(form.get("reason") or "").strip()
     if choice == "reject" and not reason:
@@ -97,9 +102,7 @@ async def decision(request: Request, task_id: str, web: WebContext = Depends(web
 @router.post("/tasks/{task_id}/cancel")
 async def cancel(request: Request, task_id: str, web: WebContext = Depends(web_context),
                  session: Session = Depends(current_session)) -> Response:
-    form = await checked_form(request, session)
-    need(session, "cancel", "cancel tasks")
-    _task(web, task_id)
+    form, _ = await _task_form(request, web, session, task_id, "cancel", "cancel tasks")
     await _act(session, f"Cancelled {task_id}", web.scheduler.cancel(task_id))
     return _back(form, task_id)
 
@@ -107,9 +110,7 @@ async def cancel(request: Request, task_id: str, web: WebContext = Depends(web_c
 @router.post("/tasks/{task_id}/restart")
 async def restart(request: Request, task_id: str, web: WebContext = Depends(web_context),
                   session: Session = Depends(current_session)) -> Response:
-    form = await checked_form(request, session)
-    need(session, "restart", "restart tasks")
-    _task(web, task_id)
+    form, _ = await _task_form(request, web, session, task_id, "restart", "restart tasks")
     await _act(session, f"Restarted {task_id} from step 1", web.scheduler.restart(task_id))
     return _back(form, task_id)
 
@@ -117,9 +118,7 @@ async def restart(request: Request, task_id: str, web: WebContext = Depends(web_
 @router.post("/tasks/{task_id}/priority")
 async def priority(request: Request, task_id: str, web: WebContext = Depends(web_context),
                    session: Session = Depends(current_session)) -> Response:
-    form = await checked_form(request, session)
-    need(session, "priority", "change priorities")
-    _task(web, task_id)
+    form, _ = await _task_form(request, web, session, task_id, "priority", "change priorities")
     value = str(form.get("priority") or "").strip()
     row = await _act(session, f"Priority of {task_id} set to {value}", web.scheduler.set_priority(task_id, value))
     if row is not None and priority_label(row.priority) != value:
@@ -140,11 +139,15 @@ async def _prd_text(form: dict[str, Any]) -> tuple[str, str]:
     return str(form.get("prd") or ""), name or "pasted PRD"
 
 
+def _filename_hint(fmt: str, name: str) -> str:
+    """The file name that tells the PRD parser the format chosen on the form (auto: the file's own)."""
+    return {"json": "prd.json", "markdown": "prd.md", "beads": "issues.jsonl"}.get(fmt, name)
+
+
 def _parse(text: str, name: str, fmt: str) -> TaskPlan:
-    hint = {"json": "prd.json", "markdown": "prd.md", "beads": "issues.jsonl"}.get(fmt, name)
     if not text.strip():
         raise PrdError(name, "is empty: paste a PRD or choose a file")
-    return parse_prd_text(text, source=name, filename_hint=hint)
+    return parse_prd_text(text, source=name, filename_hint=_filename_hint(fmt, name))
 
 
 def _prd_problem(exc: PrdError) -> dict[str, str]:
@@ -183,10 +186,9 @@ async def submit(request: Request, web: WebContext = Depends(web_context),
     if project not in known:
         error = f"choose a project this cluster knows ({', '.join(sorted(known)) or 'none yet'})"
     if problem is None and not error:
-        hint = {"json": "prd.json", "markdown": "prd.md", "beads": "issues.jsonl"}.get(
-            str(form.get("format") or "auto"), name)
-        body = SubmitRequest(project=project, prd_path=hint, prd=text, priority=form.get("priority") or None,
-                             model=str(form.get("model") or "").strip() or None)
+        fmt = str(form.get("format") or "auto")
+        body = SubmitRequest(project=project, prd_path=_filename_hint(fmt, name), prd=text,
+                             priority=form.get("priority") or None, model=str(form.get("model") or "").strip() or None)
         try:
             with web.store() as db:  # the API's own submission path
                 row = await tasks_service.submit(db, web.scheduler, body)

@@ -6,8 +6,9 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
+from cluster.artifact_store import ArtifactUnavailable, artifact_file
 from cluster.errors import UnknownTask
 from cluster.web import board as board_view
 from cluster.web import nodes_view, task_view
@@ -71,6 +72,22 @@ def transcript(request: Request, task_id: str, name: str, web: WebContext = Depe
             raise Refused(f"{task_id} has no transcript {name!r}", status=404) from None
     return render(request, web, "transcript.html", session, "board", task_id=task_id, name=name,
                   messages=messages)
+
+
+@router.get("/tasks/{task_id}/artifacts/{name:path}")
+def artifact(task_id: str, name: str, step: str | None = None, web: WebContext = Depends(web_context),
+             session: Session = Depends(current_session)) -> FileResponse:
+    """An artifact's bytes, as ``GET /v1/tasks/{id}/artifacts/{name}`` serves them to the API."""
+    with web.store() as db:
+        try:
+            db.task(task_id)
+            found = artifact_file(db, web.store_path.parent, task_id, name, step)
+        except UnknownTask:
+            raise Refused(f"there is no task {task_id}", status=404) from None
+        except ArtifactUnavailable as exc:
+            raise Refused(str(exc), status=exc.status) from None
+    return FileResponse(found.path, filename=found.filename, media_type="application/octet-stream",
+                        headers={"X-Hearth-Sha256": found.sha256})
 
 
 @router.get("/inbox", response_class=HTMLResponse)

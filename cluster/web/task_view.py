@@ -22,6 +22,7 @@ from pygments.lexers import DiffLexer
 
 from agent.accounting import usage_from_events
 from agent.events import Event
+from cluster.artifact_store import task_artifacts
 from cluster.blobs import BlobStore
 from cluster.store import Store, TaskRow
 from cluster.web.board import Waiting, age, pending, priority_label
@@ -78,6 +79,8 @@ class TaskPage(BaseModel):
     transcripts_note: str
     tokens: dict[str, int] | None
     attempts: list[dict[str, Any]]
+    artifacts: list[dict[str, Any]] = []
+    """Every artifact of the task (``cluster/artifact_store.task_artifacts``), latest checkpoint of each step."""
 
 
 def describe(event: Event) -> str:
@@ -237,7 +240,8 @@ def task_page(db: Store, task: TaskRow) -> TaskPage:
         priority_label=priority_label(task.priority), steps=_steps(task, events),
         checkpoints=_checkpoints(db, task, events), events=[event_view(e) for e in shown],
         last_seq=events[-1].seq or 0 if events else 0, waiting=pending(db, task), transcripts=transcripts(db, task),
-        transcripts_note=str(transcripts_dir(db, task)), tokens=tokens(events), attempts=attempts)
+        transcripts_note=str(transcripts_dir(db, task)), tokens=tokens(events), attempts=attempts,
+        artifacts=task_artifacts(db, task.id))
 
 
 def transcript_messages(db: Store, task: TaskRow, name: str) -> list[dict[str, Any]]:

@@ -14,15 +14,17 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import platformdirs
 
 from agent import processes
-from agent.sandbox.base import SandboxConfig
+from agent.sandbox.base import SandboxConfig, SandboxUnavailable
 from agent.sandbox.image import ImageInfo
 
 log = logging.getLogger("hearth.sandbox.qemu")
@@ -94,6 +96,38 @@ def write_owner(run_dir: Path, name: str, qemu_pid: int | None = None, sock_dir:
     tmp = run_dir / "owner.json.tmp"
     tmp.write_text(json.dumps(meta))
     os.replace(tmp, run_dir / "owner.json")
+
+
+def new_run_dir(state_dir: Path, name: str) -> tuple[Path, Path]:
+    """A fresh run directory for sandbox ``name``, and where its sockets go: in it, or under /tmp when
+    that path would pass AF_UNIX's length limit."""
+    label = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:24] or "vm"
+    run_dir = state_dir / f"{label}-{uuid.uuid4().hex[:8]}"
+    run_dir.mkdir()
+    sock_dir = run_dir
+    if len(str(sock_dir / "qmp.sock")) > 100:  # AF_UNIX path limit
+        sock_dir = Path(f"/tmp/hearth-qemu-{run_dir.name[-8:]}")
+        sock_dir.mkdir(exist_ok=True)
+    write_owner(run_dir, name)
+    return run_dir, sock_dir
+
+
+def start_qemu(argv: list[str], image: ImageInfo, run_dir: Path, sock_dir: Path, name: str) -> subprocess.Popen[bytes]:
+    """The run's disk overlay over ``image``, and QEMU started (stderr in qemu.err, its PID recorded).
+    When it cannot start, the run's directories go and ``SandboxUnavailable`` says why."""
+    try:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image.disk), "-F", "qcow2",
+                        str(run_dir / "overlay.qcow2")], check=True, capture_output=True)
+        with open(run_dir / "qemu.err", "wb") as err:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    except (OSError, subprocess.CalledProcessError) as e:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if sock_dir != run_dir:
+            shutil.rmtree(sock_dir, ignore_errors=True)
+        raise SandboxUnavailable(f"cannot start qemu: {e}") from e
+    (run_dir / "qemu.pid").write_text(str(proc.pid))
+    write_owner(run_dir, name, proc.pid, sock_dir)
+    return proc
 
 
 def _kill_leftover_qemu(pid: int, created: float | None) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import secrets
 import shutil
 import subprocess
@@ -42,8 +41,9 @@ from agent.sandbox.qemu.machine import (
     diagnostics,
     finalize,
     kill_qemu,
+    new_run_dir,
     qemu_argv,
-    write_owner,
+    start_qemu,
 )
 from agent.sandbox.qemu.sync import Entry, copy_tree, encode_records, identity, restore_tree, scan_workspace, tick
 
@@ -100,37 +100,14 @@ class QemuSandbox:
         self._snapshots: dict[str, dict[str, Any]] = {}
         self._baseline: dict[str, Entry] = {}
 
-        label = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:24] or "vm"
-        self.run_dir = self.state_dir / f"{label}-{uuid.uuid4().hex[:8]}"
-        self.run_dir.mkdir()
-        sock_dir = self.run_dir
-        if len(str(sock_dir / "qmp.sock")) > 100:  # AF_UNIX path limit
-            sock_dir = Path(f"/tmp/hearth-qemu-{self.run_dir.name[-8:]}")
-            sock_dir.mkdir(exist_ok=True)
+        self.run_dir, sock_dir = new_run_dir(self.state_dir, name)
         self._sock_dir = sock_dir
         self.overlay = self.run_dir / "overlay.qcow2"
         self.console_log = self.run_dir / "console.log"
-        write_owner(self.run_dir, name)
 
         t0 = time.monotonic()
-        try:
-            subprocess.run(
-                ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.image.disk), "-F", "qcow2",
-                 str(self.overlay)],
-                check=True, capture_output=True,
-            )
-            argv = self.qemu_argv()
-            with open(self.run_dir / "qemu.err", "wb") as err:
-                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                             stderr=err)
-        except (OSError, subprocess.CalledProcessError) as e:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-            if sock_dir != self.run_dir:
-                shutil.rmtree(sock_dir, ignore_errors=True)
-            raise SandboxUnavailable(f"cannot start qemu: {e}") from e
+        self.proc = start_qemu(self.qemu_argv(), self.image, self.run_dir, sock_dir, name)
         self.pid = self.proc.pid
-        (self.run_dir / "qemu.pid").write_text(str(self.pid))
-        write_owner(self.run_dir, name, self.pid, sock_dir)
         self._finalizer = weakref.finalize(self, finalize, self.proc, self.run_dir, sock_dir)
         log.info("qemu sandbox %s: accel=%s (%s), pid %d", self.run_dir.name, self.accel,
                  "-M microvm -enable-kvm" if self.accel == "kvm" else "TCG -M pc", self.pid)

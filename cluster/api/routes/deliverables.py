@@ -14,11 +14,10 @@ import git
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, PlainTextResponse
 
-from agent.artifacts import ContentStore
 from cluster.api.auth import need
 from cluster.api.deps import ReadStore
 from cluster.api.schemas import AUTHED, refusals
-from cluster.artifact_store import ARTIFACTS_DIR, checkpoints, find_artifact, task_artifacts
+from cluster.artifact_store import ArtifactUnavailable, artifact_file, checkpoints, task_artifacts
 from cluster.errors import Conflict
 
 router = APIRouter(prefix="/v1/tasks", dependencies=[need("read")], responses={**AUTHED, **refusals(400, 404)})
@@ -38,20 +37,12 @@ async def list_artifacts(task_id: str, store: ReadStore) -> list[dict[str, Any]]
 async def get_artifact(task_id: str, name: str, request: Request, store: ReadStore,
                        step: str | None = None) -> BlobResponse:
     store.task(task_id)
-    found = find_artifact(store, task_id, name, step)
-    if found is None:
-        where = f" from step {step}" if step else ""
-        raise HTTPException(status_code=404, detail=f"{task_id} has no artifact {name!r}{where}")
-    if not found["stored"]:
-        raise Conflict(f"artifact {name} ({found['image_tag']}) lives only in its node's Docker engine; set "
-                       "[artifacts.image] export = 'save' (or 'push') to get images off the node")
-    path = ContentStore(request.app.state.store_path.parent / ARTIFACTS_DIR).path_of(found["sha256"])
-    if not path.exists():
-        raise HTTPException(status_code=410, detail=f"artifact {name}: its blob {found['sha256'][:12]}… is gone "
-                                                     "from the head's store")
-    filename = found["name"].replace("/", "_") + (".tar" if found["kind"] != "file" else "")
-    return BlobResponse(path, filename=filename, media_type="application/octet-stream",
-                        headers={"X-Hearth-Sha256": found["sha256"]})
+    try:
+        found = artifact_file(store, request.app.state.store_path.parent, task_id, name, step)
+    except ArtifactUnavailable as exc:
+        raise HTTPException(status_code=exc.status, detail=str(exc)) from None
+    return BlobResponse(found.path, filename=found.filename, media_type="application/octet-stream",
+                        headers={"X-Hearth-Sha256": found.sha256})
 
 
 # The diff is text/plain; refusals stay JSON like every other route's (so no response_class here).
