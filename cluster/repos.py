@@ -6,7 +6,8 @@ project's source: a path on the head or a git URL (Forgejo on the NAS, ``git dae
 
 Refs in a mirror:
 
-- ``refs/source/heads/*``, ``refs/source/HEAD``: the source as last fetched (never pushed back).
+- ``refs/source/heads/*``, ``refs/source/HEAD``: the source as last fetched (never pushed back;
+  its ``hearth/*`` branches left out: they are this mirror's own ``refs/heads/hearth/*``).
 - ``refs/hearth/fetch/<sha>``: pins a commit a node asked for (a bundle needs a ref to carry).
 - ``refs/heads/hearth/<task>``: the task's branch, where its latest checkpoint is.
 - ``refs/hearth/attempts/<task>/<n>-<id>``: attempt n's latest checkpoint (``<id>``: the attempt id's
@@ -139,8 +140,10 @@ class HeadRepos:
                 return head
             began = time.monotonic()
             self._ensure_mirror(project)
+            # Not the source's hearth/* branches: Hearth pushed them from here (a thousand tasks made
+            # each submission's fetch compare, and the mirror keep, a thousand refs more).
             result = self._git(project, "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", source,
-                               "+HEAD:refs/source/HEAD", "+refs/heads/*:refs/source/heads/*")
+                               "+HEAD:refs/source/HEAD", "+refs/heads/*:refs/source/heads/*", "^refs/heads/hearth/*")
             if result.returncode != 0:
                 raise ProjectSourceError(f"project {project}: cannot fetch from {source}: {_err(result)}")
             head = self.resolve(project, "refs/source/HEAD")
