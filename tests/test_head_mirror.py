@@ -84,3 +84,7 @@ def test_publishes_sharing_a_push_each_get_their_own_outcome(greeting_project: P
     assert {task: outcomes[task] for task in others} == dict.fromkeys(others, "ok")
     source = git.Repo(greeting_project)
     assert [source.commit(f"refs/heads/hearth/{task}").hexsha for task in others] == [head] * 5
+    # The next submission's refresh does not copy those branches back into the mirror as source refs.
+    code.repos.refresh(project, str(greeting_project))
+    mirrored = git.Repo(code.repos.mirror(project)).git.for_each_ref("--format=%(refname)", "refs/source/")
+    assert "refs/source/heads/main" in mirrored.split() and "hearth" not in mirrored
