@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from cluster import cli_admin, cli_node, cli_openclaw
-from cluster.cli_client import Client, console, fail
+from cluster.cli_client import Client, console, fail, text_table
 from cluster.cli_deliverables import artifact_line, register, show_deliverables
 from cluster.cli_tokens import token_app
 
@@ -218,13 +218,9 @@ def nodes() -> None:
 def tasks(state: Annotated[str | None, typer.Option(help="Only tasks in this state")] = None) -> None:
     """List tasks with their state, priority and placement."""
     rows = Client().request("GET", "/v1/tasks", params={"state": state} if state else None)
-    table = Table()
-    for column in ("id", "name", "project", "state", "priority", "step", "node", "attempts", "message"):
-        table.add_column(column)
-    for t in rows:
-        table.add_row(t["id"], t["name"], t["project"], t["state"], str(t["priority"]), str(t["next_step"]),
-                      (t["node_id"] or "")[:12], str(t["attempts"]), t["message"])
-    console.print(table)
+    typer.echo(text_table(("id", "name", "project", "state", "priority", "step", "node", "attempts", "message"),
+                          [(t["id"], t["name"], t["project"], t["state"], t["priority"], t["next_step"],
+                            (t["node_id"] or "")[:12], t["attempts"], t["message"]) for t in rows]))
 
 
 @app.command()

@@ -11,8 +11,4 @@ bash deploy/setup.sh
 echo "== ruff"; ruff check agent cluster tests bench
 echo "== mypy"; mypy
 echo "== pytest"
-# Two layers are not in the default run yet: chaos (tests/test_chaos.py; after stop 8's integration
-# only three of its five cases were re-run green) and boxes (tests/test_boxes.py; the answer-while-
-# the-box-is-full case failed in the last run). Run them with: bash deploy/test.sh -m "chaos or boxes"
-if [ "$#" -eq 0 ]; then set -- -m "not chaos and not boxes"; fi
 python3 -m pytest -p no:cacheprovider "$@"

@@ -31,6 +31,10 @@ FAST_HEALTH_ENV = {"RAY_health_check_initial_delay_ms": "0", "RAY_health_check_p
 live raylet on a loaded machine is not declared dead."""
 
 
+HEAD_HOST, WORKER_HOST = "127.0.0.2", "127.0.0.3"
+"""Loopback addresses of the head and of the worker node the node-kill case adds."""
+
+
 class Head:
     def __init__(self, state: Path, slots: int) -> None:
         self.state = state
@@ -45,7 +49,9 @@ class Head:
         os.environ.update(FAST_HEALTH_ENV)
         os.environ["HEARTH_STATE_DIR"] = str(self.state)
         self.port = self.port or local._free_port()
-        self.info = local.up(api_port=self.port, slots=self.slots, progress=lambda _: None)
+        # 127.0.0.2, not 127.0.0.1: Ray runs a head on 127.0.0.1 as a one-machine cluster that refuses
+        # other nodes (cluster/node_join.py: ray_env), and the node-kill case adds one (on 127.0.0.3).
+        self.info = local.up(api_port=self.port, slots=self.slots, host=HEAD_HOST, progress=lambda _: None)
 
     def down(self) -> None:
         for worker in self.workers:
@@ -116,11 +122,11 @@ class Head:
         assert self.info is not None
         worker_state = self.state / f"worker-{len(self.workers) + 1}"
         worker_state.mkdir(mode=0o700)
-        command = worker_ray_command(address=self.info.ray_address, host="127.0.0.1", slots=slots,
+        command = worker_ray_command(address=self.info.ray_address, host=WORKER_HOST, slots=slots,
                                      temp_dir=ray_temp_dir(worker_state))
         with (self.state / "logs" / "worker.log").open("ab") as out:
             proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env=ray_env(self.state / "ray-token", "127.0.0.1"))
+                                    env=ray_env(self.state / "ray-token", WORKER_HOST))
         self.workers.append(proc)
         return proc
 

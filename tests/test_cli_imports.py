@@ -20,3 +20,14 @@ def test_the_cli_client_path_imports_no_heavy_module() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
     assert json.loads(out.strip().splitlines()[-1]) == []
+
+
+def test_hearth_tasks_prints_aligned_columns_and_messages_as_they_are() -> None:
+    from cluster.cli_client import text_table
+
+    text = text_table(("id", "state", "message"), [("T-1", "failed", "check [bold]failed[/]\non line 2"),
+                                                   ("T-1000", "completed", "")])
+    lines = text.splitlines()
+    assert lines == ["id      state      message",
+                     "T-1     failed     check [bold]failed[/] on line 2",
+                     "T-1000  completed"]
