@@ -11,6 +11,8 @@ Prints one JSON object on its last line::
 * ``tasks_per_s``: tasks ended per second, first submit to last end;
 * ``list_ms_p50``/``p99``: ``GET /v1/tasks`` (all tasks) while the load runs;
 * ``cli_tasks_ms``: ``hearth tasks`` wall time (a fresh process) with every task listed;
+* ``phase_ms_p50``: where a task's time goes (submitted → placed → step started → checkpoint ready →
+  attempt ended); ``task_hosts``: how many task host processes ran the ``attempts``;
 * ``sse_cpu_s_per_20s``: the sidecar's CPU seconds over 20 s with ``--streams`` idle event streams open.
 
 Baselines measured in the same run: ``python_startup_ms`` (the interpreter alone, the floor of any
@@ -177,6 +179,8 @@ def load(api: httpx.Client, project: Path, args: argparse.Namespace) -> dict[str
     try:
         rows = {t.id: t for t in store.tasks()}
         ended_at = max((rows[i].updated_at for i in ids if i in rows), default=started)
+        phases = phase_ms(store)
+        hosts = store.db.execute("SELECT COUNT(DISTINCT host), COUNT(*) FROM attempts").fetchone()
     finally:
         store.close()
     states = collections.Counter(rows[i].state.value if i in rows else "missing" for i in ids)
@@ -185,7 +189,25 @@ def load(api: httpx.Client, project: Path, args: argparse.Namespace) -> dict[str
     return {"tasks": args.tasks, "states": dict(states), "lost": lost, "unfinished": len(ids) - done,
             "submit_s": round(submit_s, 1),
             "tasks_per_s": round(done / max(ended_at - started, 1e-9), 2),
-            "list_ms_p50": round(percentile(list_ms, 0.5), 1), "list_ms_p99": round(percentile(list_ms, 0.99), 1)}
+            "list_ms_p50": round(percentile(list_ms, 0.5), 1), "list_ms_p99": round(percentile(list_ms, 0.99), 1),
+            "phase_ms_p50": phases, "task_hosts": hosts[0], "attempts": hosts[1]}
+
+
+PHASES = {"queued_to_placed": ("task_submitted", "task_placed"), "placed_to_step": ("task_placed", "step_started"),
+          "step_to_checkpoint": ("step_started", "checkpoint_ready"),
+          "checkpoint_to_end": ("checkpoint_ready", "attempt_ended")}
+"""Where one attempt's time goes, between the events it journals (first of each kind per task)."""
+
+
+def phase_ms(store: Store) -> dict[str, float]:
+    """p50 of each phase over every task that went through it."""
+    at: dict[tuple[str, str], float] = {}
+    for task_id, kind, when in store.db.execute("SELECT task_id, kind, MIN(at) FROM events GROUP BY task_id, kind"):
+        at[(task_id, kind)] = when
+    tasks = {task_id for task_id, _ in at}
+    return {name: round(percentile([(at[(t, end)] - at[(t, begin)]) * 1000 for t in tasks
+                                    if (t, begin) in at and (t, end) in at], 0.5), 1)
+            for name, (begin, end) in PHASES.items()}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Attempts: one run of a task on one node, hosted by a ``TaskActor``.
+"""Attempts: one run of a task on one node, hosted by a warm task host (``cluster/task_hosts.py``).
 
-The scheduler launches an attempt where the policy placed its task, keeps a handle on it until its
-result arrives (re-attaching by name after a scheduler restart), and ends it by its reason
+The scheduler launches an attempt where the policy placed its task, on an idle host there (or a new
+one), keeps a handle on it until its result arrives (re-attaching by the host's name after a scheduler
+restart), gives the host back for the next attempt, and ends the attempt by its reason
 (``cluster/scheduling/endings.py``). A report from an attempt that is not its task's current one is
 a late reply from a dead attempt: ``current()`` says so, and it is dropped.
 """
@@ -9,6 +10,7 @@ a late reply from a dead attempt: ``current()`` says so, and it is dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -20,13 +22,13 @@ from agent.events import AttemptEnded, TaskFailed, TaskPlaced, TaskRequeued, Ter
 from agent.runner import RunResult
 from cluster.errors import UnknownTask
 from cluster.finishing import finish_task
-from cluster.inventories import Inventories, on_node
+from cluster.inventories import Inventories
 from cluster.project_code import ProjectCode
 from cluster.replies import Replies
 from cluster.scheduling.endings import ENDINGS
 from cluster.scheduling.states import TERMINAL, TaskState
 from cluster.store import Store, TaskRow
-from cluster.task_actor import NAMESPACE, TaskActor, attempt_actor_name
+from cluster.task_hosts import Host, TaskHosts
 
 S = TaskState
 SUSPECT_S = 60.0
@@ -44,8 +46,10 @@ class Attempts:
         self.wake = wake
         self.inventories = inventories
         self.replies = replies
-        self.running: dict[str, tuple[str, Any, Any]] = {}
-        """attempt id → (task id, actor handle, ref of actor.result())."""
+        self.hosts = TaskHosts()
+        self.running: dict[str, tuple[str, Host, Any]] = {}
+        """attempt id → (task id, its host, ref of the host's result for it)."""
+        self._watchers: set[asyncio.Task[None]] = set()
         self.suspect: dict[str, tuple[str, str, float]] = {}
         """attempt id → (task id, error, since): its actor died while Ray still called its node alive."""
 
@@ -59,11 +63,18 @@ class Attempts:
         for task in self.store.tasks(set(ACTIVE)):
             if task.attempt_id is None or task.id in tracked:
                 continue
-            try:
-                actor = ray.get_actor(attempt_actor_name(task.attempt_id), namespace=NAMESPACE)
-                self.running[task.attempt_id] = (task.id, actor, actor.result.remote())
-            except ValueError:
-                self.lost(task, "the attempt's actor is gone (found on scheduler restart)")
+            name = self.store.attempt_host(task.attempt_id)
+            host = self.hosts.attach(name, task.node_id or "") if name else None
+            if host is None:
+                self.lost(task, "the attempt's task host is gone (found on scheduler restart)")
+            else:
+                self._track(task.attempt_id, task.id, host, host.handle.result.remote(task.attempt_id))
+
+    def start(self) -> None:
+        """Start-up: re-attach to the attempts still running, and kill every other task host left
+        (idle, or running an attempt that is over): the pool starts empty."""
+        self.reattach()
+        self.hosts.forget_others({host.name for _, host, _ in self.running.values()})
 
     def launch(self, task: TaskRow, node: str, gpu_index: int | None = None) -> None:
         attempt_no = task.attempts + 1
@@ -72,19 +83,30 @@ class Attempts:
         resume = task.resume_commit is not None
         start_step = task.next_step if resume else 0
         answer = json.loads(task.answer) if task.answer and resume else None
-        actor = TaskActor.options(  # type: ignore[attr-defined]
-            name=attempt_actor_name(attempt_id), namespace=NAMESPACE, lifetime="detached",
-            scheduling_strategy=on_node(node),
-        ).remote(task.spec, attempt_id, attempt_no, start_step, task.resume_commit if resume else None, answer,
-                 gpu_index)
-        self.store.start_attempt(task.id, attempt_id, attempt_no, node)
+        host = self.hosts.take(node)
+        self.store.start_attempt(task.id, attempt_id, attempt_no, node, host.name)
         self.store.set_state(task.id, S.placed,
                              TaskPlaced(task_id=task.id, attempt_id=attempt_id, node_id=node,
                                         attempt_no=attempt_no),
                              attempts=attempt_no, attempt_id=attempt_id, node_id=node,
                              next_step=start_step)  # the answer stays until the attempt starts its step
-        actor.start.remote()
-        self.running[attempt_id] = (task.id, actor, actor.result.remote())
+        result = host.handle.run.remote(task.spec, attempt_id, attempt_no, start_step,
+                                        task.resume_commit if resume else None, answer, gpu_index)
+        self._track(attempt_id, task.id, host, result)
+
+    def _track(self, attempt_id: str, task_id: str, host: Host, result: Any) -> None:
+        """Wait for the attempt's result; its arrival wakes the cycle (reaped, and its slot refilled, at
+        once rather than at the next tick: with short tasks the tick was a tenth of each slot's time)."""
+        self.running[attempt_id] = (task_id, host, result)
+        with contextlib.suppress(RuntimeError):  # outside an event loop (not under Ray): the tick reaps
+            watcher = asyncio.get_running_loop().create_task(self._wake_on(result))
+            self._watchers.add(watcher)  # the loop keeps only a weak reference to a task
+            watcher.add_done_callback(self._watchers.discard)
+
+    async def _wake_on(self, result: Any) -> None:
+        with contextlib.suppress(Exception):  # a dead host's error is reaped, not raised here
+            await result
+        self.wake.set()
 
     def reap(self) -> None:
         """End every attempt whose result is in (or whose actor died)."""
@@ -95,10 +117,11 @@ class Attempts:
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
         for ref in ready:
             attempt_id = refs[ref]
-            task_id, actor, _ = self.running.pop(attempt_id)
+            task_id, host, _ = self.running.pop(attempt_id)
             try:
                 result: RunResult = ray.get(ref)
             except ray.exceptions.RayError as exc:
+                self.hosts.kill(host)  # dead, or at least not to be trusted with another attempt
                 task = self.store.task(task_id)
                 if task.node_id in self._ray_alive():
                     # A box that just died still looks alive to Ray for a health-check period (about
@@ -107,7 +130,7 @@ class Attempts:
                 else:
                     self.lost(task, type(exc).__name__, attempt_id)
                 continue
-            ray.kill(actor)
+            self.hosts.give_back(host)
             self.finish(task_id, attempt_id, result)
 
     def _judge_suspects(self) -> None:
@@ -178,8 +201,8 @@ class Attempts:
     def stop(self, task: TaskRow) -> None:
         """Kill the task's attempt now (the task is being cancelled)."""
         if task.attempt_id and task.attempt_id in self.running:
-            _, actor, _ = self.running.pop(task.attempt_id)
-            ray.kill(actor)
+            _, host, _ = self.running.pop(task.attempt_id)
+            self.hosts.kill(host)  # the attempt ends now, mid-step; a fresh host replaces this one
             self.store.end_attempt(task.attempt_id, TerminationReason.cancelled.value)
 
     def current(self, attempt_id: str) -> TaskRow | None:

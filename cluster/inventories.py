@@ -20,6 +20,7 @@ from cluster.scheduling.snapshot import InventoryJson, PendingLoads, RayNode, sl
 log = logging.getLogger("hearth.scheduler")
 INVENTORY_EVERY_S = 5.0
 INVENTORY_TIMEOUT_S = 10.0
+NODES_FRESH_S = 1.0
 
 
 def on_node(node_id: str) -> NodeAffinitySchedulingStrategy:
@@ -33,11 +34,22 @@ class Inventories:
         self.pending_loads: PendingLoads = {}
         """Model servers planned on a node that its inventory does not show yet."""
         self._asked_at = -INVENTORY_EVERY_S
+        self._alive: dict[str, RayNode] = {}
+        self._alive_at = -NODES_FRESH_S
 
-    @staticmethod
-    def alive_nodes() -> dict[str, RayNode]:
+    def alive_nodes(self) -> dict[str, RayNode]:
         """Nodes tasks may go to: alive, and running the head's Hearth and Ray (never a mismatched box)."""
-        return {n["NodeID"]: n for n in ray.nodes() if n.get("Alive") and refused_because(n) is None}
+        self._alive = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive") and refused_because(n) is None}
+        self._alive_at = time.monotonic()
+        return self._alive
+
+    def recent_alive_nodes(self) -> dict[str, RayNode]:
+        """``alive_nodes()`` as seen at most ``NODES_FRESH_S`` ago. Each placement cycle and each submit
+        asks; Ray's node table is a GCS round trip that took a loaded head tens of ms, over a thousand
+        submits seconds of its event loop. Judging a lost attempt asks afresh (and so refreshes this)."""
+        if time.monotonic() - self._alive_at > NODES_FRESH_S:
+            return self.alive_nodes()
+        return self._alive
 
     @staticmethod
     def refused_nodes() -> list[str]:

@@ -49,7 +49,7 @@ from cluster.nodes import NodeView
 from cluster.project_code import ProjectCode
 from cluster.replies import Replies
 from cluster.scheduling.policy import PolicyConfig, decide, feasible
-from cluster.scheduling.snapshot import build_snapshot, model_spec, project_policy, slots, step_progress
+from cluster.scheduling.snapshot import RayNode, build_snapshot, model_spec, project_policy, slots, step_progress
 from cluster.scheduling.states import TERMINAL, TaskState
 from cluster.scheduling.types import QueuedTask
 from cluster.store import Store, TaskRow
@@ -81,7 +81,7 @@ class Scheduler(AttemptCodeCalls):
 
     def start_once(self) -> None:
         if self._loop_task is None:
-            self.attempts.reattach()
+            self.attempts.start()
             self._loop_task = asyncio.get_running_loop().create_task(self._cycle_forever())
 
     async def start(self) -> str:
@@ -96,7 +96,7 @@ class Scheduler(AttemptCodeCalls):
                 self.attempts.reattach()
                 self.attempts.reap()
                 await self.replies.expire_approvals(self.cancel)
-                self._place()
+                self.attempts.hosts.trim(*self._place())
             except Exception:
                 log.exception("scheduling cycle failed")
             self.wake.clear()
@@ -111,7 +111,9 @@ class Scheduler(AttemptCodeCalls):
         config, spec, submitted, wanted = await asyncio.to_thread(
             prepare_submission, self.code, project_path, prd_path, prd_text, priority, model)
         await self.inventories.refresh(force=not self.inventories.by_node)
-        missing = self._infeasible(config, spec.model)
+        missing = self._infeasible(config, spec.model, self.inventories.recent_alive_nodes())
+        if missing:  # refused only on a fresh view of the nodes: one may have joined a moment ago
+            missing = self._infeasible(config, spec.model, self.inventories.alive_nodes())
         if missing:
             refused = "".join(f"; {why}, so it gets no tasks" for why in self.inventories.refused_nodes())
             raise SubmitError(f"no node can ever run this task: {missing}{refused}")
@@ -121,9 +123,8 @@ class Scheduler(AttemptCodeCalls):
         self.wake.set()
         return row
 
-    def _infeasible(self, config: ProjectConfig, model: str) -> str | None:
+    def _infeasible(self, config: ProjectConfig, model: str, nodes: dict[str, RayNode]) -> str | None:
         """What is missing when no node could ever serve ``model`` for this project (None: feasible)."""
-        nodes = self.inventories.alive_nodes()
         probe = QueuedTask(id="submit-probe", project=config.name, model=model, queued_since=time.time())
         snapshot = build_snapshot(time.time(), nodes, self.inventories.by_node, [], [], {})
         snapshot = snapshot.model_copy(update={
@@ -132,12 +133,13 @@ class Scheduler(AttemptCodeCalls):
         return feasible(probe, snapshot)
 
     # placement ----------------------------------------------------------------------------------
-    def _place(self) -> None:
-        """One policy cycle: gather a snapshot, ``decide``, apply placements and pre-emptions."""
+    def _place(self) -> tuple[int, set[str]]:
+        """One policy cycle: gather a snapshot, ``decide``, apply placements and pre-emptions.
+        Returns how many tasks are still queued, and the nodes tasks may go to (for the host pool)."""
         queued = self.store.tasks({S.queued})
         if not queued:
-            return
-        nodes = self.inventories.alive_nodes()
+            return 0, set()
+        nodes = self.inventories.recent_alive_nodes()
         active = self.store.tasks(set(ACTIVE))
         now = time.time()
         progress = {t.id: step_progress(t, self.store.last_event(t.id, "step_started", "step_completed"))
@@ -151,12 +153,14 @@ class Scheduler(AttemptCodeCalls):
             self.inventories.evict(eviction.node, eviction.model)
         for load in decisions.loads:  # the placed task starts the server; count its VRAM meanwhile
             self.inventories.plan_load(load.node, load.model, load.gpu_index, load.vram_mib, now)
+        placed = 0
         for placement in decisions.placements:
             # A yielding victim still holds its slot until its checkpoint: never double-book a node.
             if busy.get(placement.node, 0) >= slots(nodes[placement.node]):
                 continue
             self.attempts.launch(by_id[placement.task_id], placement.node, placement.gpu_index)
             busy[placement.node] = busy.get(placement.node, 0) + 1
+            placed += 1
         for preempt in decisions.preemptions:
             victim = self.store.task(preempt.task_id)
             if victim.state == S.running:
@@ -166,6 +170,7 @@ class Scheduler(AttemptCodeCalls):
         for task_id, waiting in decisions.waiting.items():
             if by_id[task_id].message != waiting.message:
                 self.store.update_task(task_id, message=waiting.message)
+        return len(queued) - placed, set(nodes)
 
     # reports from attempts ----------------------------------------------------------------------
     async def report(self, attempt_id: str, event: Event | dict[str, Any]) -> bool:

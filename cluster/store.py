@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS tasks (
   created_at REAL NOT NULL, updated_at REAL NOT NULL, queued_since REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS attempts (
   id TEXT PRIMARY KEY, task_id TEXT NOT NULL, no INTEGER NOT NULL, node_id TEXT NOT NULL,
-  started_at REAL NOT NULL, ended_at REAL, reason TEXT);
+  started_at REAL NOT NULL, ended_at REAL, reason TEXT, host TEXT);
 CREATE TABLE IF NOT EXISTS events (
   id INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL, seq INTEGER NOT NULL,
   kind TEXT NOT NULL, body TEXT NOT NULL, at REAL NOT NULL, UNIQUE (task_id, seq));
@@ -91,6 +91,8 @@ class AttemptRow(BaseModel):
     started_at: float
     ended_at: float | None
     reason: str | None
+    host: str | None = None
+    """The task host (a named Ray actor, ``cluster/task_hosts.py``) that runs or ran the attempt."""
 
 
 class Store(OutboxQueries):
@@ -105,6 +107,7 @@ class Store(OutboxQueries):
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
             self._migrate_outbox()
+            self._migrate_attempts()
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA busy_timeout=5000")
 
@@ -207,9 +210,14 @@ class Store(OutboxQueries):
         return self.task(task_id)
 
     # attempts -----------------------------------------------------------------------------------
-    def start_attempt(self, task_id: str, attempt_id: str, no: int, node_id: str) -> None:
-        self.db.execute("INSERT INTO attempts VALUES (?,?,?,?,?,NULL,NULL)",
-                        (attempt_id, task_id, no, node_id, time.time()))
+    def start_attempt(self, task_id: str, attempt_id: str, no: int, node_id: str, host: str | None = None) -> None:
+        self.db.execute("INSERT INTO attempts (id, task_id, no, node_id, started_at, host) VALUES (?,?,?,?,?,?)",
+                        (attempt_id, task_id, no, node_id, time.time(), host))
+
+    def attempt_host(self, attempt_id: str) -> str | None:
+        """The name of the task host that runs ``attempt_id`` (None: unknown attempt, or none recorded)."""
+        row = self.db.execute("SELECT host FROM attempts WHERE id = ?", (attempt_id,)).fetchone()
+        return None if row is None else row[0]
 
     def end_attempt(self, attempt_id: str, reason: str) -> None:
         self.db.execute("UPDATE attempts SET ended_at = ?, reason = ? WHERE id = ? AND ended_at IS NULL",
@@ -281,6 +289,12 @@ class Store(OutboxQueries):
         ).fetchall()
         return [EventAdapter.validate_json(r["body"]) for r in rows]
 
+
+    def _migrate_attempts(self) -> None:
+        """Columns added to ``attempts`` since it was first created (a store from an older Hearth)."""
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(attempts)").fetchall()}
+        if "host" not in columns:
+            self.db.execute("ALTER TABLE attempts ADD COLUMN host TEXT")
 
     def data_version(self) -> int:
         """Changes whenever another connection commits (cheap change detection for pollers)."""

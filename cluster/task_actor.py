@@ -1,7 +1,8 @@
-"""The Ray actor that hosts one ``TaskRunner`` attempt on a worker node.
+"""The Ray actor that hosts ``TaskRunner`` attempts on a worker node, one after another.
 
-The actor is detached and named after its attempt, so a restarted scheduler can find it again
-and keep waiting for its result. The runner runs in a thread; ``result()`` waits for it. Every
+The actor is detached and named (the store records which host runs which attempt), so a restarted
+scheduler can find it again and keep waiting for its result. The runner runs in a thread; ``run()``
+returns its result and ``result()`` waits for it again. Every
 call back to the scheduler goes through ``SchedulerLink``, which re-resolves the named scheduler
 and retries while it is being restarted, so a scheduler crash loses no report.
 
@@ -12,6 +13,8 @@ Code and the files a person reads move to and from the head through ``RayCodeHos
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -30,8 +33,8 @@ SCHEDULER_NAME = "hearth-scheduler"
 NAMESPACE = "hearth"
 
 
-def attempt_actor_name(attempt_id: str) -> str:
-    return f"hearth-attempt-{attempt_id}"
+HOST_PREFIX = "hearth-host-"
+"""Every task host's actor name starts with this (``cluster/task_hosts.py``)."""
 
 
 class SchedulerLink:
@@ -130,54 +133,89 @@ def node_code(link: SchedulerLink, spec: TaskSpec) -> NodeCode:
     return NodeCode(RayCodeHost(link), cache, spec.task_id)
 
 
-@ray.remote(num_cpus=0, max_concurrency=4)  # type: ignore[call-overload]
-class TaskActor:
-    def __init__(self, spec: TaskSpec, attempt_id: str, attempt_no: int, start_step: int,
-                 resume_commit: str | None, answer: dict[str, str] | None = None,
-                 gpu_index: int | None = None) -> None:
-        self.spec = spec
+class HostedAttempt:
+    """One attempt on a host: its id, and its result once the runner thread ends."""
+
+    def __init__(self, attempt_id: str) -> None:
         self.attempt_id = attempt_id
-        self.attempt_no = attempt_no
-        self.start_step = start_step
-        self.resume_commit = resume_commit
-        self.answer = Answer.model_validate(answer) if answer else None
-        self.gpus = None if gpu_index is None else [str(gpu_index)]
-        """The GPU the scheduler planned the task's model server on (``docker:`` models)."""
-        self._done = threading.Event()
-        self._result: RunResult | None = None
-        self._thread: threading.Thread | None = None
+        self.done = threading.Event()
+        self.result: RunResult | None = None
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=f"runner-{self.attempt_id}", daemon=True)
-            self._thread.start()
 
-    def _run(self) -> None:
+@ray.remote(num_cpus=0, max_concurrency=16)  # type: ignore[call-overload]
+class TaskActor:
+    """A warm task host: one long-lived process on one node that runs attempts one after another.
+
+    Starting a Ray worker process (an interpreter importing Ray and the agent) took most of a short
+    attempt's time, so the scheduler keeps one host per busy slot and hands it attempt after attempt
+    (``cluster/task_hosts.py``). One attempt at a time: killing the host (cancel, a crash) ends exactly
+    that attempt, as when each attempt had its own actor. ``run`` returns the attempt's result;
+    ``result`` waits for it again (a restarted scheduler re-attaching by the host's name)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._attempt: HostedAttempt | None = None
+        """The attempt this host runs, or ran last (kept until the next one starts)."""
+
+    def run(self, spec: TaskSpec, attempt_id: str, attempt_no: int, start_step: int,
+            resume_commit: str | None, answer: dict[str, str] | None = None,
+            gpu_index: int | None = None) -> RunResult:
+        with self._lock:
+            if self._attempt is not None and not self._attempt.done.is_set():
+                return RunResult(reason=TerminationReason.error, next_step=start_step,
+                                 message=f"its task host was still running {self._attempt.attempt_id}")
+            attempt = self._attempt = HostedAttempt(attempt_id)
+        gpus = None if gpu_index is None else [str(gpu_index)]
+        thread = threading.Thread(target=self._run, name=f"runner-{attempt_id}", daemon=True, args=(
+            attempt, spec, attempt_no, start_step, resume_commit, Answer.model_validate(answer) if answer else None,
+            gpus))
+        thread.start()
+        return self.result(attempt_id)
+
+    @staticmethod
+    def _run(attempt: HostedAttempt, spec: TaskSpec, attempt_no: int, start_step: int,
+             resume_commit: str | None, answer: Answer | None, gpus: list[str] | None) -> None:
+        """``gpus``: the GPU the scheduler planned the task's model server on (``docker:`` models)."""
+        model: Any = None
         try:
-            link = SchedulerLink(self.attempt_id)
-            model = chat_model_for(self.spec.model, gpus=self.gpus)
+            link = SchedulerLink(attempt.attempt_id)
+            model = chat_model_for(spec.model, gpus=gpus)
             runner = TaskRunner(
-                self.spec,
-                attempt_id=self.attempt_id,
-                attempt_no=self.attempt_no,
+                spec,
+                attempt_id=attempt.attempt_id,
+                attempt_no=attempt_no,
                 controller=RayController(link),
                 artifact_sink=RayArtifactSink(link),
                 model=model,
-                workdir=state_dir() / "work" / self.spec.task_id,
-                code=node_code(link, self.spec),
-                start_step=self.start_step,
-                resume_commit=self.resume_commit,
-                answer=self.answer,
-                model_factory=lambda: chat_model_for(self.spec.model, gpus=self.gpus),
+                workdir=state_dir() / "work" / spec.task_id,
+                code=node_code(link, spec),
+                start_step=start_step,
+                resume_commit=resume_commit,
+                answer=answer,
+                model_factory=lambda: chat_model_for(spec.model, gpus=gpus),
             )
-            self._result = runner.run()
+            attempt.result = runner.run()
+            model = runner.model  # the runner may have replaced it after an outage
         except Exception as exc:  # the runner catches its own errors; this is set-up failing
-            self._result = RunResult(reason=TerminationReason.error, message=f"{type(exc).__name__}: {exc}",
-                                     next_step=self.start_step)
+            attempt.result = RunResult(reason=TerminationReason.error, message=f"{type(exc).__name__}: {exc}",
+                                       next_step=start_step)
         finally:
-            self._done.set()
+            close = getattr(model, "close", None)
+            if callable(close):  # the host outlives the attempt: its model client must not
+                with contextlib.suppress(Exception):
+                    close()
+            attempt.done.set()
 
-    def result(self) -> RunResult:
-        self._done.wait()
-        assert self._result is not None
-        return self._result
+    def result(self, attempt_id: str) -> RunResult:
+        """The result of ``attempt_id`` once it ends; an ``error`` result if this host does not run it."""
+        with self._lock:
+            attempt = self._attempt
+        if attempt is None or attempt.attempt_id != attempt_id:
+            return RunResult(reason=TerminationReason.error,
+                             message=f"its task host does not run {attempt_id} (it never started there)")
+        attempt.done.wait()
+        assert attempt.result is not None
+        return attempt.result
+
+    def pid(self) -> int:
+        return os.getpid()
