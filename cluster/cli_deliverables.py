@@ -11,12 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from agent.artifacts import ArtifactError, safe_extract
 from cluster.cli_client import SidecarError, refused
 
 
@@ -109,6 +107,8 @@ def register(app: typer.Typer, client: Callable[[], Any], console: Console, fail
                 fail(f"artifact {a['name']}: downloaded sha256 {digest[:12]}… does not match {a['sha256'][:12]}…", 3)
             console.print(f"· {target} ({human_size(a['size'])}, sha256 {digest} ok)")
             if a["kind"] == "directory" and extract:
+                from agent.artifacts import ArtifactError, safe_extract  # here: pydantic costs ~0.1 s a command
+
                 try:
                     safe_extract(target, out)
                 except (ArtifactError, OSError, ValueError) as exc:
@@ -130,6 +130,8 @@ def download(c: Any, path: str, params: dict[str, str], target: Path) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     digest = hashlib.sha256()
+    import httpx  # here: a streamed download; other commands need not load it
+
     with httpx.stream("GET", c.base + path, headers=c.headers, params=params, timeout=None) as reply:
         if reply.status_code >= 400:
             reply.read()

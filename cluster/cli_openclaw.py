@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
 
 from cluster import local
@@ -34,6 +33,8 @@ def openclaw_connect(
     """Tell Hearth where the gateway is (it then sends questions and approval cards there), and print
     (or, with --write, merge into the gateway's openclaw.json) the settings the gateway needs: the hearth
     plugin and, with --slack-channel, the Slack channel in HTTP (Events API) mode."""
+    import httpx
+
     from cluster.api import PLUGIN_TOKEN_FILE
     from cluster.openclaw import GATEWAY_CONFIG_FILE, GATEWAY_TOKEN_FILE
     from cluster.private_files import ensure_token_file, write_private

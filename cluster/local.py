@@ -7,6 +7,7 @@ processes this started (never ``ray stop``, which kills every Ray process on the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -15,9 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import platformdirs
-from pydantic import BaseModel
 
 from cluster.private_files import ensure_token_file, private_dir
 
@@ -26,7 +25,11 @@ def state_dir() -> Path:
     return private_dir(Path(os.environ.get("HEARTH_STATE_DIR") or platformdirs.user_state_dir("hearth")))
 
 
-class UpInfo(BaseModel):
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UpInfo:
+    """What ``hearth up`` started, kept in ``<state dir>/up.json``. A dataclass, not a pydantic
+    model: every client command (``hearth tasks``) reads it, and pydantic's import is ~0.1 s."""
+
     ray_address: str
     api_url: str
     ray_pid: int | None = None
@@ -37,6 +40,9 @@ class UpInfo(BaseModel):
     api_port: int = 8765
     config: str | None = None
     """The head configuration file the sidecar was started with (``--config``)."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
 
 
 def token_path(base: Path | None = None) -> Path:
@@ -49,7 +55,10 @@ def ensure_token(base: Path) -> str:
 
 def read_up(base: Path | None = None) -> UpInfo | None:
     path = (base or state_dir()) / "up.json"
-    return UpInfo.model_validate_json(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    known = {f.name for f in dataclasses.fields(UpInfo)}
+    return UpInfo(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
 
 
 def _free_port() -> int:
@@ -68,6 +77,8 @@ def _wait(predicate: Callable[[], bool], timeout_s: float, what: str, log: Path)
 
 
 def _healthy(api_url: str, token: str) -> bool:
+    import httpx  # here: `hearth tasks` reads up.json through this module and need not load it
+
     try:
         reply = httpx.get(f"{api_url}/v1/health", headers={"Authorization": f"Bearer {token}"}, timeout=2)
     except httpx.HTTPError:
@@ -146,8 +157,8 @@ def _start_sidecar(info: UpInfo, token: str, token_file: Path, progress: Callabl
     with side_log.open("ab") as out:
         side_proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                      env=_ray_env(token_file, info.host))
-    info = info.model_copy(update={"sidecar_pid": side_proc.pid})
-    (base / "up.json").write_text(info.model_dump_json())
+    info = dataclasses.replace(info, sidecar_pid=side_proc.pid)
+    (base / "up.json").write_text(info.to_json())
 
     def sidecar_ready() -> bool:
         if side_proc.poll() is not None:

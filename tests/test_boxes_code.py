@@ -146,7 +146,7 @@ def test_a_box_with_its_own_state_dir_completes_the_demo_its_checkpoints_and_tra
     (cli_state / "token").write_text(TOKEN)
     with Sidecar(create_app(RaySchedulerClient(scheduler), Path(scheduler.state_dir) / "hearth.db", TOKEN)) as sidecar:
         (cli_state / "up.json").write_text(local.UpInfo(ray_address="-", api_url=sidecar.url,
-                                                        state_dir=str(cli_state)).model_dump_json())
+                                                        state_dir=str(cli_state)).to_json())
         listed = CliRunner().invoke(app, ["transcript", task_id])
         assert listed.exit_code == 0 and "US-001  (attempt 1)" in listed.output, listed.output
         shown = CliRunner().invoke(app, ["transcript", task_id, "US-002"])

@@ -73,7 +73,7 @@ def hearth(scheduler: Any) -> Any:
     local.token_path(state).write_text(TOKEN)
     with Sidecar(create_app(RaySchedulerClient(scheduler), Path(scheduler.state_dir) / "hearth.db", TOKEN)) as sidecar:
         (state / "up.json").write_text(local.UpInfo(ray_address="-", api_url=sidecar.url,
-                                                    state_dir=str(state)).model_dump_json())
+                                                    state_dir=str(state)).to_json())
         runner = CliRunner()
 
         def run(*args: str) -> str:
