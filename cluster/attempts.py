@@ -134,14 +134,16 @@ class Attempts:
             self.finish(task_id, attempt_id, result)
 
     def _judge_suspects(self) -> None:
-        """An attempt whose actor died: ``node_lost`` once Ray declares its node dead, ``error`` if the
-        node is still alive after ``SUSPECT_S`` (the actor itself crashed)."""
+        """An attempt whose actor died: ``node_lost`` once Ray declares its node dead; ``error`` as soon
+        as the node answers an inventory request sent after the death (the actor itself crashed), or
+        if it is still alive after ``SUSPECT_S``."""
         if not self.suspect:
             return
         alive = self._ray_alive()
         for attempt_id, (task_id, detail, since) in list(self.suspect.items()):
             task = self.store.task(task_id)
-            if task.node_id not in alive or time.monotonic() - since > SUSPECT_S:
+            if (task.node_id not in alive or self.inventories.alive_since(task.node_id or "", since)
+                    or time.monotonic() - since > SUSPECT_S):
                 del self.suspect[attempt_id]
                 self.lost(task, detail, attempt_id)
 

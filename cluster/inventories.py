@@ -34,6 +34,8 @@ class Inventories:
         self.pending_loads: PendingLoads = {}
         """Model servers planned on a node that its inventory does not show yet."""
         self._asked_at = -INVENTORY_EVERY_S
+        self.answered_at: dict[str, float] = {}
+        """node → when (monotonic) the last inventory request it answered was sent: it was alive then."""
         self._alive: dict[str, RayNode] = {}
         self._alive_at = -NODES_FRESH_S
 
@@ -62,14 +64,20 @@ class Inventories:
         answer is forgotten until it does."""
         if not force and time.monotonic() - self._asked_at < INVENTORY_EVERY_S:
             return
-        self._asked_at = time.monotonic()
+        asked = self._asked_at = time.monotonic()
         refs = {node: node_inventory.options(scheduling_strategy=on_node(node)).remote()
                 for node in self.alive_nodes()}
         for node, ref in refs.items():
             try:
                 self.by_node[node] = await asyncio.wait_for(ref, timeout=INVENTORY_TIMEOUT_S)
+                self.answered_at[node] = asked
             except (TimeoutError, ray.exceptions.RayError):
                 self.by_node.pop(node, None)
+
+    def alive_since(self, node: str, since: float) -> bool:
+        """Whether ``node`` answered an inventory request sent after ``since`` (monotonic): proof that
+        it was alive then, seconds before Ray's health checks could say so."""
+        return self.answered_at.get(node, float("-inf")) > since
 
     def with_planned(self, now: float) -> dict[str, InventoryJson]:
         """The inventories plus the servers planned but not reported yet."""
