@@ -13,6 +13,7 @@ Prints one JSON object on its last line::
 * ``cli_tasks_ms``: ``hearth tasks`` wall time (a fresh process) with every task listed;
 * ``phase_ms_p50``: where a task's time goes (submitted → placed → step started → checkpoint ready →
   attempt ended); ``task_hosts``: how many task host processes ran the ``attempts``;
+  ``attempt_reasons``: how the attempts ended; ``retried``: why each retried task's attempt ended;
 * ``sse_cpu_s_per_20s``: the sidecar's CPU seconds over 20 s with ``--streams`` idle event streams open.
 
 Baselines measured in the same run: ``python_startup_ms`` (the interpreter alone, the floor of any
@@ -50,6 +51,7 @@ STATE = Path(os.environ.setdefault("HEARTH_STATE_DIR", tempfile.mkdtemp(prefix="
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
+from agent.events import AttemptEnded  # noqa: E402
 from cluster import local  # noqa: E402
 from cluster.store import Store  # noqa: E402
 
@@ -181,6 +183,11 @@ def load(api: httpx.Client, project: Path, args: argparse.Namespace) -> dict[str
         ended_at = max((rows[i].updated_at for i in ids if i in rows), default=started)
         phases = phase_ms(store)
         hosts = store.db.execute("SELECT COUNT(DISTINCT host), COUNT(*) FROM attempts").fetchone()
+        # Why each attempt ended, and the message of every retried one: a retry is a fault to explain.
+        reasons = dict(store.db.execute("SELECT COALESCE(reason, 'running'), COUNT(*) FROM attempts GROUP BY 1"))
+        retried = [f"{e.task_id}: {e.reason.value}: {e.message}"[:300]
+                   for t in ids if t in rows and rows[t].attempts > 1
+                   for e in store.events(t) if isinstance(e, AttemptEnded) and e.reason.value != "completed"]
     finally:
         store.close()
     states = collections.Counter(rows[i].state.value if i in rows else "missing" for i in ids)
@@ -190,7 +197,8 @@ def load(api: httpx.Client, project: Path, args: argparse.Namespace) -> dict[str
             "submit_s": round(submit_s, 1),
             "tasks_per_s": round(done / max(ended_at - started, 1e-9), 2),
             "list_ms_p50": round(percentile(list_ms, 0.5), 1), "list_ms_p99": round(percentile(list_ms, 0.99), 1),
-            "phase_ms_p50": phases, "task_hosts": hosts[0], "attempts": hosts[1]}
+            "phase_ms_p50": phases, "task_hosts": hosts[0], "attempts": hosts[1], "attempt_reasons": reasons,
+            "retried": retried[:10]}
 
 
 PHASES = {"queued_to_placed": ("task_submitted", "task_placed"), "placed_to_step": ("task_placed", "step_started"),
