@@ -284,7 +284,12 @@ def test_a_parked_question_holds_no_slot_so_another_task_runs_on_its_one_slot_bo
     assert final.state.value == "completed", final.message
     assert row(scheduler, asking).state.value == "waiting_input"
     ray.get(scheduler.answer.remote(asking, "blue", "dave"))
-    assert wait_for(lambda: row(scheduler, asking).state.value != "queued", 120)
+    # Step 2 asks again; answered, the task completes on its box and leaves nothing running for the
+    # next test's boxes (a live task of project 'greeting' would lend them its allowed_nodes).
+    assert wait_for(lambda: row(scheduler, asking).state.value == "waiting_input" and sum(
+        e.kind == "clarification_requested" for e in events(scheduler, asking)) == 2, 120), row(scheduler, asking)
+    ray.get(scheduler.answer.remote(asking, "green", "dave"))
+    assert wait_state(scheduler, asking, {"completed", "failed"}).state.value == "completed"
 
 
 def test_node_loss_restarts_from_step_0_tells_the_user_and_keeps_the_first_attempts_commits(

@@ -60,3 +60,18 @@ def test_pending_loads_stop_the_same_vram_being_planned_twice(monkeypatch: Any) 
     snapshot = build_snapshot(11.0, {"n1": GPU_NODE}, merged, [second], [placed], {})
     decisions = decide(snapshot, PolicyConfig())
     assert decisions.loads == [] and [(p.task_id, p.load_model) for p in decisions.placements] == [("T-2", False)]
+
+
+def test_a_projects_policy_comes_from_its_newest_submission() -> None:
+    # An older task still running was submitted when hearth.toml pinned the project to node "a";
+    # the newer one was submitted after the pin was lifted: the queue follows the newer config.
+    from tests_support import queued_row
+
+    old = queued_row("T-1", "scripted:demo", node="a")
+    pinned = old.spec.model_copy(update={"config": old.spec.config.model_copy(update={"allowed_nodes": ["a"]})})
+    old = old.model_copy(update={"spec": pinned, "created_at": 1.0})
+    new = queued_row("T-2", "scripted:demo").model_copy(update={"created_at": 2.0})
+    assert build_snapshot(3.0, {}, {}, [new], [old], {}).projects["p"].allowed_nodes == []
+    # and the other way round: an older queued task does not bring back an old pin
+    newer_pinned = old.model_copy(update={"created_at": 4.0})
+    assert build_snapshot(5.0, {}, {}, [new], [newer_pinned], {}).projects["p"].allowed_nodes == ["a"]

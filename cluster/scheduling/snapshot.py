@@ -124,7 +124,13 @@ def build_snapshot(now: float, nodes: dict[str, RayNode], inventories: dict[str,
     for task in active:
         if task.node_id:
             busy[task.node_id] = busy.get(task.node_id, 0) + 1
-    projects = {t.project: project_policy(t.spec.config) for t in [*queued, *active]}
+    # A project's policy comes from its newest submission: its hearth.toml may have changed since
+    # an older task (still running, or queued) was submitted with the config of its time.
+    newest: dict[str, TaskRow] = {}
+    for t in [*queued, *active]:
+        if t.project not in newest or t.created_at > newest[t.project].created_at:
+            newest[t.project] = t
+    projects = {name: project_policy(t.spec.config) for name, t in newest.items()}
     served = [m["model"] for n in nodes for m in inventories.get(n, {}).get("models", [])]
     models = {name: model_spec(name) for name in {*(t.model for t in [*queued, *active]), *served}}
     return Snapshot(
