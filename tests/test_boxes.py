@@ -33,7 +33,7 @@ from boxes_fixtures import (
     process_running,
     wait_until,
 )
-from tests_support import configure
+from tests_support import configure, embedded_model_missing
 
 from agent.project import task_branch
 from cluster.node_join import JoinError, probe_head
@@ -202,22 +202,10 @@ def test_head_sidecar_and_scheduler_killed_mid_task(lab: tuple[Head, list[Box]],
     assert [e.step_id for e in events if e.kind == "step_started"] == ["US-001", "US-002"]
 
 
-def _embedded_missing() -> str | None:
-    from agent.models.base import ModelUnavailable
-    from agent.models.embedded_install import default_app_dir, find_node, gguf_path, npm_deps_ready
-
-    try:
-        find_node()
-        gguf_path("smollm2-135m")
-    except ModelUnavailable as exc:
-        return str(exc)
-    return None if npm_deps_ready(default_app_dir()) else "node-llama-cpp is not installed"
-
-
 def test_the_demo_prd_completes_on_a_box_and_its_checkpoints_land_on_the_head(
         lab: tuple[Head, list[Box]], project: Path) -> None:
     """The quick-start demo with the real embedded model (CPU), served on the box that runs it."""
-    missing = _embedded_missing()
+    missing = embedded_model_missing()
     if missing and os.environ.get("CI"):
         pytest.fail(f"CI must have the embedded model (deploy/setup.sh installs it): {missing}")
     if missing:

@@ -11,7 +11,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,12 +32,15 @@ def head() -> Iterator[Head]:
     # A short path: Ray's unix sockets live under <state>/ray, and a socket path has ~107 bytes.
     state = Path(tempfile.mkdtemp(prefix="hearth-chaos-"))
     started = Head(state, slots=2)
+    saved = dict(os.environ)  # up() sets HEARTH_STATE_DIR and Ray's health-check variables here
     try:
         started.up()
         yield started
     finally:
         started.down()
         shutil.rmtree(state, ignore_errors=True)
+        os.environ.clear()
+        os.environ.update(saved)  # the modules after this one see the session's environment again
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +55,25 @@ def running(head: Head, task_ids: list[str], n: int | None = None) -> None:
         head.states(task_ids)
 
 
+def ends_clean(head: Head, tasks: list[str], case: str, killed: float, back: Callable[[], bool]) -> dict[str, int]:
+    """After a kill at ``killed``: ``back`` comes true (the recovery time), then every task ends
+    completed with no event lost or doubled and no attempts overlapping; the figures are recorded."""
+    assert wait_until(back, WAIT_S, 0.2), head.states(tasks)
+    recover_s = time.monotonic() - killed
+    head.wait_states(tasks, {"completed", "failed", "cancelled"}, WAIT_S)
+    figures = assert_nothing_lost(head, tasks)
+    record(case, recover_s=recover_s, all_ended_s=time.monotonic() - killed, **figures)
+    assert head.states(tasks) == dict.fromkeys(tasks, "completed")
+    return figures
+
+
 def test_sidecar_killed_mid_step(head: Head, project: Path) -> None:
     tasks = head.submit(project, SLOW_MODEL, 2)
     running(head, tasks)
     head.kill_sidecar()
     killed = time.monotonic()
     head.start_sidecar()
-    assert wait_until(head.healthy, WAIT_S, 0.2)
-    recover_s = time.monotonic() - killed
-    head.wait_states(tasks, {"completed", "failed", "cancelled"}, WAIT_S)
-    figures = assert_nothing_lost(head, tasks)
-    record("kill -9 sidecar", recover_s=recover_s, all_ended_s=time.monotonic() - killed, **figures)
-    assert head.states(tasks) == dict.fromkeys(tasks, "completed")
+    ends_clean(head, tasks, "kill -9 sidecar", killed, head.healthy)
 
 
 def test_scheduler_killed_mid_step(head: Head, project: Path) -> None:
@@ -72,12 +82,8 @@ def test_scheduler_killed_mid_step(head: Head, project: Path) -> None:
     [pid] = head.actor_pids("Scheduler")
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
-    assert wait_until(lambda: head.actor_pids("Scheduler") not in ([], [pid]) and head.healthy(), WAIT_S, 0.2)
-    recover_s = time.monotonic() - killed
-    head.wait_states(tasks, {"completed", "failed", "cancelled"}, WAIT_S)
-    figures = assert_nothing_lost(head, tasks)
-    record("kill -9 scheduler actor", recover_s=recover_s, all_ended_s=time.monotonic() - killed, **figures)
-    assert head.states(tasks) == dict.fromkeys(tasks, "completed")
+    ends_clean(head, tasks, "kill -9 scheduler actor", killed,
+               lambda: head.actor_pids("Scheduler") not in ([], [pid]) and head.healthy())
 
 
 def test_task_actor_killed_mid_step(head: Head, project: Path) -> None:
@@ -87,12 +93,8 @@ def test_task_actor_killed_mid_step(head: Head, project: Path) -> None:
     assert len(pids) == 1, pids
     os.kill(pids[0], signal.SIGKILL)
     killed = time.monotonic()
-    assert wait_until(lambda: head.read(lambda s: len(s.attempts(task))) >= 2, WAIT_S, 0.2)
-    recover_s = time.monotonic() - killed
-    head.wait_states([task], {"completed", "failed", "cancelled"}, WAIT_S)
-    figures = assert_nothing_lost(head, [task])
-    record("kill -9 task actor", recover_s=recover_s, all_ended_s=time.monotonic() - killed, **figures)
-    assert head.states([task]) == {task: "completed"}
+    figures = ends_clean(head, [task], "kill -9 task actor", killed,
+                         lambda: head.read(lambda s: len(s.attempts(task))) >= 2)
     assert figures["tasks_retried"] == 1
 
 
@@ -119,13 +121,8 @@ def test_node_killed_mid_step(head: Head, project: Path) -> None:
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait(30)
     killed = time.monotonic()
-    assert wait_until(lambda: all(head.read(lambda s: [len(s.attempts(t)) >= 2 for t in on_worker])), WAIT_S, 0.2)
-    recover_s = time.monotonic() - killed
-    head.wait_states(tasks, {"completed", "failed", "cancelled"}, WAIT_S)
-    figures = assert_nothing_lost(head, tasks)
-    record("kill -9 a worker node (its raylet's process group)", recover_s=recover_s,
-           all_ended_s=time.monotonic() - killed, **figures)
-    assert head.states(tasks) == dict.fromkeys(tasks, "completed")
+    figures = ends_clean(head, tasks, "kill -9 a worker node (its raylet's process group)", killed,
+                         lambda: all(head.read(lambda s: [len(s.attempts(t)) >= 2 for t in on_worker])))
     assert figures["tasks_retried"] == len(on_worker) == 2
 
 
@@ -135,10 +132,4 @@ def test_head_killed_mid_step_and_restarted(head: Head, project: Path) -> None:
     head.kill_head()
     killed = time.monotonic()
     head.up()  # what systemd's Restart= does: `hearth up` again, over the same state dir
-    assert wait_until(head.healthy, WAIT_S, 0.5)
-    recover_s = time.monotonic() - killed
-    head.wait_states(tasks, {"completed", "failed", "cancelled"}, WAIT_S)
-    figures = assert_nothing_lost(head, tasks)
-    record("kill -9 the head (Ray head + scheduler + sidecar), then hearth up", recover_s=recover_s,
-           all_ended_s=time.monotonic() - killed, **figures)
-    assert head.states(tasks) == dict.fromkeys(tasks, "completed")
+    ends_clean(head, tasks, "kill -9 the head (Ray head + scheduler + sidecar), then hearth up", killed, head.healthy)

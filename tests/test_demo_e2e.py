@@ -15,8 +15,8 @@ from typing import Any
 import git
 import pytest
 import ray
+from tests_support import embedded_model_missing
 
-from agent.models.base import ModelUnavailable
 from agent.project import task_branch
 from cluster.scheduler import wait_for
 from cluster.store import Store
@@ -24,20 +24,9 @@ from cluster.store import Store
 pytestmark = [pytest.mark.ray, pytest.mark.real_llm]
 
 
-def _embedded_missing() -> str | None:
-    from agent.models.embedded_install import default_app_dir, find_node, gguf_path, npm_deps_ready
-
-    try:
-        find_node()
-        gguf_path("smollm2-135m")
-    except ModelUnavailable as exc:
-        return str(exc)
-    return None if npm_deps_ready(default_app_dir()) else "node-llama-cpp is not installed"
-
-
 @pytest.fixture(scope="module", autouse=True)
 def embedded_model() -> None:
-    missing = _embedded_missing()
+    missing = embedded_model_missing()
     if missing and os.environ.get("CI"):
         pytest.fail(f"CI must have the embedded model (deploy/setup.sh installs it): {missing}")
     if missing:

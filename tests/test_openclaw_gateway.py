@@ -31,6 +31,16 @@ def seq_of(message: dict[str, Any]) -> int:
     return int(message["text"].split("#", 1)[1].split("]", 1)[0])
 
 
+
+def outbox(chat: Chat, tasks: list[str]) -> list[Any]:
+    """The outbox rows (chat messages and their delivery state) of ``tasks``."""
+    db = Store(chat.store_path, readonly=True)
+    try:
+        return [e for t in tasks for e in db.outbox(t)]
+    finally:
+        db.close()
+
+
 def test_a_question_reaches_the_chat_and_the_reply_resumes_the_task(chat: Chat, tmp_path: Path) -> None:
     project = make_project(tmp_path, "oc-ask", notify={"channel": "telegram", "target": str(USER)})
     task_id = chat.submit(project, "scripted:ask")
@@ -120,24 +130,17 @@ def test_a_gateway_outage_loses_nothing_and_repeats_nothing(chat: Chat, tmp_path
         for task_id in tasks:
             chat.wait_state(task_id, {"completed"})
 
-        def entries() -> list[Any]:
-            db = Store(chat.store_path, readonly=True)
-            try:
-                return [e for t in tasks for e in db.outbox(t)]
-            finally:
-                db.close()
-
-        wait_until(lambda: all(e.tries >= 2 for e in entries()), 60, "retries while the gateway is down")
-        assert all(e.acked_at is None and "unreachable" in (e.last_error or "") for e in entries())
+        wait_until(lambda: all(e.tries >= 2 for e in outbox(chat, tasks)), 60, "retries while the gateway is down")
+        assert all(e.acked_at is None and "unreachable" in (e.last_error or "") for e in outbox(chat, tasks))
         chat.sidecar.__exit__(None, None, None)  # the sidecar restarts during the outage, too
         chat.sidecar = chat.new_sidecar().__enter__()
     finally:
         chat.gateway.start()
-    wait_until(lambda: all(e.acked_at for e in entries()), 120, "the outbox to drain after the outage")
+    wait_until(lambda: all(e.acked_at for e in outbox(chat, tasks)), 120, "the outbox to drain after the outage")
     for task_id in tasks:
         tagged = [m for m in chat.telegram.sent(USER) if m["text"].startswith(f"[task {task_id} #")]
         assert len(tagged) == 1 and "Completed" in tagged[0]["text"], json.dumps(tagged)
-    assert all(e.outcome == "sent" and e.message_id for e in entries())
+    assert all(e.outcome == "sent" and e.message_id for e in outbox(chat, tasks))
 
 
 def test_approve_and_merge_from_the_final_card_merges_the_branch(chat: Chat, tmp_path: Path) -> None:
@@ -181,14 +184,7 @@ def test_gateway_stopped_mid_task_for_a_long_outage(chat: Chat, tmp_path: Path) 
         chat.gateway.start()
     back = time.monotonic()
 
-    def entries() -> list[Any]:
-        db = Store(chat.store_path, readonly=True)
-        try:
-            return [e for t in tasks for e in db.outbox(t)]
-        finally:
-            db.close()
-
-    wait_until(lambda: all(e.acked_at for e in entries()), 300, "the outbox to drain after the outage")
+    wait_until(lambda: all(e.acked_at for e in outbox(chat, tasks)), 300, "the outbox to drain after the outage")
     drained_s = time.monotonic() - back
     for task_id in tasks:
         tagged = [m for m in chat.telegram.sent(USER) if m["text"].startswith(f"[task {task_id} #")]
@@ -202,4 +198,4 @@ def test_gateway_stopped_mid_task_for_a_long_outage(chat: Chat, tmp_path: Path) 
             db.close()
         assert [e.seq for e in events] == list(range(1, len(events) + 1))
     record(f"OpenClaw gateway stopped mid-task for {OUTAGE_S:.0f} s", outage_s=time.monotonic() - stopped - drained_s,
-           drained_after_restart_s=drained_s, tasks=len(tasks), messages=len(entries()))
+           drained_after_restart_s=drained_s, tasks=len(tasks), messages=len(outbox(chat, tasks)))

@@ -136,3 +136,16 @@ def sidecar_on(scheduler: Any) -> TestClient:
 
     return TestClient(create_app(RaySchedulerClient(scheduler), Path(scheduler.state_dir) / "hearth.db",
                                  "admin-token", plugin_token="plugin-token"))
+
+
+def embedded_model_missing() -> str | None:
+    """Why the embedded model (SmolLM2-135M + node-llama-cpp) cannot run here, or None if it can."""
+    from agent.models.base import ModelUnavailable
+    from agent.models.embedded_install import default_app_dir, find_node, gguf_path, npm_deps_ready
+
+    try:
+        find_node()
+        gguf_path("smollm2-135m")
+    except ModelUnavailable as exc:
+        return str(exc)
+    return None if npm_deps_ready(default_app_dir()) else "node-llama-cpp is not installed"
