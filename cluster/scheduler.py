@@ -154,9 +154,12 @@ class Scheduler(AttemptCodeCalls):
         for load in decisions.loads:  # the placed task starts the server; count its VRAM meanwhile
             self.inventories.plan_load(load.node, load.model, load.gpu_index, load.vram_mib, now)
         placed = 0
+        # The snapshot's node view may be a second old: launch only on nodes alive now (a box that
+        # just died would take the attempt, and its host could never be scheduled there).
+        alive_now = self.inventories.alive_nodes() if decisions.placements else nodes
         for placement in decisions.placements:
             # A yielding victim still holds its slot until its checkpoint: never double-book a node.
-            if busy.get(placement.node, 0) >= slots(nodes[placement.node]):
+            if placement.node not in alive_now or busy.get(placement.node, 0) >= slots(nodes[placement.node]):
                 continue
             self.attempts.launch(by_id[placement.task_id], placement.node, placement.gpu_index)
             busy[placement.node] = busy.get(placement.node, 0) + 1
